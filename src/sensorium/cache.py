@@ -1,0 +1,126 @@
+"""Feature cache: the frozen encoder runs once per media file, never again in later epochs or runs.
+
+Features are keyed by the file's content hash inside a folder named by the encoder's fingerprint
+(weights + preprocessing), so a renamed copy hits the cache and a changed preprocessing misses it.
+Each computation appends one shard (safetensors, memory-mapped on load); a shard becomes visible
+only after an atomic rename, so a crash never leaves a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import load_image
+from .encoders import Encoder
+from .errors import BadInputError
+from .zoo import cache_dir
+
+
+def content_key(path: str) -> str:
+    try:
+        return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+    except FileNotFoundError as error:
+        raise BadInputError(f"{path}: file not found") from error
+    except OSError as error:
+        raise BadInputError(f"{path}: unreadable ({error.strerror})") from error
+
+
+class _Decode:
+    """Runs in DataLoader workers: read + preprocess, so decoding overlaps the encoder's forward."""
+
+    def __init__(self, encoder: Encoder, loader: Callable = load_image) -> None:
+        self.preprocess, self.loader = encoder.preprocess, loader
+
+    def __call__(self, paths: list[str]) -> tuple[list[str], torch.Tensor | None, list[str]]:
+        good, images, bad = [], [], []
+        for path in paths:
+            try:
+                images.append(self.loader(path))
+                good.append(path)
+            except BadInputError as error:
+                bad.append(str(error))
+        return good, (self.preprocess(images) if images else None), bad
+
+
+class FeatureCache:
+    def __init__(self, encoder: Encoder, root: Path | None = None) -> None:
+        self.encoder = encoder
+        digest = hashlib.sha1(encoder.fingerprint().encode()).hexdigest()[:16]
+        self.folder = (root or cache_dir() / "features") / digest
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "encoder.txt").write_text(encoder.fingerprint() + "\n")
+
+    def _index(self) -> dict[str, tuple[Path, int]]:
+        index = {}
+        for shard in sorted(self.folder.glob("shard-*.safetensors")):
+            keys = json.loads(shard.with_suffix(".json").read_text())
+            index.update({key: (shard, row) for row, key in enumerate(keys)})
+        return index
+
+    def features(self, paths: list[str], batch_size: int = 32, workers: int = 1,
+                 skip_bad: bool = False) -> tuple[torch.Tensor, dict[str, int], list[str]]:
+        """Features [files, blocks, dim] of the distinct readable files, each file's row, and errors.
+
+        Without ``skip_bad`` the first unreadable file raises BadInputError; with it, unreadable
+        files are left out and their one-line errors returned.
+        """
+        keys, errors = {}, []
+        for path in dict.fromkeys(paths):
+            try:
+                keys[path] = content_key(path)
+            except BadInputError as error:
+                if not skip_bad:
+                    raise
+                errors.append(str(error))
+        index = self._index()
+        # One file per distinct content that the cache does not hold yet.
+        missing = list({k: p for p, k in keys.items() if k not in index}.values())
+        if missing:
+            errors += self._compute(missing, keys, batch_size, workers, skip_bad)
+            index = self._index()
+        readable = [p for p, k in keys.items() if k in index]
+        features = self._gather([index[keys[p]] for p in readable])
+        return features, {p: row for row, p in enumerate(readable)}, errors
+
+    @staticmethod
+    def _gather(locations: list[tuple[Path, int]]) -> torch.Tensor:
+        shards = {shard: load_file(shard)["features"] for shard in {s for s, _ in locations}}
+        if not locations:
+            return torch.empty(0)
+        return torch.stack([shards[shard][row] for shard, row in locations])
+
+    def _compute(self, paths: list[str], keys: dict[str, str], batch_size: int, workers: int,
+                 skip_bad: bool) -> list[str]:
+        loader = DataLoader(paths, batch_size=batch_size, num_workers=workers, collate_fn=_Decode(self.encoder))
+        device = next(self.encoder.parameters()).device
+        done_keys, chunks, errors = [], [], []
+        with tqdm(total=len(paths), desc="encoding (feature cache)", unit="file") as progress:
+            for good, pixels, bad in loader:
+                if bad and not skip_bad:
+                    raise BadInputError(bad[0])
+                errors += bad
+                if pixels is not None:
+                    with torch.inference_mode():
+                        chunks.append(self.encoder(pixels.to(device)).float().cpu())
+                    done_keys += [keys[p] for p in good]
+                progress.update(len(good) + len(bad))
+        if chunks:
+            self._write_shard(torch.cat(chunks), done_keys)
+        return errors
+
+    def _write_shard(self, features: torch.Tensor, keys: list[str]) -> None:
+        name = f"shard-{uuid.uuid4().hex[:12]}"
+        scratch = self.folder / f".{name}.tmp"
+        save_file({"features": features.contiguous()}, str(scratch))
+        (self.folder / f"{name}.json").write_text(json.dumps(keys))
+        os.replace(scratch, self.folder / f"{name}.safetensors")  # visible only once complete

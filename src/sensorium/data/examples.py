@@ -1,0 +1,71 @@
+"""The example type every reader produces, image loading, and the dispatch on a data spec."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import BadInputError
+
+
+@dataclass
+class VQAExample:
+    media: str  # path of the image (or other media) file
+    question: str
+    answers: list[str]  # one reference (easy-vqa, GQA) or ten human answers (VQA v2)
+    answer_type: str = "other"
+    question_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB image, or a BadInputError naming the file and why it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError as error:
+        raise BadInputError(f"{path}: file not found") from error
+    except UnidentifiedImageError as error:
+        raise BadInputError(f"{path}: not an image file (unrecognised format)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadInputError(f"{path}: unreadable image ({error})") from error
+
+
+def parse_data_spec(text: str) -> dict[str, Any]:
+    """Command-line form of a data spec.
+
+    ``easy-vqa:test``, ``path/to/manifest.jsonl``, or ``vqav2:questions=Q.json,annotations=A.json,images=DIR``.
+    """
+    if text.endswith(".jsonl"):
+        return {"format": "jsonl", "path": text}
+    name, _, rest = text.partition(":")
+    if name == "easy-vqa":
+        return {"format": "easy-vqa", "split": rest or "test"}
+    if name == "vqav2":
+        spec: dict[str, Any] = {"format": "vqav2"}
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            spec[key] = value
+        return spec
+    raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, or vqav2:questions=...")
+
+
+def read_dataset(spec: dict[str, Any]) -> list[VQAExample]:
+    """Examples for a data spec; ``limit`` takes a fixed seeded sample, so reruns see the same set."""
+    from . import easyvqa, jsonl, vqav2
+
+    readers = {"easy-vqa": easyvqa.read, "jsonl": jsonl.read, "vqav2": vqav2.read}
+    options = dict(spec)
+    fmt = options.pop("format", None)
+    limit, seed = options.pop("limit", None), options.pop("seed", 0)
+    if fmt not in readers:
+        raise ValueError(f"unknown data format '{fmt}'; available: {', '.join(sorted(readers))}")
+    examples = readers[fmt](**options)
+    if limit is not None and limit < len(examples):
+        examples = random.Random(seed).sample(examples, limit)
+    return examples

@@ -1,0 +1,201 @@
+"""PerceptualLM: frozen encoder -> trainable connector -> slot injection into a frozen LM -> generate."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import WEIGHTS_NAME, AdapterConfig
+from .connectors import build_connector
+from .encoders import Encoder, load_encoder
+from .injection import SlotInjector, decoder_layers, paper_layer_range, spread_blocks
+from .lm import load_lm
+
+
+class PerceptualLM(nn.Module):
+    """A frozen causal LM that sees through a frozen encoder, taught by a tiny trainable connector.
+
+    Input layout, identical in training and generation:
+    ``[bos?][soft prompt][slot][pads][question tokens][answer tokens]``. The soft prompt and the slot
+    sit at fixed columns for every sample, so the slot index is one integer; padding goes between
+    the slot and the text and positions come from the attention mask.
+    """
+
+    def __init__(self, config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None):
+        super().__init__()
+        self.config = config
+        if lm is None:
+            lm, tokenizer = load_lm(config.lm)
+        self.lm, self.tokenizer = lm, tokenizer
+        self.encoder = encoder or load_encoder(config.encoder, image_size=config.image_size)
+        self.encoder.freeze()
+        if config.encoder_blocks is None and config.num_blocks > self.encoder.num_blocks:
+            raise ValueError(f"num_blocks={config.num_blocks} but encoder '{config.encoder}' has only "
+                             f"{self.encoder.num_blocks} blocks")
+        self.blocks = config.encoder_blocks or list(
+            range(self.encoder.num_blocks - config.num_blocks, self.encoder.num_blocks)
+        )
+        if not self.blocks or min(self.blocks) < 0 or max(self.blocks) >= self.encoder.num_blocks:
+            raise ValueError(f"encoder blocks {self.blocks} out of range 0..{self.encoder.num_blocks - 1}")
+        num_layers = len(decoder_layers(lm))
+        layers = config.inject_layers or paper_layer_range(num_layers)
+        if min(layers) < 0 or max(layers) >= num_layers:
+            raise ValueError(f"injection layers {layers} out of range 0..{num_layers - 1}")
+        self.layer_tokens = spread_blocks(len(self.blocks), len(layers))
+
+        embeddings = lm.get_input_embeddings()
+        width = embeddings.weight.shape[1]
+        self.connector = build_connector(config.connector, self.encoder.dim, width, token_norm=config.token_norm)
+        # Start the learned input vectors among real token embeddings (right scale for any LM).
+        generator = torch.Generator().manual_seed(0)
+        picks = torch.randint(0, embeddings.weight.shape[0], (config.prompt_length + 1,), generator=generator)
+        with torch.no_grad():
+            start = embeddings(picks.to(embeddings.weight.device)).float().cpu()
+        self.prompt = nn.Parameter(start[:-1].clone())
+        self.slot_embedding = nn.Parameter(start[-1].clone())
+        self.bos = self._leading_bos(tokenizer)
+        self.slot_index = len(self.bos) + config.prompt_length
+        self.injector = SlotInjector(lm, layers, self.slot_index)
+
+    @staticmethod
+    def _leading_bos(tokenizer) -> list[int]:
+        """Keep the BOS token that the LM was trained to see first (OPT, Llama) at column 0."""
+        ids = tokenizer("a").input_ids
+        bos = tokenizer.bos_token_id
+        return [bos] if bos is not None and ids and ids[0] == bos else []
+
+    # ---- counting -------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameters, frozen LM and encoder included in the total."""
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    def train(self, mode: bool = True) -> PerceptualLM:
+        # Only the connector trains; the frozen LM keeps dropout off and the encoder stays in eval.
+        super().train(mode)
+        self.lm.eval()
+        return self
+
+    # ---- encode -> map ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """Per-block encoder tokens [batch, encoder blocks, dim] (what the feature cache stores)."""
+        device = next(self.encoder.parameters()).device
+        return self.encoder(self.encoder.preprocess(images).to(device)).float()
+
+    def map_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens of all blocks -> one LM-width token per injection layer."""
+        tokens = self.connector(features[:, self.blocks].to(self.prompt.device))
+        return tokens[:, self.layer_tokens]
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def _embed(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs_embeds and attention mask for token lists, right-aligned after the fixed prefix."""
+        embeddings = self.lm.get_input_embeddings()
+        device = embeddings.weight.device
+        width = max(len(ids) for ids in texts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(t)) + t for t in texts], device=device)
+        text_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in texts], device=device)
+        batch = len(texts)
+        dtype = embeddings.weight.dtype
+        parts = []
+        if self.bos:
+            parts.append(embeddings(torch.tensor(self.bos, device=device)).expand(batch, -1, -1))
+        parts.append(self.prompt.to(device, dtype).expand(batch, -1, -1))
+        parts.append(self.slot_embedding.to(device, dtype).expand(batch, 1, -1))
+        parts.append(embeddings(ids))
+        mask = torch.cat([torch.ones(batch, self.slot_index + 1, dtype=torch.long, device=device), text_mask], 1)
+        return torch.cat(parts, 1), mask
+
+    def prompt_ids(self, questions: list[str]) -> list[list[int]]:
+        texts = [self.config.template.format(question=q) for q in questions]
+        return self.tokenizer(texts, add_special_tokens=False).input_ids
+
+    def target_ids(self, targets: list[str]) -> list[list[int]]:
+        ids = self.tokenizer([" " + t.strip() for t in targets], add_special_tokens=False).input_ids
+        return [t + [self.tokenizer.eos_token_id] for t in ids]
+
+    @staticmethod
+    def _positions(mask: torch.Tensor) -> torch.Tensor:
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+
+    # ---- train ------------------------------------------------------------------------------
+    def forward(self, features: torch.Tensor, questions: list[str], targets: list[str]) -> torch.Tensor:
+        """Mean cross-entropy on the target tokens only (question tokens carry no loss)."""
+        prompts, answers = self.prompt_ids(questions), self.target_ids(targets)
+        embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)])
+        span = max(len(a) for a in answers)
+        labels = torch.full((len(answers), span), -100, dtype=torch.long, device=embeds.device)
+        for row, answer in enumerate(answers):
+            labels[row, span - len(answer):] = torch.tensor(answer)
+        with self.injector.injecting(self.map_features(features)):
+            # Logits only where a target token is predicted: the LM head over every position would
+            # cost more than the rest of the step for a short answer.
+            logits = self.lm(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
+                logits_to_keep=span + 1, use_cache=False,
+            ).logits[:, :-1]
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+    # ---- generate ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 10,
+                 num_beams: int = 1, **generate_options) -> list[str]:
+        """Answers decoded by transformers' generate() with the KV cache on."""
+        embeds, mask = self._embed(self.prompt_ids(questions))
+        options = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False,
+                   "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
+                   **generate_options}
+        with self.injector.injecting(self.map_features(features)):
+            output = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options)
+        return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+    def ask(self, images: list[Image.Image], questions: list[str], **options) -> list[str]:
+        return self.generate(self.encode(images), questions, **options)
+
+    # ---- save / load ------------------------------------------------------------------------
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().float().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        expected = {name for name, p in self.named_parameters() if p.requires_grad}
+        if set(state) != expected:
+            raise ValueError(f"adapter weights do not match the model: missing {sorted(expected - set(state))}, "
+                             f"unexpected {sorted(set(state) - expected)}")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """adapter_config.json + adapter.safetensors (a few MB); written atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+            save_file(self.adapter_state(), handle.name)
+        Path(handle.name).replace(folder / WEIGHTS_NAME)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, lm=None, tokenizer=None, encoder=None) -> PerceptualLM:
+        folder = Path(folder)
+        model = cls(AdapterConfig.load(folder), lm=lm, tokenizer=tokenizer, encoder=encoder)
+        weights = folder / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: adapter weights missing")
+        model.load_adapter_state(load_file(weights))
+        return model
+
+
+def load(folder: str | Path) -> PerceptualLM:
+    """Rebuild a trained model from an adapter folder."""
+    return PerceptualLM.from_pretrained(folder)

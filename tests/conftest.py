@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny randomly initialised models and a tiny tokenizer, made in the test itself."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    ViTConfig,
+    ViTModel,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Converted packaged weights and feature caches of a test run never touch the user's cache.
+os.environ["SENSORIUM_CACHE"] = tempfile.mkdtemp(prefix="sensorium-test-cache-")
+
+WORDS = ("question answer what is the shape color there a an in image yes no red green blue circle "
+         "triangle rectangle does contain not of how many").split()
+
+
+def make_tokenizer(with_bos: bool) -> PreTrainedTokenizerFast:
+    vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", ":", "?", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    if with_bos:
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def tiny_config(arch: str, vocab: int):
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                           initializer_range=0.3)
+    if arch == "opt":
+        return OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
+                         word_embed_proj_dim=32, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, init_std=0.3)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128, bos_token_id=1,
+                          eos_token_id=2, initializer_range=0.3)
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_folder(tmp_path_factory):
+    """tiny_lm_folder(arch) -> folder with a random causal LM and a word-level tokenizer.
+
+    A large initialisation makes the random LM sensitive to its inputs, so an injected token that
+    went missing would change the generated words.
+    """
+    made = {}
+
+    def make(arch: str):
+        if arch not in made:
+            folder = tmp_path_factory.mktemp(f"lm-{arch}")
+            tokenizer = make_tokenizer(with_bos=arch == "opt")
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)))
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            made[arch] = folder
+        return str(made[arch])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                       image_size=32, patch_size=8)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return str(folder)

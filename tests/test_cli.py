@@ -1,0 +1,73 @@
+"""The command line: verbs work on a saved adapter; bad input is one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from sensorium import AdapterConfig, PerceptualLM
+from sensorium.cli import main
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adapter")
+    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2, inject_layers=[2, 3])
+    PerceptualLM(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def image(tmp_path):
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
+    return str(tmp_path / "blue.png")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("sensorium: error: "), err
+    return err
+
+
+def test_ask_prints_an_answer(adapter, image, capsys):
+    assert main(["ask", adapter, image, "what color is the shape ?", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("content", [b"", b"GIF89a-truncated", b"plain text"])
+def test_ask_on_a_bad_image_names_it(adapter, tmp_path, capsys, content):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(content)
+    assert main(["ask", adapter, str(bad), "what ?"]) == 2
+    assert str(bad) in one_line_error(capsys)
+
+
+def test_ask_on_a_missing_adapter(image, tmp_path, capsys):
+    assert main(["ask", str(tmp_path / "nothing"), image, "what ?"]) == 2
+    assert "not an adapter folder" in one_line_error(capsys)
+
+
+def test_eval_writes_predictions_and_prints_accuracy(adapter, image, tmp_path, capsys):
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text(json.dumps({"media": "blue.png", "question": "what color ?", "answers": ["blue"],
+                                    "answer_type": "color"}) + "\n")
+    predictions = tmp_path / "out" / "predictions.jsonl"
+    assert main(["eval", adapter, "--data", str(manifest), "--predictions", str(predictions)]) == 0
+    out = capsys.readouterr().out
+    assert "overall" in out and "color" in out
+    [record] = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert record["answers"] == ["blue"] and record["accuracy"] in (0.0, 1.0)
+
+
+def test_eval_with_a_missing_file_in_the_manifest(adapter, tmp_path, capsys):
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text(json.dumps({"media": "nowhere.png", "question": "what ?", "answers": ["x"]}) + "\n")
+    assert main(["eval", adapter, "--data", str(manifest)]) == 2
+    assert "nowhere.png: file not found" in one_line_error(capsys)
+
+
+def test_train_with_a_missing_recipe(capsys):
+    assert main(["train", "no-such-recipe.yaml"]) == 2
+    assert "no-such-recipe.yaml: recipe not found" in one_line_error(capsys)

@@ -1,0 +1,141 @@
+"""Training loop: exact resume, atomic checkpoints, feature cache reuse, bad-input handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from sensorium import train as training
+from sensorium.cache import FeatureCache
+from sensorium.errors import BadInputError
+from sensorium.recipe import Recipe, apply_override
+
+COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    lines = []
+    for name, rgb in COLORS.items():
+        Image.new("RGB", (32, 32), rgb).save(tmp_path / f"{name}.png")
+        lines.append({"media": f"{name}.png", "question": "what color is the shape ?", "answers": [name]})
+        lines.append({"media": f"{name}.png", "question": "is there a red shape ?",
+                      "answers": ["yes" if name == "red" else "no"]})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, out, **training_options) -> Recipe:
+    options = {"batch_size": 4, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 2,
+               "mixed_precision": "no", "keep_checkpoints": 5, **training_options}
+    return Recipe.from_dict({
+        "model": {"lm": tiny_lm_folder("llama"), "encoder": tiny_vit_folder, "num_blocks": 2,
+                  "inject_layers": [2, 3]},
+        "data": {"train": {"format": "jsonl", "path": str(manifest)},
+                 "eval": {"format": "jsonl", "path": str(manifest)}},
+        "training": options, "generation": {"max_new_tokens": 3}, "out": str(out),
+    })
+
+
+def test_training_writes_adapter_summary_and_predictions(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
+    summary = training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "run"))
+    out = tmp_path / "run"
+    assert (out / "adapter" / "adapter.safetensors").is_file()
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["metrics"]["accuracy"] == \
+        summary["accuracy"]
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+
+
+def test_resume_continues_exactly(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
+    straight = tmp_path / "straight"
+    training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, straight))
+    # An interrupted copy: only the step-2 checkpoint survived.
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
+    training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, interrupted), resume=True)
+    expected = load_file(straight / "adapter" / "adapter.safetensors")
+    resumed = load_file(interrupted / "adapter" / "adapter.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0)
+
+
+def test_a_crash_while_saving_keeps_the_latest_checkpoint_intact(tiny_lm_folder, tiny_vit_folder, manifest,
+                                                                tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, out, max_steps=2))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(training.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, out), resume=True)
+    latest = training.latest_checkpoint(out)
+    assert latest.name == "step-0000002"
+    assert torch.load(latest / training.STATE_NAME, weights_only=True)["step"] == 2
+
+
+def test_encoder_runs_once_per_distinct_image(tiny_vit_folder, manifest, tmp_path, monkeypatch):
+    from sensorium.encoders import load_encoder
+
+    encoder = load_encoder(tiny_vit_folder)
+    cache = FeatureCache(encoder, root=tmp_path / "cache")
+    paths = [str(manifest.parent / f"{c}.png") for c in COLORS]
+    first, rows, _ = cache.features(paths + paths[:1])
+    assert first.shape == (3, encoder.num_blocks, encoder.dim) and len(rows) == 3
+    calls = []
+    monkeypatch.setattr(type(encoder), "forward", lambda self, x: calls.append(x) or None)
+    again, rows_again, _ = FeatureCache(encoder, root=tmp_path / "cache").features(list(reversed(paths)))
+    assert not calls, "cached features were recomputed"
+    for path in paths:
+        torch.testing.assert_close(again[rows_again[path]], first[rows[path]])
+
+
+def test_cache_key_follows_preprocessing(tiny_vit_folder, tmp_path):
+    from sensorium.encoders import load_encoder
+
+    small = FeatureCache(load_encoder(tiny_vit_folder, image_size=16), root=tmp_path)
+    large = FeatureCache(load_encoder(tiny_vit_folder, image_size=32), root=tmp_path)
+    assert small.folder != large.folder
+
+
+def add_bad_lines(manifest):
+    (manifest.parent / "broken.png").write_text("not a png")
+    extra = [{"media": "broken.png", "question": "what color is the shape ?", "answers": ["red"]},
+             {"media": "gone.png", "question": "what color is the shape ?", "answers": ["red"]}]
+    with manifest.open("a") as handle:
+        handle.write("".join(json.dumps(line) + "\n" for line in extra))
+
+
+def test_bad_files_stop_training_with_their_name(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
+    add_bad_lines(manifest)
+    with pytest.raises(BadInputError, match=r"(broken.png: not an image|gone.png: file not found)"):
+        training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "run"))
+
+
+def test_skip_bad_skips_and_counts(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path, capsys):
+    add_bad_lines(manifest)
+    summary = training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "run"),
+                             skip_bad=True)
+    assert "skipped 2 unreadable file(s)" in capsys.readouterr().err
+    assert summary["eval_questions"] == 6
+
+
+def test_overrides_parse_yaml_values():
+    values = {"training": {"lr": 1.0}}
+    apply_override(values, "training.lr=3e-4")
+    apply_override(values, "training.blind=true")
+    apply_override(values, "model.encoder_blocks=[3, 5]")
+    assert values == {"training": {"lr": "3e-4", "blind": True}, "model": {"encoder_blocks": [3, 5]}}
+    recipe = Recipe.from_dict(values)
+    assert recipe.training.lr == 3e-4 and recipe.model.encoder_blocks == [3, 5]
+    with pytest.raises(ValueError, match="unknown training option"):
+        Recipe.from_dict({"training": {"learning_rate": 1}})
