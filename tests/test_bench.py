@@ -1,0 +1,81 @@
+"""Benchmark suites run end to end on tiny models: table, JSON line, sane ratios (never timings)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sensorium.bench.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and on a busy machine spinning threads slow them 100-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def common(tiny_lm_folder, tiny_vit_folder, tmp_path) -> list[str]:
+    return ["--lm", tiny_lm_folder("llama"), "--encoder", tiny_vit_folder, "--image-size", "32", "--device", "cpu",
+            "--repeats", "1", "--warmup", "0", "--limit", "3", "--results", str(tmp_path / "results.jsonl")]
+
+
+def appended(tmp_path, line: dict, capsys, title: str) -> None:
+    """The suite printed its table and appended exactly the line it returned."""
+    assert title in capsys.readouterr().out
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(text) for text in lines] == [json.loads(json.dumps(line))]
+    assert {"suite", "time", "machine", "settings"} <= line.keys()
+    assert {"cpu", "torch_threads", "gpu", "precision"} <= line["machine"].keys()
+
+
+def assert_ratios(values: dict) -> None:
+    ratios = {k: v for k, v in values.items() if "_over_" in k}
+    assert ratios
+    assert all(math.isfinite(v) and v > 0 for v in ratios.values()), ratios
+
+
+def test_generation(common, tmp_path, capsys):
+    line = main(["generation", *common, "--batch-sizes", "2", "--new-tokens", "2", "--beams", "1", "2"])
+    appended(tmp_path, line, capsys, "generation:")
+    assert [(row["batch"], row["beams"]) for row in line["rows"]] == [(2, 1), (2, 2)]
+    for row in line["rows"]:
+        assert {"epalm_ms", "nocache_ms", "lm_ms", "allpatch_ms"} <= row.keys()
+        assert_ratios(row)
+        # Every patch of the tiny ViT (16 + [CLS]) against eP-ALM's soft prompt and slot.
+        assert row["allpatch_kv_bytes"] > row["epalm_kv_bytes"]
+
+
+def test_training(common, tmp_path, capsys):
+    line = main(["training", *common, "--batch-size", "2"])
+    appended(tmp_path, line, capsys, "training step, batch 2")
+    assert {"cached_ms", "encoder_ms", "lm_ms", "cached_examples_per_s"} <= line.keys()
+    assert_ratios(line)
+    memory = line["memory"]
+    assert_ratios(memory)
+    # Gradients and AdamW state exist for the trainable parameters only (plus AdamW's step counters).
+    assert memory["grad_bytes"] == memory["trainable_bytes"]
+    assert 2 <= memory["optimizer_state_over_trainable"] < 2.01
+
+
+def test_encode(common, tmp_path, capsys):
+    line = main(["encode", *common, "--images", "3", "--workers", "0", "1", "--batch-size", "2"])
+    appended(tmp_path, line, capsys, "feature cache fill, 3 images")
+    assert [row["workers"] for row in line["rows"]] == [0, 1]
+    assert all(row["images_per_s"] > 0 for row in line["rows"])
+    assert 0 < line["decode_share"] < 1
+
+
+def test_gpu_smoke_runs_on_cpu(common, tmp_path, capsys):
+    line = main(["gpu", *common, "--smoke"])
+    appended(tmp_path, line, capsys, "accelerator run, batch 2")
+    assert line["settings"]["batch_size"] == 2 and line["settings"]["repeats"] == 1
+    assert_ratios(line["training"])
+    assert_ratios(line["generation"])
+    assert line["generation"]["epalm_tokens_per_s"] > 0
