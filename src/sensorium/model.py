@@ -134,9 +134,7 @@ class PerceptualLM(nn.Module):
         prompts, answers = self.prompt_ids(questions), self.target_ids(targets)
         embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)])
         span = max(len(a) for a in answers)
-        labels = torch.full((len(answers), span), -100, dtype=torch.long, device=embeds.device)
-        for row, answer in enumerate(answers):
-            labels[row, span - len(answer):] = torch.tensor(answer)
+        labels = torch.tensor([[-100] * (span - len(a)) + a for a in answers], device=embeds.device)
         with self.injector.injecting(self.map_features(features)):
             # Logits only where a target token is predicted: the LM head over every position would
             # cost more than the rest of the step for a short answer.

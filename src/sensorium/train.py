@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -111,6 +112,9 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
     """Train, evaluate on the recipe's eval set, save the adapter; returns the run's summary."""
     options = recipe.training
     out = Path(recipe.out)
+    # One process may train several models in turn (comparisons, tests): each run sets its own
+    # precision, while the distributed set-up of the process is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed_precision(options.mixed_precision),
                               gradient_accumulation_steps=options.gradient_accumulation)
     set_seed(options.seed)
