@@ -39,8 +39,7 @@ def test_default_model_cached_generation_equals_recomputation(default_model, eas
     images, questions = easy_vqa_batch
     features = default_model.encode(images)
     cached = default_model.generate(features, questions, max_new_tokens=12, num_beams=num_beams)
-    recomputed = default_model.generate(features, questions, max_new_tokens=12, num_beams=num_beams,
-                                        use_cache=False)
+    recomputed = default_model.generate_uncached(features, questions, max_new_tokens=12, num_beams=num_beams)
     assert cached == recomputed
     assert len(set(cached)) > 1
 

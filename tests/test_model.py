@@ -39,8 +39,8 @@ def test_cached_generation_equals_full_recomputation(arch, num_beams, tiny_lm_fo
     model = build(arch, tiny_lm_folder, tiny_vit_folder)
     feats = features(model, len(QUESTIONS))
     options = {"max_new_tokens": 8, "num_beams": num_beams}
-    cached = model.generate(feats, QUESTIONS, use_cache=True, **options)
-    recomputed = model.generate(feats, QUESTIONS, use_cache=False, **options)
+    cached = model.generate(feats, QUESTIONS, **options)
+    recomputed = model.generate_uncached(feats, QUESTIONS, **options)
     assert cached == recomputed
     assert any(cached), "generation produced nothing to compare"
 
@@ -53,6 +53,22 @@ def test_batched_answers_equal_single_answers(arch, tiny_lm_folder, tiny_vit_fol
     batched = model.generate(feats, QUESTIONS, max_new_tokens=6)
     single = [model.generate(feats[i:i + 1], [q], max_new_tokens=6)[0] for i, q in enumerate(QUESTIONS)]
     assert batched == single
+
+
+def test_uncached_generation_really_recomputes(tiny_lm_folder, tiny_vit_folder):
+    """The reference must see the whole sequence at every step, or the equivalence proves nothing."""
+    model = build("llama", tiny_lm_folder, tiny_vit_folder)
+    lengths = []
+    hook = model.lm.model.layers[0].register_forward_pre_hook(
+        lambda m, a, k: lengths.append((a[0] if a else k["hidden_states"]).shape[1]), with_kwargs=True)
+    model.generate_uncached(features(model, 1), QUESTIONS[:1], max_new_tokens=3, min_new_tokens=3)
+    cached_lengths = list(lengths)
+    lengths.clear()
+    model.generate(features(model, 1), QUESTIONS[:1], max_new_tokens=3, min_new_tokens=3)
+    hook.remove()
+    start = cached_lengths[0]
+    assert cached_lengths == [start, start + 1, start + 2]
+    assert lengths == [start, 1, 1]
 
 
 def test_the_image_reaches_the_answer(tiny_lm_folder, tiny_vit_folder):

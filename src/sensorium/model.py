@@ -97,24 +97,27 @@ class PerceptualLM(nn.Module):
         return tokens[:, self.layer_tokens]
 
     # ---- inputs -----------------------------------------------------------------------------
-    def _embed(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs_embeds and attention mask for token lists, right-aligned after the fixed prefix."""
-        embeddings = self.lm.get_input_embeddings()
-        device = embeddings.weight.device
+    def _token_ids(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of the whole layout; soft-prompt and slot columns hold pad ids."""
+        device = self.lm.get_input_embeddings().weight.device
         width = max(len(ids) for ids in texts)
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(t)) + t for t in texts], device=device)
-        text_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in texts], device=device)
-        batch = len(texts)
-        dtype = embeddings.weight.dtype
-        parts = []
-        if self.bos:
-            parts.append(embeddings(torch.tensor(self.bos, device=device)).expand(batch, -1, -1))
-        parts.append(self.prompt.to(device, dtype).expand(batch, -1, -1))
-        parts.append(self.slot_embedding.to(device, dtype).expand(batch, 1, -1))
-        parts.append(embeddings(ids))
-        mask = torch.cat([torch.ones(batch, self.slot_index + 1, dtype=torch.long, device=device), text_mask], 1)
-        return torch.cat(parts, 1), mask
+        prefix = self.bos + [pad] * (self.slot_index + 1 - len(self.bos))
+        ids = torch.tensor([prefix + [pad] * (width - len(t)) + t for t in texts], device=device)
+        mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(t)) + [1] * len(t) for t in texts], device=device)
+        return ids, mask
+
+    def _with_learned_prefix(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Input embeddings with the soft prompt and the slot embedding written into their columns."""
+        learned = torch.cat([self.prompt, self.slot_embedding[None]]).to(embeds.dtype)
+        start = len(self.bos)
+        return torch.cat([embeds[:, :start], learned.expand(embeds.shape[0], -1, -1),
+                          embeds[:, self.slot_index + 1:]], 1)
+
+    def _embed(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs_embeds and attention mask for token lists, right-aligned after the fixed prefix."""
+        ids, mask = self._token_ids(texts)
+        return self._with_learned_prefix(self.lm.get_input_embeddings()(ids)), mask
 
     def prompt_ids(self, questions: list[str]) -> list[list[int]]:
         texts = [self.config.template.format(question=q) for q in questions]
@@ -156,6 +159,30 @@ class PerceptualLM(nn.Module):
         with self.injector.injecting(self.map_features(features)):
             output = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options)
         return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+    @torch.inference_mode()
+    def generate_uncached(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 10,
+                          num_beams: int = 1, **generate_options) -> list[str]:
+        """The same decoding with the KV cache off: every new token recomputes the whole sequence.
+
+        This is what the public eP-ALM code does; it is the reference that cached generation must
+        match token for token, and the baseline the benchmarks measure. It feeds token ids (with the
+        learned prefix written in by a hook on the embedding layer), because transformers keeps a cache
+        for ``inputs_embeds`` generation even when asked not to.
+        """
+        ids, mask = self._token_ids(self.prompt_ids(questions))
+        options = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False,
+                   "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
+                   **generate_options, "use_cache": False}
+        hook = self.lm.get_input_embeddings().register_forward_hook(
+            lambda module, args, output: self._with_learned_prefix(output))
+        try:
+            with self.injector.injecting(self.map_features(features)):
+                output = self.lm.generate(input_ids=ids, attention_mask=mask, **options)
+        finally:
+            hook.remove()
+        new_tokens = output[:, ids.shape[1]:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def ask(self, images: list[Image.Image], questions: list[str], **options) -> list[str]:
         return self.generate(self.encode(images), questions, **options)

@@ -168,7 +168,7 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}", ex_per_s=f"{_rate(progress, options.batch_size):.1f}")
         if options.eval_every and step % options.eval_every == 0 and quick_eval:
-            accuracy = _quick_accuracy(core, accelerator, quick_eval, recipe)
+            accuracy = _quick_accuracy(core, quick_eval, recipe)
             progress.write(f"step {step}: quick eval accuracy {accuracy:.1f}%")
             model.train()
         if accelerator.is_main_process and (step % options.checkpoint_every == 0 or step == options.max_steps):
@@ -206,12 +206,10 @@ def _quick_eval_set(recipe, train_examples, options, skip_bad, core):
     return cached_features(core, examples, options, skip_bad)[:3]
 
 
-def _quick_accuracy(core, accelerator, quick_eval, recipe) -> float:
+def _quick_accuracy(core, quick_eval, recipe) -> float:
     examples, features, row_of = quick_eval
     core.eval()
-    with accelerator.autocast():
-        records = answer_all(core, examples, features, row_of, recipe.eval_batch_size, recipe.generation,
-                             progress=False)
+    records = answer_all(core, examples, features, row_of, recipe.eval_batch_size, recipe.generation, progress=False)
     return report(records).overall.accuracy
 
 
@@ -219,8 +217,8 @@ def _final_eval(core, accelerator, recipe, options, skip_bad, out) -> dict[str, 
     examples, features, row_of, _ = cached_features(core, read_dataset(recipe.data["eval"]), options, skip_bad)
     core.eval()
     started = time.perf_counter()
-    with accelerator.autocast():
-        records = answer_all(core, examples, features, row_of, recipe.eval_batch_size, recipe.generation)
+    # No autocast: generation re-casting every frozen weight at every token costs more than it saves.
+    records = answer_all(core, examples, features, row_of, recipe.eval_batch_size, recipe.generation)
     result = report(records)
     if accelerator.is_main_process:
         write_predictions(records, out / "predictions.jsonl")

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from ..model import PerceptualLM
-from .common import Timer, add_common_arguments, autocast, build_model, examples, images, print_table, record
+from .common import Timer, add_common_arguments, build_model, examples, images, print_table, record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def time_generation(model: PerceptualLM, inputs: Inputs, new_tokens: int, beams:
     options = _options(model, new_tokens, beams)
     runs = {
         "epalm": lambda: model.generate(inputs.features, inputs.questions, **options),
-        "nocache": lambda: model.generate(inputs.features, inputs.questions, use_cache=False, **options),
+        "nocache": lambda: model.generate_uncached(inputs.features, inputs.questions, **options),
         "lm": lambda: model.lm.generate(input_ids=inputs.input_ids, attention_mask=inputs.text_mask, **options),
         "allpatch": lambda: model.lm.generate(inputs_embeds=inputs.patch_embeds, attention_mask=inputs.patch_mask,
                                               **options),
@@ -107,10 +107,11 @@ def time_generation(model: PerceptualLM, inputs: Inputs, new_tokens: int, beams:
 def measure(model: PerceptualLM, inputs: Inputs, new_tokens: int, beams: int, timer: Timer,
             device: str) -> dict[str, Any]:
     """One grid point: absolute times, KV-cache sizes and the ratios against eP-ALM with its cache."""
-    with autocast(device):
-        seconds = time_generation(model, inputs, new_tokens, beams, timer)
-        epalm_kv = kv_cache_bytes(model, *model._embed(model.prompt_ids(inputs.questions)))
-        patch_kv = kv_cache_bytes(model, inputs.patch_embeds, inputs.patch_mask)
+    # Generation runs in the LM's own dtype, as `sensorium ask` and `eval` do: under autocast every
+    # frozen weight would be cast again at every new token, which costs more than the token itself.
+    seconds = time_generation(model, inputs, new_tokens, beams, timer)
+    epalm_kv = kv_cache_bytes(model, *model._embed(model.prompt_ids(inputs.questions)))
+    patch_kv = kv_cache_bytes(model, inputs.patch_embeds, inputs.patch_mask)
     return {
         "batch": len(inputs.questions), "new_tokens": new_tokens, "beams": beams,
         **{f"{name}_ms": 1000 * value for name, value in seconds.items()},

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import torch
+
 from . import generation, training
 from .common import Timer, add_common_arguments, build_model, print_table, record
 
@@ -27,6 +29,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timer = Timer(args.device, args.repeats, args.warmup)
     steps = training.measure(model, training.prepare(model, args.batch_size, args.limit), timer, args.device)
     model.eval()
+    if torch.device(args.device).type == "cuda":
+        model.lm.to(torch.bfloat16)  # inference weights in bf16 once, instead of autocast at every token
     inputs = generation.prepare(model, args.batch_size, args.limit)
     generated = generation.measure(model, inputs, args.new_tokens, 1, timer, args.device)
     tokens = args.batch_size * args.new_tokens
