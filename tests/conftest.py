@@ -10,10 +10,14 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
+    GPTNeoXConfig,
     LlamaConfig,
     OPTConfig,
+    PhiConfig,
     PreTrainedTokenizerFast,
+    Qwen2Config,
     ViTConfig,
     ViTModel,
 )
@@ -48,6 +52,20 @@ def tiny_config(arch: str, vocab: int):
     if arch == "gpt2":
         return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128, bos_token_id=1,
                           eos_token_id=2, initializer_range=0.3)
+    if arch == "qwen2":
+        return Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                           initializer_range=0.3)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                             num_attention_heads=4, max_position_embeddings=128, initializer_range=0.3)
+    if arch == "phi":
+        return PhiConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, max_position_embeddings=128, initializer_range=0.3)
+    if arch == "gemma3":
+        return Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                max_position_embeddings=128, initializer_range=0.3, sliding_window=8)
     raise ValueError(arch)
 
 

@@ -8,7 +8,7 @@ import torch
 from sensorium import AdapterConfig, PerceptualLM, load
 from sensorium.injection import paper_layer_range, spread_blocks
 
-ARCHS = ["llama", "opt", "gpt2"]
+ARCHS = ["llama", "opt", "gpt2", "qwen2", "gpt_neox", "phi", "gemma3"]
 QUESTIONS = ["what is the shape ?", "is there a red circle in the image ?", "color ?"]
 
 
@@ -38,7 +38,7 @@ def test_layer_range_follows_the_paper():
 def test_cached_generation_equals_full_recomputation(arch, num_beams, tiny_lm_folder, tiny_vit_folder):
     model = build(arch, tiny_lm_folder, tiny_vit_folder)
     feats = features(model, len(QUESTIONS))
-    options = {"max_new_tokens": 8, "num_beams": num_beams}
+    options = {"max_new_tokens": 8, "min_new_tokens": 4, "num_beams": num_beams}  # EOS held back: never vacuous
     cached = model.generate(feats, QUESTIONS, **options)
     recomputed = model.generate_uncached(feats, QUESTIONS, **options)
     assert cached == recomputed

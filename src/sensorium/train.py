@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -136,9 +137,9 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
 
     step = 0
     checkpoint = latest_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        log(f"no checkpoint in {out / 'checkpoints'}: starting from step 0")
     if checkpoint is not None:
-        from safetensors.torch import load_file
-
         core.load_adapter_state(load_file(checkpoint / "adapter.safetensors"))
         state = torch.load(checkpoint / STATE_NAME, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
