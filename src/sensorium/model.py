@@ -148,17 +148,23 @@ class PerceptualLM(nn.Module):
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
     # ---- generate ---------------------------------------------------------------------------
+    def generation_options(self, max_new_tokens: int, num_beams: int, **generate_options) -> dict:
+        """generate() options shared by the cached and the uncached path (greedy unless told otherwise)."""
+        return {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False,
+                "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
+                **generate_options}
+
+    def _decode(self, tokens: torch.Tensor) -> list[str]:
+        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+
     @torch.inference_mode()
     def generate(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 10,
                  num_beams: int = 1, **generate_options) -> list[str]:
         """Answers decoded by transformers' generate() with the KV cache on."""
         embeds, mask = self._embed(self.prompt_ids(questions))
-        options = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False,
-                   "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
-                   **generate_options}
+        options = self.generation_options(max_new_tokens, num_beams, **generate_options)
         with self.injector.injecting(self.map_features(features)):
-            output = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options)
-        return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+            return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options))
 
     @torch.inference_mode()
     def generate_uncached(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 10,
@@ -171,9 +177,7 @@ class PerceptualLM(nn.Module):
         for ``inputs_embeds`` generation even when asked not to.
         """
         ids, mask = self._token_ids(self.prompt_ids(questions))
-        options = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False,
-                   "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
-                   **generate_options, "use_cache": False}
+        options = {**self.generation_options(max_new_tokens, num_beams, **generate_options), "use_cache": False}
         hook = self.lm.get_input_embeddings().register_forward_hook(
             lambda module, args, output: self._with_learned_prefix(output))
         try:
@@ -181,8 +185,7 @@ class PerceptualLM(nn.Module):
                 output = self.lm.generate(input_ids=ids, attention_mask=mask, **options)
         finally:
             hook.remove()
-        new_tokens = output[:, ids.shape[1]:]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return self._decode(output[:, ids.shape[1]:])
 
     def ask(self, images: list[Image.Image], questions: list[str], **options) -> list[str]:
         return self.generate(self.encode(images), questions, **options)

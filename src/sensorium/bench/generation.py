@@ -85,8 +85,7 @@ def kv_cache_bytes(model: PerceptualLM, embeds: torch.Tensor, mask: torch.Tensor
 
 def _options(model: PerceptualLM, new_tokens: int, beams: int) -> dict[str, Any]:
     """Exactly ``new_tokens`` tokens for every run (EOS held back), so all runs do equal work."""
-    return {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "num_beams": beams, "do_sample": False,
-            "pad_token_id": model.tokenizer.pad_token_id, "eos_token_id": model.tokenizer.eos_token_id}
+    return model.generation_options(new_tokens, beams, min_new_tokens=new_tokens)
 
 
 def time_generation(model: PerceptualLM, inputs: Inputs, new_tokens: int, beams: int,
