@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data import VQAExample
+from .data import Example
 from .metrics import VQAReport, summarize, vqa_accuracy
 from .model import PerceptualLM
 
 
-def answer_all(model: PerceptualLM, examples: list[VQAExample], features: torch.Tensor, row_of: dict[str, int],
+def answer_all(model: PerceptualLM, examples: list[Example], features: torch.Tensor, row_of: dict[str, int],
                batch_size: int = 64, generation: dict[str, Any] | None = None,
                progress: bool = True) -> list[dict[str, Any]]:
     """One record per example: question, prediction, references and its accuracy."""

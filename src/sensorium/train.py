@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .cache import FeatureCache
-from .data import VQAExample, read_dataset
+from .data import Example, read_dataset
 from .evaluate import answer_all, report, write_predictions
 from .model import PerceptualLM
 from .recipe import Recipe, TrainingOptions
@@ -45,8 +45,8 @@ def mixed_precision(choice: str) -> str:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
 
 
-def cached_features(model: PerceptualLM, examples: list[VQAExample], options: TrainingOptions,
-                    skip_bad: bool) -> tuple[list[VQAExample], torch.Tensor, dict[str, int], float]:
+def cached_features(model: PerceptualLM, examples: list[Example], options: TrainingOptions,
+                    skip_bad: bool) -> tuple[list[Example], torch.Tensor, dict[str, int], float]:
     """Features for the examples' media (encoder run only for files not cached yet)."""
     started = time.perf_counter()
     cache = FeatureCache(model.encoder)

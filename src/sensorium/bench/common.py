@@ -18,7 +18,7 @@ import transformers
 from PIL import Image
 
 from ..config import AdapterConfig
-from ..data import VQAExample, load_image, read_dataset
+from ..data import Example, load_image, read_dataset
 from ..encoders import load_encoder
 from ..model import PerceptualLM
 from ..train import mixed_precision
@@ -81,13 +81,13 @@ def build_model(args: argparse.Namespace) -> PerceptualLM:
     return PerceptualLM(config, encoder=encoder).to(args.device).eval()
 
 
-def examples(split: str, count: int, limit: int | None) -> list[VQAExample]:
+def examples(split: str, count: int, limit: int | None) -> list[Example]:
     """``count`` easy-vqa questions, cycling through a ``limit``-sized sample when it is smaller."""
     pool = read_dataset({"format": "easy-vqa", "split": split, "limit": limit})
     return [pool[i % len(pool)] for i in range(count)]
 
 
-def images(batch: list[VQAExample]) -> list[Image.Image]:
+def images(batch: list[Example]) -> list[Image.Image]:
     return [load_image(example.media) for example in batch]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import VQAExample
+from ..data import Example
 from ..model import PerceptualLM
 from ..recipe import TrainingOptions
 from ..train import build_optimizer
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Batch:
     """One training batch of easy-vqa train questions and the features the cache would hold for it."""
 
-    examples: list[VQAExample]
+    examples: list[Example]
     features: torch.Tensor
 
     @property
@@ -49,7 +49,7 @@ def prepare(model: PerceptualLM, batch_size: int, limit: int | None) -> Batch:
     return Batch(batch, _features(model, batch).cpu())
 
 
-def _features(model: PerceptualLM, batch: list[VQAExample]) -> torch.Tensor:
+def _features(model: PerceptualLM, batch: list[Example]) -> torch.Tensor:
     """Load, preprocess and encode: what the cache saves every step after the first epoch."""
     return model.encode(images(batch))
 

@@ -13,11 +13,13 @@ from ..errors import BadInputError
 
 
 @dataclass
-class VQAExample:
+class Example:
+    """One training/evaluation item of any task: a question (empty for captioning) and its references."""
+
     media: str  # path of the image (or other media) file
     question: str
-    answers: list[str]  # one reference (easy-vqa, GQA) or ten human answers (VQA v2)
-    answer_type: str = "other"
+    answers: list[str]  # one reference (easy-vqa, GQA), ten human answers (VQA v2), or all captions
+    answer_type: str = "other"  # the group a report scores separately (question type for VQA)
     question_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -55,7 +57,7 @@ def parse_data_spec(text: str) -> dict[str, Any]:
     raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, or vqav2:questions=...")
 
 
-def read_dataset(spec: dict[str, Any]) -> list[VQAExample]:
+def read_dataset(spec: dict[str, Any]) -> list[Example]:
     """Examples for a data spec; ``limit`` takes a fixed seeded sample, so reruns see the same set."""
     from . import easyvqa, jsonl, vqav2
 

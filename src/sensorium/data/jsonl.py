@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import VQAExample
+from .examples import Example
 
 
-def read(path: str) -> list[VQAExample]:
+def read(path: str) -> list[Example]:
     manifest = Path(path)
     if not manifest.is_file():
         raise BadInputError(f"{manifest}: manifest not found")
@@ -27,7 +27,7 @@ def read(path: str) -> list[VQAExample]:
         answers = record.get("answers", [record["answer"]] if "answer" in record else [])
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
             raise BadInputError(f"{where}: 'answers' must be a list of strings")
-        examples.append(VQAExample(
+        examples.append(Example(
             media=str(manifest.parent / record["media"]), question=str(record["question"]), answers=answers,
             answer_type=str(record.get("answer_type", "other")), question_id=str(record.get("id", number)),
         ))

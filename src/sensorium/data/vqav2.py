@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import VQAExample
+from .examples import Example
 
 
 def _load_json(path: str, key: str) -> tuple[list[dict], dict]:
@@ -27,7 +27,7 @@ def image_path(folder: Path, subtype: str, image_id: int) -> Path:
     return folder / f"COCO_{subtype}_{image_id:012d}.jpg"
 
 
-def read(questions: str, images: str, annotations: str | None = None) -> list[VQAExample]:
+def read(questions: str, images: str, annotations: str | None = None) -> list[Example]:
     question_list, question_file = _load_json(questions, "questions")
     subtype = question_file.get("data_subtype", "")
     answers_by_id: dict[int, dict] = {}
@@ -38,7 +38,7 @@ def read(questions: str, images: str, annotations: str | None = None) -> list[VQ
     for q in question_list:
         try:
             annotation = answers_by_id.get(q["question_id"], {})
-            examples.append(VQAExample(
+            examples.append(Example(
                 media=str(image_path(Path(images), subtype, int(q["image_id"]))), question=q["question"],
                 answers=[a["answer"] for a in annotation.get("answers", [])],
                 answer_type=annotation.get("answer_type", "other"), question_id=str(q["question_id"]),
