@@ -7,6 +7,7 @@ import torch
 
 from sensorium import AdapterConfig, PerceptualLM, load
 from sensorium.injection import paper_layer_range, spread_blocks
+from sensorium.model import generate_mixed
 
 ARCHS = ["llama", "opt", "gpt2", "qwen2", "gpt_neox", "phi", "gemma3"]
 QUESTIONS = ["what is the shape ?", "is there a red circle in the image ?", "color ?"]
@@ -140,3 +141,30 @@ def test_bad_block_or_layer_choice_is_reported(tiny_lm_folder, tiny_vit_folder):
                                   inject_layers=[2, 4]))
     with pytest.raises(ValueError, match="has only 4 blocks"):
         PerceptualLM(AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=6))
+
+
+def test_mixed_adapters_in_one_batch_answer_as_each_alone(tiny_lm_folder, tiny_vit_folder):
+    first = build("llama", tiny_lm_folder, tiny_vit_folder)
+    torch.manual_seed(7)
+    second = PerceptualLM(first.config, lm=first.lm, tokenizer=first.tokenizer, encoder=first.encoder).eval()
+    with torch.no_grad():
+        second.connector.linear.weight.normal_(0, 2.0)
+        second.prompt.normal_(0, 1.0)
+    feats = features(first, len(QUESTIONS))
+    owners = [first, second, first]
+    mixed = generate_mixed([(m, f, q) for m, f, q in zip(owners, feats, QUESTIONS, strict=True)], max_new_tokens=6)
+    alone = [m.generate(f[None], [q], max_new_tokens=6)[0] for m, f, q in zip(owners, feats, QUESTIONS, strict=True)]
+    assert mixed == alone
+    assert second.generate(feats[:1], QUESTIONS[:1], max_new_tokens=6) != first.generate(
+        feats[:1], QUESTIONS[:1], max_new_tokens=6), "the two adapters should disagree somewhere"
+
+
+def test_task_decides_template_decoding_and_verbs(tiny_lm_folder, tiny_vit_folder):
+    captioner = build("llama", tiny_lm_folder, tiny_vit_folder, task="caption")
+    assert captioner.config.template == "A picture of"
+    assert captioner.generation_options()["num_beams"] == 3
+    assert captioner.generation_options(num_beams=1)["num_beams"] == 1
+    with pytest.raises(ValueError, match="trained for caption"):
+        captioner.ask([], ["what ?"])
+    with pytest.raises(ValueError, match="unknown task"):
+        AdapterConfig(task="translate")

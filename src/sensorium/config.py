@@ -11,6 +11,13 @@ from typing import Any
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 
+# What a task changes: the text around the media and how answers are decoded. A VQA answer is a word
+# or two, read greedily; a caption is a sentence, found by beam search as in the captioning literature.
+TASKS: dict[str, dict[str, Any]] = {
+    "vqa": {"template": "Question: {question} Answer:", "generation": {"max_new_tokens": 10, "num_beams": 1}},
+    "caption": {"template": "A picture of", "generation": {"max_new_tokens": 30, "num_beams": 3}},
+}
+
 
 @dataclass
 class AdapterConfig:
@@ -25,10 +32,21 @@ class AdapterConfig:
     inject_layers: list[int] | None = None  # None: the paper's relative range of LM layers
     prompt_length: int = 1  # trainable soft-prompt tokens at the input
     token_norm: bool = True
-    template: str = "Question: {question} Answer:"
-    task: str = "vqa"
+    task: str = "vqa"  # vqa | caption
+    template: str | None = None  # None: the task's; "{question}" marks where the question goes
+    generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's defaults
     training: dict[str, Any] = field(default_factory=dict)  # recipe that produced the weights
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at save time
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task '{self.task}'; available: {', '.join(TASKS)}")
+        if self.template is None:
+            self.template = TASKS[self.task]["template"]
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """Decoding options of this adapter: the task's defaults, then what its recipe set."""
+        return {**TASKS[self.task]["generation"], **self.generation}
 
     def save(self, folder: Path) -> None:
         (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")

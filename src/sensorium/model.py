@@ -107,11 +107,15 @@ class PerceptualLM(nn.Module):
         mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(t)) + [1] * len(t) for t in texts], device=device)
         return ids, mask
 
-    def _with_learned_prefix(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Input embeddings with the soft prompt and the slot embedding written into their columns."""
-        learned = torch.cat([self.prompt, self.slot_embedding[None]]).to(embeds.dtype)
+    def learned_prefix(self) -> torch.Tensor:
+        """The soft prompt and the slot embedding, [prompt length + 1, width]."""
+        return torch.cat([self.prompt, self.slot_embedding[None]])
+
+    def _with_learned_prefix(self, embeds: torch.Tensor, learned: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings with learned vectors ([batch or 1, prompt + 1, width]) written into their columns."""
+        learned = self.learned_prefix()[None] if learned is None else learned
         start = len(self.bos)
-        return torch.cat([embeds[:, :start], learned.expand(embeds.shape[0], -1, -1),
+        return torch.cat([embeds[:, :start], learned.to(embeds.dtype).expand(embeds.shape[0], -1, -1),
                           embeds[:, self.slot_index + 1:]], 1)
 
     def _embed(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,27 +152,24 @@ class PerceptualLM(nn.Module):
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
     # ---- generate ---------------------------------------------------------------------------
-    def generation_options(self, max_new_tokens: int, num_beams: int, **generate_options) -> dict:
-        """generate() options shared by the cached and the uncached path (greedy unless told otherwise)."""
-        return {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False,
-                "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
-                **generate_options}
+    def generation_options(self, **overrides) -> dict:
+        """generate() options shared by the cached and the uncached path: the adapter's, then the call's."""
+        return {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
+                "eos_token_id": self.tokenizer.eos_token_id, **self.config.generation_defaults(), **overrides}
 
     def _decode(self, tokens: torch.Tensor) -> list[str]:
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     @torch.inference_mode()
-    def generate(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 10,
-                 num_beams: int = 1, **generate_options) -> list[str]:
-        """Answers decoded by transformers' generate() with the KV cache on."""
+    def generate(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
+        """Answers (captions when the questions are empty) decoded by generate() with the KV cache on."""
         embeds, mask = self._embed(self.prompt_ids(questions))
-        options = self.generation_options(max_new_tokens, num_beams, **generate_options)
+        options = self.generation_options(**options)
         with self.injector.injecting(self.map_features(features)):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options))
 
     @torch.inference_mode()
-    def generate_uncached(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 10,
-                          num_beams: int = 1, **generate_options) -> list[str]:
+    def generate_uncached(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
         """The same decoding with the KV cache off: every new token recomputes the whole sequence.
 
         This is what the public eP-ALM code does; it is the reference that cached generation must
@@ -177,7 +178,7 @@ class PerceptualLM(nn.Module):
         for ``inputs_embeds`` generation even when asked not to.
         """
         ids, mask = self._token_ids(self.prompt_ids(questions))
-        options = {**self.generation_options(max_new_tokens, num_beams, **generate_options), "use_cache": False}
+        options = {**self.generation_options(**options), "use_cache": False}
         hook = self.lm.get_input_embeddings().register_forward_hook(
             lambda module, args, output: self._with_learned_prefix(output))
         try:
@@ -188,7 +189,16 @@ class PerceptualLM(nn.Module):
         return self._decode(output[:, ids.shape[1]:])
 
     def ask(self, images: list[Image.Image], questions: list[str], **options) -> list[str]:
+        self._require_task("vqa", "caption")
         return self.generate(self.encode(images), questions, **options)
+
+    def caption(self, images: list[Image.Image], **options) -> list[str]:
+        self._require_task("caption", "ask")
+        return self.generate(self.encode(images), [""] * len(images), **options)
+
+    def _require_task(self, task: str, instead: str) -> None:
+        if self.config.task != task:
+            raise ValueError(f"this adapter was trained for {self.config.task}, not {task}: use '{instead}'")
 
     # ---- save / load ------------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:
@@ -222,6 +232,29 @@ class PerceptualLM(nn.Module):
             raise FileNotFoundError(f"{weights}: adapter weights missing")
         model.load_adapter_state(load_file(weights))
         return model
+
+
+@torch.inference_mode()
+def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **options) -> list[str]:
+    """One generate() call for samples of different adapters over one shared frozen LM.
+
+    Each sample is (adapter, its encoder tokens [blocks, dim], question); each brings its own soft
+    prompt, slot embedding and connector. Adapters must share the LM object and the layout (same
+    injection layers and slot column), which holds for adapters trained on the same base LM with the
+    same prompt length; ``options`` apply to the whole batch.
+    """
+    lead = samples[0][0]
+    for model, _, _ in samples:
+        if model.lm is not lead.lm or model.injector.layers != lead.injector.layers \
+                or model.slot_index != lead.slot_index:
+            raise ValueError("generate_mixed needs adapters sharing one LM, injection layers and prompt length")
+    ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
+    learned = torch.stack([model.learned_prefix() for model, _, _ in samples])
+    embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), learned)
+    tokens = torch.cat([model.map_features(features[None]) for model, features, _ in samples])
+    with lead.injector.injecting(tokens):
+        return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
+                                             **lead.generation_options(**options)))
 
 
 def load(folder: str | Path) -> PerceptualLM:

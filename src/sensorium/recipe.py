@@ -48,7 +48,7 @@ class Recipe:
     model: AdapterConfig = field(default_factory=AdapterConfig)
     data: dict[str, Any] = field(default_factory=lambda: {"train": {"format": "easy-vqa", "split": "train"}})
     training: TrainingOptions = field(default_factory=TrainingOptions)
-    generation: dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 10, "num_beams": 1})
+    generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's defaults
     eval_batch_size: int = 64
     out: str = "runs/default"
 
