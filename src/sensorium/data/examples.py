@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,35 +39,46 @@ def load_image(path: str | Path) -> Image.Image:
         raise BadInputError(f"{path}: unreadable image ({error})") from error
 
 
+# Formats whose command-line spec is ``name:key=value,key=value``, the keys being the reader's arguments.
+_KEYED_FORMATS = ("vqav2", "coco", "karpathy")
+
+
 def parse_data_spec(text: str) -> dict[str, Any]:
     """Command-line form of a data spec.
 
-    ``easy-vqa:test``, ``path/to/manifest.jsonl``, or ``vqav2:questions=Q.json,annotations=A.json,images=DIR``.
+    ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``vqav2:questions=Q.json,annotations=A.json,images=DIR``,
+    ``coco:annotations=captions.json,images=DIR`` or ``karpathy:path=dataset_coco.json,images=DIR,split=test``.
     """
     if text.endswith(".jsonl"):
         return {"format": "jsonl", "path": text}
     name, _, rest = text.partition(":")
     if name == "easy-vqa":
         return {"format": "easy-vqa", "split": rest or "test"}
-    if name == "vqav2":
-        spec: dict[str, Any] = {"format": "vqav2"}
+    if name in _KEYED_FORMATS:
+        spec: dict[str, Any] = {"format": name}
         for item in filter(None, rest.split(",")):
             key, _, value = item.partition("=")
             spec[key] = value
         return spec
-    raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, or vqav2:questions=...")
+    raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, vqav2:questions=..., "
+                     "coco:annotations=... or karpathy:path=...")
 
 
 def read_dataset(spec: dict[str, Any]) -> list[Example]:
     """Examples for a data spec; ``limit`` takes a fixed seeded sample, so reruns see the same set."""
-    from . import easyvqa, jsonl, vqav2
+    from . import coco, easyvqa, jsonl, karpathy, vqav2
 
-    readers = {"easy-vqa": easyvqa.read, "jsonl": jsonl.read, "vqav2": vqav2.read}
+    readers = {"easy-vqa": easyvqa.read, "jsonl": jsonl.read, "vqav2": vqav2.read, "coco": coco.read,
+               "karpathy": karpathy.read}
     options = dict(spec)
     fmt = options.pop("format", None)
     limit, seed = options.pop("limit", None), options.pop("seed", 0)
     if fmt not in readers:
         raise ValueError(f"unknown data format '{fmt}'; available: {', '.join(sorted(readers))}")
+    try:
+        inspect.signature(readers[fmt]).bind(**options)
+    except TypeError as error:
+        raise ValueError(f"data format '{fmt}': {error}") from error
     examples = readers[fmt](**options)
     if limit is not None and limit < len(examples):
         examples = random.Random(seed).sample(examples, limit)

@@ -1,4 +1,8 @@
-"""The plain manifest: one JSON object per line, media paths relative to the manifest's folder."""
+"""The plain manifest: one JSON object per line, media paths relative to the manifest's folder.
+
+A line is a question (``media``, ``question``, ``answers`` or ``answer``) or, without a question, an
+image to caption (``media``, ``captions``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,24 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from .examples import Example
+
+
+def _strings(values: object, key: str, where: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise BadInputError(f"{where}: '{key}' must be a list of strings")
+    return values
+
+
+def _example(record: dict, manifest: Path, number: int, where: str) -> Example:
+    media, question_id = str(manifest.parent / record["media"]), str(record.get("id", number))
+    if "captions" in record:
+        return Example(media=media, question="", answers=_strings(record["captions"], "captions", where),
+                       answer_type="caption", question_id=question_id)
+    answers = record.get("answers", [record["answer"]] if "answer" in record else [])
+    return Example(
+        media=media, question=str(record["question"]), answers=_strings(answers, "answers", where),
+        answer_type=str(record.get("answer_type", "other")), question_id=question_id,
+    )
 
 
 def read(path: str) -> list[Example]:
@@ -22,13 +44,7 @@ def read(path: str) -> list[Example]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise BadInputError(f"{where}: malformed JSON ({error.msg})") from error
-        if not isinstance(record, dict) or "media" not in record or "question" not in record:
-            raise BadInputError(f"{where}: each line needs 'media' and 'question'")
-        answers = record.get("answers", [record["answer"]] if "answer" in record else [])
-        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            raise BadInputError(f"{where}: 'answers' must be a list of strings")
-        examples.append(Example(
-            media=str(manifest.parent / record["media"]), question=str(record["question"]), answers=answers,
-            answer_type=str(record.get("answer_type", "other")), question_id=str(record.get("id", number)),
-        ))
+        if not isinstance(record, dict) or "media" not in record or ("question" in record) == ("captions" in record):
+            raise BadInputError(f"{where}: each line needs 'media' and 'question' (or 'captions', not both)")
+        examples.append(_example(record, manifest, number, where))
     return examples
