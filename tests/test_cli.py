@@ -71,3 +71,38 @@ def test_eval_with_a_missing_file_in_the_manifest(adapter, tmp_path, capsys):
 def test_train_with_a_missing_recipe(capsys):
     assert main(["train", "no-such-recipe.yaml"]) == 2
     assert "no-such-recipe.yaml: recipe not found" in one_line_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def caption_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("caption-adapter")
+    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2, inject_layers=[2, 3],
+                           task="caption", generation={"max_new_tokens": 4})
+    PerceptualLM(config).save_pretrained(folder)
+    return str(folder)
+
+
+def test_caption_prints_one_line_per_image(caption_adapter, image, tmp_path, capsys):
+    other = tmp_path / "red.png"
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(other)
+    assert main(["caption", caption_adapter, image, str(other), "--num-beams", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [image, str(other)]
+
+
+def test_verbs_refuse_an_adapter_of_the_other_task(adapter, caption_adapter, image, capsys):
+    assert main(["caption", adapter, image]) == 2
+    assert "trained for vqa" in one_line_error(capsys)
+    assert main(["ask", caption_adapter, image, "what ?"]) == 2
+    assert "trained for caption" in one_line_error(capsys)
+
+
+def test_eval_of_captions_prints_coco_metrics_and_writes_coco_results(caption_adapter, image, tmp_path, capsys):
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text(json.dumps({"media": "blue.png", "id": 7, "captions": ["a blue square", "blue"]}) + "\n")
+    results = tmp_path / "results.json"
+    assert main(["eval", caption_adapter, "--data", str(manifest), "--predictions", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "CIDEr" in out and "Bleu_4" in out and "SPICE" in out
+    [entry] = json.loads(results.read_text())
+    assert entry["image_id"] == 7 and isinstance(entry["caption"], str)

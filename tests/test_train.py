@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -139,3 +140,20 @@ def test_overrides_parse_yaml_values():
     assert recipe.training.lr == 3e-4 and recipe.model.encoder_blocks == [3, 5]
     with pytest.raises(ValueError, match="unknown training option"):
         Recipe.from_dict({"training": {"learning_rate": 1}})
+
+
+def test_caption_training_scores_with_coco_metrics(tiny_lm_folder, tiny_vit_folder, tmp_path):
+    lines = []
+    for index, (name, rgb) in enumerate(COLORS.items()):
+        Image.new("RGB", (32, 32), rgb).save(tmp_path / f"{name}.png")
+        lines.append({"media": f"{name}.png", "id": index, "captions": [f"a {name} square", f"{name}"]})
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    recipe = tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "run")
+    recipe.model = dataclasses.replace(recipe.model, task="caption", template=None)
+    summary = training.train(recipe)
+    assert {"CIDEr", "Bleu_4", "ROUGE_L"} <= set(summary["caption_scores"])
+    results = json.loads((tmp_path / "run" / "captions_results.json").read_text())
+    assert sorted(r["image_id"] for r in results) == [0, 1, 2]
+    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert saved["task"] == "caption" and saved["template"] == "A picture of"

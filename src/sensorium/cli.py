@@ -30,11 +30,14 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         f"feature cache        : {summary['feature_cache_seconds']:.1f} s",
         f"training             : {summary['train_seconds']:.1f} s",
     ]
-    if "accuracy" in summary:
-        lines.append(f"evaluation           : {summary['eval_questions']:,} questions "
+    if "eval_seconds" in summary:
+        lines.append(f"evaluation           : {summary['eval_questions']:,} examples "
                      f"in {summary['eval_seconds']:.1f} s")
+    if "accuracy" in summary:
         lines.append(f"accuracy             : {summary['accuracy']:.2f}%")
         lines += [f"  {kind:<19}: {value:.2f}%" for kind, value in sorted(summary["accuracy_per_type"].items())]
+    lines += [f"{name:<21}: {value:.2f}" for name, value in summary.get("caption_scores", {}).items()]
+    if "samples" in summary:
         lines.append("samples:")
         lines += [f"  {s['media']}\n    Q: {s['question']}\n    A: {s['prediction']}"
                   f"   (reference: {', '.join(s['answers'])})" for s in summary["samples"]]
@@ -44,7 +47,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
 
 def _eval(args: argparse.Namespace) -> None:
     from .data import parse_data_spec, read_dataset
-    from .evaluate import answer_all, report, write_predictions
+    from .evaluate import predict_all, predictions_name, report, write_predictions
     from .model import load
     from .recipe import TrainingOptions
     from .train import cached_features
@@ -54,11 +57,12 @@ def _eval(args: argparse.Namespace) -> None:
     if args.limit:
         spec["limit"] = args.limit
     examples, features, row_of, _ = cached_features(model, read_dataset(spec), TrainingOptions(), args.skip_bad)
-    records = answer_all(model, examples, features, row_of, args.batch_size,
-                         {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams})
-    write_predictions(records, args.predictions)
-    print(report(records).format())
-    print(f"predictions written to {args.predictions}")
+    records = predict_all(model, examples, features, row_of, args.batch_size, _generation_options(args))
+    task = model.config.task
+    predictions = args.predictions or predictions_name(task)
+    write_predictions(task, records, predictions)
+    print(report(task, records).format())
+    print(f"predictions written to {predictions}")
 
 
 def _ask(args: argparse.Namespace) -> None:
@@ -67,8 +71,19 @@ def _ask(args: argparse.Namespace) -> None:
 
     image = load_image(args.image)
     model = load(args.adapter)
-    answer = model.ask([image], [args.question], max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)[0]
-    print(answer)
+    print(model.ask([image], [args.question], **_generation_options(args))[0])
+
+
+def _caption(args: argparse.Namespace) -> None:
+    from .data import load_image
+    from .model import load
+
+    images = [load_image(path) for path in args.images]
+    model = load(args.adapter)
+    for start in range(0, len(images), args.batch_size):
+        captions = model.caption(images[start:start + args.batch_size], **_generation_options(args))
+        for path, caption in zip(args.images[start:start + args.batch_size], captions, strict=True):
+            print(f"{path}\t{caption}" if len(images) > 1 else caption)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True,
                           help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=..")
     evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
-    evaluate.add_argument("--predictions", default="predictions.jsonl", help="where to write predictions (JSONL)")
+    evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
+                          "captions_results.json in the COCO results format for captions)")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--skip-bad", action="store_true")
     _generation_arguments(evaluate)
@@ -100,12 +116,33 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
+
+    caption = verbs.add_parser("caption", help="caption images (one line each: path, tab, caption)")
+    caption.add_argument("adapter")
+    caption.add_argument("images", nargs="+")
+    caption.add_argument("--batch-size", type=int, default=16)
+    _generation_arguments(caption)
+    caption.set_defaults(run=_caption)
     return parser
 
 
+GENERATION_FLAGS = {  # flag -> (type, help); unset flags keep the adapter's own decoding settings
+    "max_new_tokens": (int, "longest answer or caption, in tokens"),
+    "min_new_tokens": (int, "shortest answer or caption, in tokens"),
+    "num_beams": (int, "beam search width (1: greedy)"),
+    "length_penalty": (float, "beam score / length**penalty: above 0 favours longer outputs"),
+    "repetition_penalty": (float, "above 1 discourages repeating tokens"),
+    "no_repeat_ngram_size": (int, "never repeat an n-gram of this size"),
+}
+
+
 def _generation_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=10)
-    parser.add_argument("--num-beams", type=int, default=1)
+    for name, (kind, text) in GENERATION_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text + " (default: the adapter's)")
+
+
+def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in GENERATION_FLAGS if getattr(args, name) is not None}
 
 
 def _quiet_transformers() -> None:

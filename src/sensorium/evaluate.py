@@ -1,4 +1,8 @@
-"""Evaluation: generate answers in batches and score them with the VQA accuracy rules."""
+"""Evaluation: generate in batches, then score with the task's standard metrics.
+
+VQA answers are scored per question with the official VQA accuracy; captions are scored as a set with
+the COCO caption metrics (BLEU, ROUGE-L, CIDEr, METEOR) of pycocoevalcap.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Example
-from .metrics import VQAReport, summarize, vqa_accuracy
+from .metrics import CaptionReport, VQAReport, score_captions, summarize, vqa_accuracy, write_coco_results
 from .model import PerceptualLM
 
 
-def answer_all(model: PerceptualLM, examples: list[Example], features: torch.Tensor, row_of: dict[str, int],
-               batch_size: int = 64, generation: dict[str, Any] | None = None,
-               progress: bool = True) -> list[dict[str, Any]]:
-    """One record per example: question, prediction, references and its accuracy."""
+def predict_all(model: PerceptualLM, examples: list[Example], features: torch.Tensor, row_of: dict[str, int],
+                batch_size: int = 64, generation: dict[str, Any] | None = None,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """One record per example: its question, prediction and references (and VQA accuracy)."""
     records = []
     # Similar lengths batched together waste less padding.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].question))
@@ -26,19 +30,39 @@ def answer_all(model: PerceptualLM, examples: list[Example], features: torch.Ten
         batch_features = features[[row_of[e.media] for e in batch]]
         predictions = model.generate(batch_features, [e.question for e in batch], **(generation or {}))
         for example, prediction in zip(batch, predictions, strict=True):
-            records.append({
-                "question_id": example.question_id, "media": example.media, "question": example.question,
-                "prediction": prediction, "answers": example.answers, "answer_type": example.answer_type,
-                "accuracy": vqa_accuracy(prediction, example.answers) if example.answers else None,
-            })
+            record = {"question_id": example.question_id, "media": example.media, "question": example.question,
+                      "prediction": prediction, "answers": example.answers, "answer_type": example.answer_type}
+            if model.config.task == "vqa":
+                record["accuracy"] = vqa_accuracy(prediction, example.answers) if example.answers else None
+            records.append(record)
     return records
 
 
-def report(records: list[dict[str, Any]]) -> VQAReport:
+def report(task: str, records: list[dict[str, Any]]) -> VQAReport | CaptionReport:
+    """The task's report over the records that have references."""
+    if task == "caption":
+        scored = [r for r in records if r["answers"]]
+        return score_captions({r["question_id"]: r["prediction"] for r in scored},
+                              {r["question_id"]: r["answers"] for r in scored})
     return summarize([r for r in records if r["accuracy"] is not None])
 
 
-def write_predictions(records: list[dict[str, Any]], path: str | Path) -> None:
+def headline(result: VQAReport | CaptionReport) -> tuple[str, float]:
+    """The one number a run is judged by: VQA accuracy, or CIDEr for captions."""
+    if isinstance(result, CaptionReport):
+        return "CIDEr", result.scores["CIDEr"]
+    return "accuracy", result.overall.accuracy
+
+
+def predictions_name(task: str) -> str:
+    return "captions_results.json" if task == "caption" else "predictions.jsonl"
+
+
+def write_predictions(task: str, records: list[dict[str, Any]], path: str | Path) -> None:
+    """JSONL records for VQA; the COCO results format ``[{"image_id", "caption"}]`` for captions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if task == "caption":
+        write_coco_results(records, path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))

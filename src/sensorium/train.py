@@ -24,7 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .cache import FeatureCache
 from .data import Example, read_dataset
-from .evaluate import answer_all, report, write_predictions
+from .evaluate import headline, predict_all, predictions_name, report, write_predictions
 from .model import PerceptualLM
 from .recipe import Recipe, TrainingOptions
 
@@ -120,12 +120,14 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
                               gradient_accumulation_steps=options.gradient_accumulation)
     set_seed(options.seed)
     recipe.model.training = {k: v for k, v in recipe.to_dict().items() if k != "model"}
+    recipe.model.generation = dict(recipe.generation)
     model = PerceptualLM(recipe.model)
     trainable, total = model.parameter_counts()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
-    examples, features, row_of, cache_seconds = cached_features(
-        model, read_dataset(recipe.data["train"]), options, skip_bad)
+    # Only examples with a reference can teach (a COCO test-split file lists images without captions).
+    labelled = [e for e in read_dataset(recipe.data["train"]) if e.answers]
+    examples, features, row_of, cache_seconds = cached_features(model, labelled, options, skip_bad)
     log(f"feature cache: {len(row_of):,} files ready in {cache_seconds:.1f} s")
     if not examples:
         raise ValueError("no usable training examples")
@@ -169,8 +171,8 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}", ex_per_s=f"{_rate(progress, options.batch_size):.1f}")
         if options.eval_every and step % options.eval_every == 0 and quick_eval:
-            accuracy = _quick_accuracy(core, quick_eval, recipe)
-            progress.write(f"step {step}: quick eval accuracy {accuracy:.1f}%")
+            name, value = _quick_score(core, quick_eval, recipe)
+            progress.write(f"step {step}: quick eval {name} {value:.1f}")
             model.train()
         if accelerator.is_main_process and (step % options.checkpoint_every == 0 or step == options.max_steps):
             save_checkpoint(core, optimizer, scheduler, step, out, options.keep_checkpoints)
@@ -207,11 +209,11 @@ def _quick_eval_set(recipe, train_examples, options, skip_bad, core):
     return cached_features(core, examples, options, skip_bad)[:3]
 
 
-def _quick_accuracy(core, quick_eval, recipe) -> float:
+def _quick_score(core, quick_eval, recipe) -> tuple[str, float]:
     examples, features, row_of = quick_eval
     core.eval()
-    records = answer_all(core, examples, features, row_of, recipe.eval_batch_size, recipe.generation, progress=False)
-    return report(records).overall.accuracy
+    records = predict_all(core, examples, features, row_of, recipe.eval_batch_size, progress=False)
+    return headline(report(core.config.task, records))
 
 
 def _final_eval(core, accelerator, recipe, options, skip_bad, out) -> dict[str, Any]:
@@ -219,15 +221,21 @@ def _final_eval(core, accelerator, recipe, options, skip_bad, out) -> dict[str, 
     core.eval()
     started = time.perf_counter()
     # No autocast: generation re-casting every frozen weight at every token costs more than it saves.
-    records = answer_all(core, examples, features, row_of, recipe.eval_batch_size, recipe.generation)
-    result = report(records)
+    records = predict_all(core, examples, features, row_of, recipe.eval_batch_size)
+    task = core.config.task
+    result = report(task, records)
     if accelerator.is_main_process:
-        write_predictions(records, out / "predictions.jsonl")
+        write_predictions(task, records, out / predictions_name(task))
     log(result.format())
-    return {"eval_seconds": round(time.perf_counter() - started, 1), "eval_questions": len(records),
-            "accuracy": round(result.overall.accuracy, 2),
-            "accuracy_per_type": {k: round(v.accuracy, 2) for k, v in result.per_type.items()},
-            "samples": [{k: r[k] for k in ("media", "question", "prediction", "answers")} for r in _spread(records, 6)]}
+    summary = {"eval_seconds": round(time.perf_counter() - started, 1), "eval_questions": len(records),
+               "samples": [{k: r[k] for k in ("media", "question", "prediction", "answers")}
+                           for r in _spread(records, 6)]}
+    if task == "caption":
+        summary["caption_scores"] = {k: round(v, 2) for k, v in result.scores.items()}
+    else:
+        summary["accuracy"] = round(result.overall.accuracy, 2)
+        summary["accuracy_per_type"] = {k: round(v.accuracy, 2) for k, v in result.per_type.items()}
+    return summary
 
 
 def _spread(records: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
