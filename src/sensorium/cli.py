@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,22 @@ def _ask(args: argparse.Namespace) -> None:
     print(answer)
 
 
+def _make_scenes(args: argparse.Namespace) -> None:
+    from .data.scenes import make_scenes
+
+    start = time.perf_counter()
+    summary = make_scenes(Path(args.out), args.n_train, args.n_test, args.seed)
+    seconds = time.perf_counter() - start
+    images = sum(split["images"] for split in summary["splits"].values())
+    print(f"shapes scenes (seed {args.seed}) written to {args.out}")
+    for name, split in summary["splits"].items():
+        print(f"  {name:<11}: {split['images']:,} images, {split['captions']:,} captions, "
+              f"{split['questions']:,} questions")
+    print(f"held out of train: {', '.join(' '.join(pair) for pair in summary['held_out'])}")
+    print(f"{images:,} images in {seconds:.1f} s ({images / seconds:.0f} images/s)")
+    print(f"evaluate with --data scenes:{args.out}/test-novel (or /train, /test)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensorium", description="Give a frozen language model senses (eP-ALM).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -86,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")
     evaluate.add_argument("adapter", help="adapter folder")
     evaluate.add_argument("--data", required=True,
-                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=..")
+                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. "
+                               "| scenes:DIR/SPLIT")
     evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", default="predictions.jsonl", help="where to write predictions (JSONL)")
     evaluate.add_argument("--batch-size", type=int, default=64)
@@ -100,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
+
+    data = verbs.add_parser("data", help="make data sets")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True)
+    scenes = data_verbs.add_parser("make-scenes", help="procedural shapes scenes for captioning and VQA "
+                                                       "(train, test and a compositional test-novel split)")
+    scenes.add_argument("--out", required=True, help="output folder")
+    scenes.add_argument("--n-train", type=int, default=4000, help="training images")
+    scenes.add_argument("--n-test", type=int, default=500, help="images in each of test and test-novel")
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.set_defaults(run=_make_scenes)
     return parser
 
 
