@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,22 @@ def _caption(args: argparse.Namespace) -> None:
             print(f"{path}\t{caption}" if len(images) > 1 else caption)
 
 
+def _make_scenes(args: argparse.Namespace) -> None:
+    from .data.scenes import make_scenes
+
+    start = time.perf_counter()
+    summary = make_scenes(Path(args.out), args.n_train, args.n_test, args.seed)
+    seconds = time.perf_counter() - start
+    images = sum(split["images"] for split in summary["splits"].values())
+    print(f"shapes scenes (seed {args.seed}) written to {args.out}")
+    for name, split in summary["splits"].items():
+        print(f"  {name:<11}: {split['images']:,} images, {split['captions']:,} captions, "
+              f"{split['questions']:,} questions")
+    print(f"held out of train: {', '.join(' '.join(pair) for pair in summary['held_out'])}")
+    print(f"{images:,} images in {seconds:.1f} s ({images / seconds:.0f} images/s)")
+    print(f"evaluate with --data scenes:{args.out}/test-novel (or /train, /test)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensorium", description="Give a frozen language model senses (eP-ALM).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -101,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")
     evaluate.add_argument("adapter", help="adapter folder")
     evaluate.add_argument("--data", required=True,
-                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=..")
+                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. "
+                               "| scenes:DIR/SPLIT")
     evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
                           "captions_results.json in the COCO results format for captions)")
@@ -123,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--batch-size", type=int, default=16)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
+
+    data = verbs.add_parser("data", help="make data sets")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True)
+    scenes = data_verbs.add_parser("make-scenes", help="procedural shapes scenes for captioning and VQA "
+                                                       "(train, test and a compositional test-novel split)")
+    scenes.add_argument("--out", required=True, help="output folder")
+    scenes.add_argument("--n-train", type=int, default=4000, help="training images")
+    scenes.add_argument("--n-test", type=int, default=500, help="images in each of test and test-novel")
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.set_defaults(run=_make_scenes)
     return parser
 
 

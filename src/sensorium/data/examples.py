@@ -47,7 +47,10 @@ def parse_data_spec(text: str) -> dict[str, Any]:
     """Command-line form of a data spec.
 
     ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``vqav2:questions=Q.json,annotations=A.json,images=DIR``,
+<<<<<<< HEAD
     ``coco:annotations=captions.json,images=DIR`` or ``karpathy:path=dataset_coco.json,images=DIR,split=test``.
+=======
+    or ``scenes:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes``.
     """
     if text.endswith(".jsonl"):
         return {"format": "jsonl", "path": text}
@@ -60,8 +63,22 @@ def parse_data_spec(text: str) -> dict[str, Any]:
             key, _, value = item.partition("=")
             spec[key] = value
         return spec
+    if name == "scenes":
+        return _scenes_spec(text, rest)
     raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, vqav2:questions=..., "
-                     "coco:annotations=... or karpathy:path=...")
+                     "coco:annotations=..., karpathy:path=... or scenes:DIR/SPLIT")
+
+
+def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
+    """The files make-scenes writes for one split, in the VQA v2 layout."""
+    from .scenes import SPLITS
+
+    folder, _, split = rest.rpartition("/")
+    if split not in SPLITS:
+        raise ValueError(f"data spec '{text}': expected scenes:DIR/SPLIT with SPLIT one of {', '.join(SPLITS)}")
+    root = Path(folder or ".")
+    return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
+            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "images")}
 
 
 def read_dataset(spec: dict[str, Any]) -> list[Example]:
