@@ -47,9 +47,7 @@ def parse_data_spec(text: str) -> dict[str, Any]:
     """Command-line form of a data spec.
 
     ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``vqav2:questions=Q.json,annotations=A.json,images=DIR``,
-<<<<<<< HEAD
-    ``coco:annotations=captions.json,images=DIR`` or ``karpathy:path=dataset_coco.json,images=DIR,split=test``.
-=======
+    ``coco:annotations=captions.json,images=DIR``, ``karpathy:path=dataset_coco.json,images=DIR,split=test``,
     or ``scenes:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes``.
     """
     if text.endswith(".jsonl"):
