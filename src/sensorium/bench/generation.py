@@ -85,7 +85,7 @@ def kv_cache_bytes(model: PerceptualLM, embeds: torch.Tensor, mask: torch.Tensor
 
 def _options(model: PerceptualLM, new_tokens: int, beams: int) -> dict[str, Any]:
     """Exactly ``new_tokens`` tokens for every run (EOS held back), so all runs do equal work."""
-    return model.generation_options(new_tokens, beams, min_new_tokens=new_tokens)
+    return model.generation_options(max_new_tokens=new_tokens, num_beams=beams, min_new_tokens=new_tokens)
 
 
 def time_generation(model: PerceptualLM, inputs: Inputs, new_tokens: int, beams: int,
