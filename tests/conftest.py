@@ -100,3 +100,25 @@ def tiny_vit_folder(tmp_path_factory):
                        image_size=32, patch_size=8)
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_folders(tiny_lm_folder, tiny_vit_folder, tmp_path_factory) -> dict[str, str]:
+    """Two saved adapters over the same tiny LM and ViT: "shapes" answers questions, "captions" captions.
+
+    Strong random connectors and prompts make the image and the adapter visibly change the words.
+    """
+    from sensorium import AdapterConfig, PerceptualLM
+
+    folders = {}
+    for seed, (name, task) in enumerate([("shapes", "vqa"), ("captions", "caption")], start=1):
+        config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=3,
+                               inject_layers=[1, 2, 3], task=task)
+        torch.manual_seed(seed)
+        model = PerceptualLM(config)
+        with torch.no_grad():
+            model.connector.linear.weight.normal_(0, 2.0)
+            model.prompt.normal_(0, 1.0)
+        folders[name] = str(tmp_path_factory.mktemp(f"adapter-{name}"))
+        model.save_pretrained(folders[name])
+    return folders

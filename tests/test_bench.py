@@ -21,9 +21,14 @@ def one_thread():
 
 
 @pytest.fixture
-def common(tiny_lm_folder, tiny_vit_folder, tmp_path) -> list[str]:
+def models(tiny_lm_folder, tiny_vit_folder, tmp_path) -> list[str]:
     return ["--lm", tiny_lm_folder("llama"), "--encoder", tiny_vit_folder, "--image-size", "32", "--device", "cpu",
-            "--repeats", "1", "--warmup", "0", "--limit", "3", "--results", str(tmp_path / "results.jsonl")]
+            "--limit", "3", "--results", str(tmp_path / "results.jsonl")]
+
+
+@pytest.fixture
+def common(models) -> list[str]:
+    return [*models, "--repeats", "1", "--warmup", "0"]
 
 
 def appended(tmp_path, line: dict, capsys, title: str) -> None:
@@ -79,3 +84,14 @@ def test_gpu_smoke_runs_on_cpu(common, tmp_path, capsys):
     assert_ratios(line["training"])
     assert_ratios(line["generation"])
     assert line["generation"]["epalm_tokens_per_s"] > 0
+
+
+def test_serve_smoke(models, tmp_path, capsys):
+    line = main(["serve", *models, "--smoke"])
+    appended(tmp_path, line, capsys, "serving, 2 clients, 1 s per mode")
+    batching, one_by_one = line["rows"]
+    assert (batching["mode"], batching["max_batch"], one_by_one["max_batch"]) == ("batching", 8, 1)
+    for row in line["rows"]:
+        assert row["requests"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert 1 <= batching["mean_batch"] <= 2 and one_by_one["mean_batch"] == 1
+    assert_ratios(line)

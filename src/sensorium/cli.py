@@ -106,6 +106,25 @@ def _make_scenes(args: argparse.Namespace) -> None:
     print(f"evaluate with --data scenes:{args.out}/test-novel (or /train, /test)")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from .serve.app import serve
+    from .serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        max_batch_size=1 if args.no_batching else args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_question_chars=args.max_question_chars,
+        max_new_tokens=args.max_new_tokens, max_beams=args.max_beams, request_timeout_s=args.request_timeout)
+    serve(args.adapter, args.host, args.port, settings, args.device)
+
+
+def adapter_spec(text: str) -> tuple[str, str]:
+    """NAME=DIR of ``serve --adapter``."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"'{text}': expected NAME=DIR")
+    return name, folder
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensorium", description="Give a frozen language model senses (eP-ALM).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -154,6 +173,32 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--n-test", type=int, default=500, help="images in each of test and test-novel")
     scenes.add_argument("--seed", type=int, default=0)
     scenes.set_defaults(run=_make_scenes)
+
+    from .serve.settings import ServeSettings
+
+    defaults = ServeSettings()
+    serve = verbs.add_parser("serve", help="HTTP API and web page hosting adapters over shared frozen models",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve.add_argument("--adapter", action="append", type=adapter_spec, required=True, metavar="NAME=DIR",
+                       help="an adapter to host under NAME; repeat for more")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--device", default="cpu", help="torch device of the models")
+    serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                       help="requests answered by one generate() call")
+    serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                       help="how long a request waits for others to batch with")
+    serve.add_argument("--no-batching", action="store_true", help="one request per generate() call")
+    serve.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20,
+                       help="largest accepted upload")
+    serve.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars,
+                       help="longest accepted question")
+    serve.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                       help="the most new tokens a request may ask for")
+    serve.add_argument("--max-beams", type=int, default=defaults.max_beams, help="the most beams a request may ask for")
+    serve.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                       help="seconds a request may take, queueing included")
+    serve.set_defaults(run=_serve)
     return parser
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import encode, generation, gpu, training
+from . import encode, generation, gpu, serve, training
 
-SUITES = {"generation": generation, "training": training, "encode": encode, "gpu": gpu}
+SUITES = {"generation": generation, "training": training, "encode": encode, "gpu": gpu, "serve": serve}
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -24,14 +24,18 @@ from ..model import PerceptualLM
 from ..train import mixed_precision
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of every suite; model options exist so that tests can point at tiny models."""
+def add_common_arguments(parser: argparse.ArgumentParser, repeated: bool = True) -> None:
+    """Options of every suite; model options exist so that tests can point at tiny models.
+
+    ``repeated``: the suite times repetitions of a call (all but the load test, which runs for a time).
+    """
     parser.add_argument("--lm", default="smollm2-135m", help="packaged name, folder or hub id of the frozen LM")
     parser.add_argument("--encoder", default="dinov2-small", help="packaged name or folder of the frozen encoder")
     parser.add_argument("--image-size", type=int, default=112, help="encoder input resolution (the recipe's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions; the median is reported")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
+    if repeated:
+        parser.add_argument("--repeats", type=int, default=5, help="timed repetitions; the median is reported")
+        parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     parser.add_argument("--limit", type=int, default=None, help="use a seeded sample of this many easy-vqa questions")
     parser.add_argument("--results", type=Path, default=Path("bench/results.jsonl"), help="JSON lines appended here")
 

@@ -6,7 +6,7 @@ import inspect
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -25,18 +25,22 @@ class Example:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB image, or a BadInputError naming the file and why it cannot be read."""
+def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """An RGB image from a file or an open binary stream, or a BadInputError naming it and why it cannot be read.
+
+    ``name`` names a stream (an upload) in the error; a path names itself.
+    """
+    name = name or str(path)
     try:
         with Image.open(path) as image:
             image.load()
             return image.convert("RGB")
     except FileNotFoundError as error:
-        raise BadInputError(f"{path}: file not found") from error
+        raise BadInputError(f"{name}: file not found") from error
     except UnidentifiedImageError as error:
-        raise BadInputError(f"{path}: not an image file (unrecognised format)") from error
+        raise BadInputError(f"{name}: not an image file (unrecognised format)") from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise BadInputError(f"{path}: unreadable image ({error})") from error
+        raise BadInputError(f"{name}: unreadable image ({error})") from error
 
 
 # Formats whose command-line spec is ``name:key=value,key=value``, the keys being the reader's arguments.

@@ -1,0 +1,150 @@
+"""Dynamic batching: concurrent requests answered by as few generate() calls as possible, in one model thread.
+
+Generating for 8 questions at once costs little more than for one (the frozen LM's weights are read
+once per token for the whole batch), so requests that arrive together are answered together. The
+first waiting request opens a short window (``max_wait_s``); whatever arrives within it, up to
+``max_batch_size`` requests, joins the batch. The batch is split by what must agree inside one
+generate() call, the base LM and layout (adapters may differ: ``generate_mixed``) and the decoding
+options, and each part is encoded and generated at once.
+
+All model work runs in this one thread, so the server's event loop never waits on torch and the
+injection hooks on a shared LM are never used by two batches at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..model import generate_mixed
+from .adapters import HostedAdapter
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    queue_ms: float  # from submission until its batch started (the batching window included)
+    encode_ms: float  # the batch's encoder forward, shared by its requests
+    generate_ms: float  # the batch's generate() call, shared by its requests
+    batch_size: int  # requests answered by that generate() call
+
+
+@dataclass
+class _Job:
+    adapter: HostedAdapter
+    media: Any
+    question: str
+    options: dict[str, Any]  # complete generate() options: the adapter's defaults, then the request's
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    submitted: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False  # the request timed out: skip it if its batch has not started
+
+    def group(self) -> tuple:
+        return self.adapter.batch_key, json.dumps(self.options, sort_keys=True)
+
+    def settle(self, answer: Answer | None = None, error: BaseException | None = None) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.future, answer, error)
+
+
+def _settle(future: asyncio.Future, answer: Answer | None, error: BaseException | None) -> None:
+    if future.done():  # cancelled by the request's timeout meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(answer)
+
+
+class Batcher:
+    """A queue of requests served by one model thread; ``max_batch_size=1`` turns batching off."""
+
+    def __init__(self, max_batch_size: int = 8, max_wait_s: float = 0.01) -> None:
+        if max_batch_size < 1 or max_wait_s < 0:
+            raise ValueError(f"max_batch_size must be >= 1 and max_wait_s >= 0, got {max_batch_size}, {max_wait_s}")
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
+        self.generate_calls = 0
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="sensorium-model", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    async def submit(self, adapter: HostedAdapter, media: Any, question: str, options: dict[str, Any],
+                     timeout_s: float) -> Answer:
+        """The answer, or asyncio.TimeoutError after ``timeout_s`` (queueing included)."""
+        loop = asyncio.get_running_loop()
+        job = _Job(adapter, media, question, options, loop, loop.create_future())
+        self._queue.put(job)
+        try:
+            return await asyncio.wait_for(job.future, timeout_s)
+        except asyncio.TimeoutError:
+            job.abandoned = True
+            raise
+
+    def _serve(self) -> None:
+        while (first := self._queue.get()) is not None:
+            groups: dict[tuple, list[_Job]] = {}
+            for job in self._collect(first):
+                groups.setdefault(job.group(), []).append(job)
+            for group in groups.values():
+                self._answer(group)
+
+    def _collect(self, first: _Job) -> list[_Job]:
+        """The first job and those arriving within its window; jobs that waited longer than it join at once."""
+        batch, deadline = [first], first.submitted + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:  # stop after this batch
+                self._queue.put(None)
+                break
+            batch.append(job)
+        return [job for job in batch if not job.abandoned]
+
+    def _answer(self, group: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            features = self._encode(group)
+            encoded = time.perf_counter()
+            samples = [(job.adapter.model, tokens, job.question) for job, tokens in zip(group, features, strict=True)]
+            texts = generate_mixed(samples, **group[0].options)
+            self.generate_calls += 1
+        except Exception as error:  # a failure belongs to these requests; the thread serves the next batch
+            for job in group:
+                job.settle(error=error)
+            return
+        done = time.perf_counter()
+        for job, text in zip(group, texts, strict=True):
+            job.settle(Answer(text, queue_ms=1000 * (started - job.submitted), encode_ms=1000 * (encoded - started),
+                              generate_ms=1000 * (done - encoded), batch_size=len(group)))
+
+    @staticmethod
+    def _encode(group: list[_Job]) -> list[torch.Tensor]:
+        """Encoder tokens per job, one forward per shared encoder."""
+        features: list[torch.Tensor | None] = [None] * len(group)
+        rows_of: dict[int, list[int]] = {}
+        for row, job in enumerate(group):
+            rows_of.setdefault(id(job.adapter.model.encoder), []).append(row)
+        for rows in rows_of.values():
+            encoded = group[rows[0]].adapter.model.encode([group[row].media for row in rows])
+            for row, tokens in zip(rows, encoded, strict=True):
+                features[row] = tokens
+        return features

@@ -1,0 +1,324 @@
+"""`sensorium serve`: shared frozen models, the API, dynamic batching across adapters, every error answer."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from sensorium import cli
+from sensorium.config import WEIGHTS_NAME
+from sensorium.model import generate_mixed
+from sensorium.serve import app as app_module
+from sensorium.serve import batching
+from sensorium.serve.adapters import AdapterRegistry
+from sensorium.serve.app import create_app, load_registry
+from sensorium.serve.settings import ServeSettings
+
+STATIC = Path(app_module.__file__).parent / "static"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and on a busy machine spinning threads slow them 100-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def picture(seed: int, size: int = 40) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def upload(data: bytes, name: str = "image.png", content_type: str = "image/png") -> dict:
+    return {"media": (name, data, content_type)}
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_adapter_folders) -> AdapterRegistry:
+    return load_registry(list(tiny_adapter_folders.items()))
+
+
+@pytest.fixture
+def serve_app(registry):
+    """serve_app(**settings): a TestClient on a fresh app (and model thread) over the module's adapters."""
+
+    @contextmanager
+    def start(**settings):
+        with TestClient(create_app(registry, ServeSettings(**settings))) as client:
+            yield client
+
+    return start
+
+
+@pytest.fixture
+def client(serve_app):
+    with serve_app() as client:
+        yield client
+
+
+@pytest.fixture
+def generate_calls(monkeypatch) -> list[int]:
+    """The batch size of every generate() call the server makes."""
+    sizes: list[int] = []
+
+    def counted(samples, **options):
+        sizes.append(len(samples))
+        return generate_mixed(samples, **options)
+
+    monkeypatch.setattr(batching, "generate_mixed", counted)
+    return sizes
+
+
+def post_together(client: TestClient, requests: list[tuple[str, dict, bytes]]) -> list:
+    """(path, form fields, image bytes) requests sent at once from as many threads."""
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda r: client.post(r[0], data=r[1], files=upload(r[2])), requests))
+
+
+# ---- shared models --------------------------------------------------------------------------------
+
+
+def test_adapters_share_one_frozen_lm_and_encoder(tiny_adapter_folders):
+    registry = AdapterRegistry()
+    shapes = registry.add("shapes", tiny_adapter_folders["shapes"])
+    captions = registry.add("captions", tiny_adapter_folders["captions"])
+    # The same folder spelled differently is still the same model.
+    again = registry.add("again", str(Path(tiny_adapter_folders["shapes"]) / ".." / Path(tiny_adapter_folders[
+        "shapes"]).name))
+    for other in (captions, again):
+        assert other.model.lm is shapes.model.lm
+        assert other.model.tokenizer is shapes.model.tokenizer
+        assert other.model.encoder is shapes.model.encoder
+        assert other.model.prompt is not shapes.model.prompt  # each adapter keeps its own weights
+    assert registry.frozen_models == 2
+    assert not torch.equal(captions.model.prompt, shapes.model.prompt)
+    with pytest.raises(ValueError, match="given twice"):
+        registry.add("shapes", tiny_adapter_folders["captions"])
+
+
+def test_adapters_endpoint_describes_each(client, tiny_adapter_folders, tiny_lm_folder, tiny_vit_folder):
+    described = {entry["name"]: entry for entry in client.get("/v1/adapters").json()}
+    assert set(described) == {"shapes", "captions"}
+    assert described["shapes"]["task"] == "vqa" and described["captions"]["task"] == "caption"
+    for name, entry in described.items():
+        assert entry["lm"] == tiny_lm_folder("llama") and entry["encoder"] == tiny_vit_folder
+        assert entry["modality"] == "image"
+        assert entry["size_bytes"] == (Path(tiny_adapter_folders[name]) / WEIGHTS_NAME).stat().st_size
+        assert 0 < 4 * entry["trainable_parameters"] < entry["size_bytes"]
+
+
+def test_health_and_openapi(client):
+    assert client.get("/health").json() == {"status": "ok", "adapters": 2, "frozen_models": 2,
+                                            "max_batch_size": 8, "generate_calls": 0}
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/ask", "/v1/caption", "/v1/adapters", "/health"} <= set(schema["paths"])
+    assert {"404", "413", "415", "504"} <= set(schema["paths"]["/v1/ask"]["post"]["responses"])
+
+
+# ---- answers ----------------------------------------------------------------------------------------
+
+
+def test_ask_answers_as_the_model_does(client, registry):
+    image, question = picture(0), "what is the shape ?"
+    model = registry.get("shapes").model
+    response = client.post("/v1/ask", data={"adapter": "shapes", "question": question, "max_new_tokens": "5"},
+                           files=upload(encoded(image)))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["answer"] == model.ask([image], [question], max_new_tokens=5)[0]
+    assert (body["adapter"], body["task"], body["batch_size"]) == ("shapes", "vqa", 1)
+    timings = body["timings"]
+    assert min(timings.values()) >= 0
+    assert timings["total_ms"] >= timings["queue_ms"] + timings["encode_ms"] + timings["generate_ms"]
+    # Without options, the adapter's own decoding settings apply.
+    default = client.post("/v1/ask", data={"adapter": "shapes", "question": question}, files=upload(encoded(image)))
+    assert default.json()["answer"] == model.ask([image], [question])[0]
+
+
+def test_caption_answers_as_the_model_does(client, registry):
+    image = picture(1)
+    response = client.post("/v1/caption", data={"adapter": "captions", "max_new_tokens": "6", "num_beams": "2"},
+                           files=upload(encoded(image)))
+    assert response.status_code == 200, response.text
+    assert response.json()["answer"] == registry.get("captions").model.caption([image], max_new_tokens=6,
+                                                                                 num_beams=2)[0]
+
+
+# ---- batching ---------------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_of_two_adapters_share_one_generate_call(serve_app, registry, generate_calls):
+    options = {"max_new_tokens": 5, "num_beams": 1}
+    images = [picture(seed) for seed in range(6)]
+    questions = ["what is the shape ?", "color ?", "is there a red circle in the image ?"]
+    requests = [("/v1/ask", {"adapter": "shapes", "question": questions[i // 2], **options}, encoded(images[i]))
+                if i % 2 == 0 else ("/v1/caption", {"adapter": "captions", **options}, encoded(images[i]))
+                for i in range(6)]
+    # A long window, closed by the sixth request: the batch is complete however slow the machine.
+    with serve_app(max_batch_size=6, max_wait_ms=5000) as client:
+        responses = post_together(client, requests)
+    assert generate_calls == [6]
+    assert [r.json()["batch_size"] for r in responses] == [6] * 6
+    shapes, captions = registry.get("shapes").model, registry.get("captions").model
+    alone = [shapes.ask([images[i]], [questions[i // 2]], **options)[0] if i % 2 == 0
+             else captions.caption([images[i]], **options)[0] for i in range(6)]
+    assert [r.json()["answer"] for r in responses] == alone
+
+
+def test_requests_with_different_options_are_generated_apart(serve_app, generate_calls):
+    requests = [("/v1/ask", {"adapter": "shapes", "question": "color ?", "max_new_tokens": tokens},
+                 encoded(picture(seed))) for seed, tokens in enumerate([3, 5, 3, 5])]
+    with serve_app(max_batch_size=4, max_wait_ms=5000) as client:
+        responses = post_together(client, requests)
+    assert all(r.status_code == 200 for r in responses)
+    assert generate_calls == [2, 2]
+
+
+def test_without_batching_each_request_has_its_own_call(serve_app, generate_calls):
+    requests = [("/v1/ask", {"adapter": "shapes", "question": "color ?"}, encoded(picture(seed))) for seed in range(3)]
+    with serve_app(max_batch_size=1) as client:
+        responses = post_together(client, requests)
+        assert client.get("/health").json()["generate_calls"] == 3
+    assert generate_calls == [1, 1, 1]
+    assert [r.json()["batch_size"] for r in responses] == [1, 1, 1]
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    assert all(word in message for word in words), message
+
+
+def test_unknown_adapter_is_404(client):
+    response = client.post("/v1/ask", data={"adapter": "nope", "question": "color ?"},
+                           files=upload(encoded(picture(0))))
+    assert_error(response, 404, "unknown adapter 'nope'", "shapes")
+    assert_error(client.get("/v2/nothing"), 404, "Not Found")
+
+
+def test_wrong_task_for_the_endpoint_is_400(client):
+    image = encoded(picture(0))
+    assert_error(client.post("/v1/ask", data={"adapter": "captions", "question": "color ?"}, files=upload(image)),
+                 400, "does caption", "/v1/caption")
+    assert_error(client.post("/v1/caption", data={"adapter": "shapes"}, files=upload(image)), 400, "/v1/ask")
+
+
+def test_media_type_comes_from_the_content(client):
+    image = picture(0)
+    ask = {"adapter": "shapes", "question": "color ?"}
+    # An image is accepted whatever its name and declared type ...
+    assert client.post("/v1/ask", data=ask, files=upload(encoded(image, "JPEG"), "notes.txt", "text/plain")
+                       ).status_code == 200
+    # ... and text is refused whatever its name and declared type.
+    assert_error(client.post("/v1/ask", data=ask, files=upload(b"just some text\n" * 10, "photo.png")),
+                 415, "photo.png", "unsupported media type", "PNG")
+    # A decodable format that is not on the accepted list.
+    assert_error(client.post("/v1/ask", data=ask, files=upload(encoded(image, "TIFF"), "scan.png")), 415)
+    truncated = encoded(image)[:200]
+    assert_error(client.post("/v1/ask", data=ask, files=upload(truncated, "cut.png")), 400, "cut.png", "unreadable")
+    assert_error(client.post("/v1/ask", data=ask, files=upload(b"", "nothing.png")), 400, "empty file")
+
+
+def test_limits_are_enforced(serve_app):
+    limits = {"max_upload_bytes": 6000, "max_pixels": 10_000, "max_question_chars": 20, "max_new_tokens": 8,
+              "max_beams": 2}
+    small = encoded(picture(0))
+    ask = {"adapter": "shapes", "question": "color ?"}
+    with serve_app(**limits) as client:
+        assert client.post("/v1/ask", data=ask, files=upload(small)).status_code == 200
+        assert_error(client.post("/v1/ask", data=ask, files=upload(encoded(picture(0, size=100)))),
+                     413, "larger than 6,000 bytes")
+        # Few bytes, many pixels: refused from the header, before decoding.
+        flat = encoded(Image.new("RGB", (200, 200), "red"))
+        assert len(flat) < limits["max_upload_bytes"]
+        assert_error(client.post("/v1/ask", data=ask, files=upload(flat)), 413, "200x200")
+        for fields, words in [({"question": "x" * 21}, ["question", "20 characters"]),
+                              ({"max_new_tokens": "9"}, ["max_new_tokens", "8"]),
+                              ({"num_beams": "3"}, ["num_beams"]), ({"num_beams": "0"}, ["num_beams"]),
+                              ({"max_new_tokens": "many"}, ["max_new_tokens", "integer"])]:
+            assert_error(client.post("/v1/ask", data={**ask, **fields}, files=upload(small)), 422, *words)
+        blank = client.post("/v1/ask", data={**ask, "question": "   "}, files=upload(small))
+        assert_error(blank, 400, "empty question")
+        missing = client.post("/v1/ask", data={"adapter": "shapes"}, files=upload(small))
+        assert_error(missing, 422, "question", "required")
+        assert_error(client.post("/v1/ask", data=ask), 422, "media")
+
+
+def test_timeout_is_504(serve_app):
+    # The batching window outlasts the timeout, so the request cannot be answered in time.
+    with serve_app(request_timeout_s=0.2, max_wait_ms=2000) as client:
+        response = client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"},
+                               files=upload(encoded(picture(0))))
+        assert_error(response, 504, "0.2 s")
+        assert client.get("/health").json()["status"] == "ok"
+
+
+def test_server_survives_bad_input_and_failures(client, monkeypatch):
+    ask = {"adapter": "shapes", "question": "color ?"}
+    good = upload(encoded(picture(0)))
+    corrupt = encoded(picture(1))[:300]
+    assert_error(client.post("/v1/ask", data=ask, files=upload(corrupt, "corrupt.png")), 400, "corrupt.png")
+    assert client.post("/v1/ask", data=ask, files=good).status_code == 200
+
+    def broken(samples, **options):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(batching, "generate_mixed", broken)
+    assert_error(client.post("/v1/ask", data=ask, files=good), 500, "generation failed", "out of memory")
+    monkeypatch.setattr(batching, "generate_mixed", generate_mixed)
+    assert client.post("/v1/ask", data=ask, files=good).status_code == 200
+
+
+# ---- page and command line --------------------------------------------------------------------------
+
+
+def test_page_is_served_and_needs_no_network(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page.text
+        assert client.get(asset).status_code == 200
+    for path in STATIC.iterdir():
+        assert "http:" not in path.read_text() and "https:" not in path.read_text(), f"{path.name} reaches out"
+
+
+def test_cli_serve_hosts_the_named_adapters(monkeypatch, tiny_adapter_folders):
+    served = {}
+    monkeypatch.setattr(app_module.uvicorn, "run", lambda app, host, port: served.update(app=app, port=port))
+    folders = tiny_adapter_folders
+    assert cli.main(["serve", "--adapter", f"a={folders['shapes']}", "--adapter", f"b={folders['captions']}",
+                     "--port", "8123", "--no-batching"]) == 0
+    assert served["port"] == 8123
+    with TestClient(served["app"]) as client:
+        assert [entry["name"] for entry in client.get("/v1/adapters").json()] == ["a", "b"]
+        assert client.get("/health").json()["max_batch_size"] == 1
+
+
+def test_cli_serve_reports_bad_adapters(tiny_adapter_folders, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--adapter", tiny_adapter_folders["shapes"]])
+    assert exit_info.value.code == 2 and "expected NAME=DIR" in capsys.readouterr().err
+    assert cli.main(["serve", "--adapter", f"a={tmp_path}"]) == 2
+    assert "not an adapter folder" in capsys.readouterr().err
+    folder = tiny_adapter_folders["shapes"]
+    assert cli.main(["serve", "--adapter", f"a={folder}", "--adapter", f"a={folder}"]) == 2
+    assert "given twice" in capsys.readouterr().err
