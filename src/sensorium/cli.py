@@ -13,6 +13,8 @@ USER_ERRORS = (BadInputError, FileNotFoundError, ValueError)
 
 
 def _train(args: argparse.Namespace) -> None:
+    from accelerate import PartialState
+
     from .recipe import load_recipe
     from .train import train
 
@@ -20,7 +22,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.out:
         recipe.out = args.out
     summary = train(recipe, resume=args.resume, skip_bad=args.skip_bad)
-    print(format_summary(summary, recipe.out))
+    if PartialState().is_main_process:  # once, not once per process
+        print(format_summary(summary, recipe.out))
 
 
 def format_summary(summary: dict[str, Any], out: str) -> str:
@@ -45,11 +48,10 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
 def _eval(args: argparse.Namespace) -> None:
     from .data import parse_data_spec, read_dataset
     from .evaluate import answer_all, report, write_predictions
-    from .model import load
     from .recipe import TrainingOptions
     from .train import cached_features
 
-    model = load(args.adapter)
+    model = _load_model(args)
     spec = parse_data_spec(args.data)
     if args.limit:
         spec["limit"] = args.limit
@@ -63,10 +65,9 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _ask(args: argparse.Namespace) -> None:
     from .data import load_image
-    from .model import load
 
     image = load_image(args.image)
-    model = load(args.adapter)
+    model = _load_model(args)
     answer = model.ask([image], [args.question], max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)[0]
     print(answer)
 
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", default="predictions.jsonl", help="where to write predictions (JSONL)")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--skip-bad", action="store_true")
+    _model_arguments(evaluate)
     _generation_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
 
@@ -98,9 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("adapter")
     ask.add_argument("image")
     ask.add_argument("question")
+    _model_arguments(ask)
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
     return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="dtype of the frozen LM's weights (the adapter stays float32)")
+    parser.add_argument("--device-map", help="'auto': spread the LM over the visible GPUs (then CPU RAM); "
+                                             "'cuda:0': all on that device. Default: CPU")
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from .model import load
+
+    return load(args.adapter, dtype=getattr(torch, args.dtype), device_map=args.device_map)
 
 
 def _generation_arguments(parser: argparse.ArgumentParser) -> None:
