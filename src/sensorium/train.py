@@ -196,53 +196,52 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
     quick_eval = _quick_eval_set(recipe, examples if "eval" not in recipe.data else None, options, skip_bad, core)
     metrics = MetricsLog(out, step) if accelerator.is_main_process else None
     accelerator.init_trackers("sensorium", config=flat_config(recipe.to_dict()), init_kwargs=tracker_options(out))
-    try:
-        started = time.perf_counter()
-        model.train()
-        progress = tqdm(total=options.max_steps, initial=step, desc="training", unit="step",
-                        disable=not accelerator.is_main_process)
-        while step < options.max_steps:
-            indices = batch_indices(step, options.batch_size, len(examples), options.seed)
-            chooser = random.Random(f"{options.seed}-{step}")
-            batch = [(examples[i], chooser.choice(examples[i].answers)) for i in indices]
-            loss = _optimizer_step(accelerator, model, optimizer, scheduler, batch, features, row_of, options)
-            step += 1
-            progress.update(1)
-            if accelerator.is_main_process:  # a disabled bar keeps no timing
-                progress.set_postfix(loss=f"{loss:.3f}", ex_per_s=f"{_rate(progress, options.batch_size):.1f}")
-            connector_lr, prompt_lr = scheduler.get_last_lr()
-            _record(accelerator, metrics, step, {"train/loss": loss, "train/lr": connector_lr,
-                                                 "train/prompt_lr": prompt_lr})
-            if options.eval_every and step % options.eval_every == 0 and quick_eval:
-                accuracy = _quick_accuracy(core, quick_eval, recipe, accelerator)
-                log(f"step {step}: quick eval accuracy {accuracy:.1f}%")
-                _record(accelerator, metrics, step, {"eval/quick_accuracy": accuracy})
-                model.train()
-            if accelerator.is_main_process and (step % options.checkpoint_every == 0 or step == options.max_steps):
-                save_checkpoint(core, optimizer, scheduler, step, out, options.keep_checkpoints)
-        progress.close()
-        train_seconds = time.perf_counter() - started
-        summary = {"trainable_parameters": trainable, "total_parameters": total,
-                   "feature_cache_seconds": round(cache_seconds, 1), "train_seconds": round(train_seconds, 1)}
-        if "eval" in recipe.data:
-            result = _final_eval(core, accelerator, recipe, options, skip_bad, out)
-            summary.update(result)
-            _record(accelerator, metrics, step, {f"eval/{k}": v for k, v in result.items()
-                                                 if isinstance(v, float) and not k.endswith("_seconds")})
-        if accelerator.is_main_process:
-            core.config.metrics = summary
-            core.save_pretrained(out / "adapter")
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            plot_curves(read_metrics(metrics.path), out / CURVES_NAME)
-    finally:
-        # Not end_training(): it also tears down the process group, which outlives one run.
-        for tracker in accelerator.trackers:
-            tracker.finish()
+    started = time.perf_counter()
+    model.train()
+    progress = tqdm(total=options.max_steps, initial=step, desc="training", unit="step",
+                    disable=not accelerator.is_main_process)
+    while step < options.max_steps:
+        indices = batch_indices(step, options.batch_size, len(examples), options.seed)
+        chooser = random.Random(f"{options.seed}-{step}")
+        batch = [(examples[i], chooser.choice(examples[i].answers)) for i in indices]
+        loss = _optimizer_step(accelerator, model, optimizer, scheduler, batch, features, row_of, options)
+        step += 1
+        progress.update(1)
+        if accelerator.is_main_process:  # a disabled bar keeps no timing
+            progress.set_postfix(loss=f"{loss:.3f}", ex_per_s=f"{_rate(progress, options.batch_size):.1f}")
+        connector_lr, prompt_lr = scheduler.get_last_lr()
+        _record(accelerator, metrics, step, {"train/loss": loss, "train/lr": connector_lr,
+                                             "train/prompt_lr": prompt_lr})
+        if options.eval_every and step % options.eval_every == 0 and quick_eval:
+            accuracy = _quick_accuracy(core, quick_eval, recipe, accelerator)
+            log(f"step {step}: quick eval accuracy {accuracy:.1f}%")
+            _record(accelerator, metrics, step, {"eval/quick_accuracy": accuracy})
+            model.train()
+        if accelerator.is_main_process and (step % options.checkpoint_every == 0 or step == options.max_steps):
+            save_checkpoint(core, optimizer, scheduler, step, out, options.keep_checkpoints)
+    progress.close()
+    train_seconds = time.perf_counter() - started
+    summary = {"trainable_parameters": trainable, "total_parameters": total,
+               "feature_cache_seconds": round(cache_seconds, 1), "train_seconds": round(train_seconds, 1)}
+    if "eval" in recipe.data:
+        result = _final_eval(core, accelerator, recipe, options, skip_bad, out)
+        summary.update(result)
+        _record(accelerator, metrics, step, {f"eval/{k}": v for k, v in result.items()
+                                             if isinstance(v, float) and not k.endswith("_seconds")})
+    if accelerator.is_main_process:
+        core.config.metrics = summary
+        core.save_pretrained(out / "adapter")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_curves(read_metrics(metrics.path), out / CURVES_NAME)
+    # Not end_training(): it also tears down the process group, which outlives one run.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     accelerator.wait_for_everyone()  # every process returns once the run's files are complete
     return summary
 
 
 def _accelerator(options: TrainingOptions, out: Path) -> Accelerator:
+    """This run's Accelerator: precision, accumulation, trackers; the process group is the launcher's."""
     # One process may train several models in turn (comparisons, tests): each run sets its own
     # precision, while the distributed set-up of the process is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
