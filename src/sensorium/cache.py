@@ -4,6 +4,11 @@ Features are keyed by the file's content hash inside a folder named by the encod
 (weights + preprocessing), so a renamed copy hits the cache and a changed preprocessing misses it.
 Each computation appends one shard (safetensors, memory-mapped on load); a shard becomes visible
 only after an atomic rename, so a crash never leaves a half-written entry behind.
+
+Under a multi-process launch (``accelerate launch``, ``torchrun``) every process hashes and encodes
+a disjoint share of the files and writes its own uniquely named shard; after the last share is
+written every process reads the complete cache. Processes on several machines can share one cache
+folder on shared storage the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -26,6 +33,13 @@ from .errors import BadInputError
 from .zoo import cache_dir
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers (other processes too) see the old file or the new one, never a partial write."""
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    scratch.write_text(text)
+    os.replace(scratch, path)
+
+
 def content_key(path: str) -> str:
     try:
         return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
@@ -33,6 +47,14 @@ def content_key(path: str) -> str:
         raise BadInputError(f"{path}: file not found") from error
     except OSError as error:
         raise BadInputError(f"{path}: unreadable ({error.strerror})") from error
+
+
+def _key_or_error(path: str) -> tuple[str, str | None, str | None]:
+    """(path, content key, None) or (path, None, one-line error): errors travel between processes."""
+    try:
+        return path, content_key(path), None
+    except BadInputError as error:
+        return path, None, str(error)
 
 
 class _Decode:
@@ -58,7 +80,7 @@ class FeatureCache:
         digest = hashlib.sha1(encoder.fingerprint().encode()).hexdigest()[:16]
         self.folder = (root or cache_dir() / "features") / digest
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "encoder.txt").write_text(encoder.fingerprint() + "\n")
+        _write_atomically(self.folder / "encoder.txt", encoder.fingerprint() + "\n")
 
     def _index(self) -> dict[str, tuple[Path, int]]:
         index = {}
@@ -74,19 +96,25 @@ class FeatureCache:
         Without ``skip_bad`` the first unreadable file raises BadInputError; with it, unreadable
         files are left out and their one-line errors returned.
         """
+        state = PartialState()
+        with state.split_between_processes(list(dict.fromkeys(paths))) as share:
+            hashed = [_key_or_error(path) for path in share]
         keys, errors = {}, []
-        for path in dict.fromkeys(paths):
-            try:
-                keys[path] = content_key(path)
-            except BadInputError as error:
-                if not skip_bad:
-                    raise
-                errors.append(str(error))
+        for path, key, error in gather_object(hashed):  # every process gets every file's key, in order
+            if error is None:
+                keys[path] = key
+            else:
+                errors.append(error)
+        if errors and not skip_bad:
+            raise BadInputError(errors[0])
+        # One file per distinct content that the cache does not hold yet, decided once for all processes.
         index = self._index()
-        # One file per distinct content that the cache does not hold yet.
-        missing = list({k: p for p, k in keys.items() if k not in index}.values())
+        missing = broadcast_object_list([list({k: p for p, k in keys.items() if k not in index}.values())])[0]
         if missing:
-            errors += self._compute(missing, keys, batch_size, workers, skip_bad)
+            with state.split_between_processes(missing) as share:
+                computed = self._compute(share, keys, batch_size, workers, skip_bad, state.is_main_process)
+            # Gathering waits for every process, so every share's shard is written before the index is read.
+            errors += gather_object(computed)
             index = self._index()
         readable = [p for p, k in keys.items() if k in index]
         features = self._gather([index[keys[p]] for p in readable])
@@ -100,11 +128,14 @@ class FeatureCache:
         return torch.stack([shards[shard][row] for shard, row in locations])
 
     def _compute(self, paths: list[str], keys: dict[str, str], batch_size: int, workers: int,
-                 skip_bad: bool) -> list[str]:
+                 skip_bad: bool, show_progress: bool) -> list[str]:
+        if not paths:
+            return []
         loader = DataLoader(paths, batch_size=batch_size, num_workers=workers, collate_fn=_Decode(self.encoder))
         device = next(self.encoder.parameters()).device
         done_keys, chunks, errors = [], [], []
-        with tqdm(total=len(paths), desc="encoding (feature cache)", unit="file") as progress:
+        with tqdm(total=len(paths), desc="encoding (feature cache)", unit="file",
+                  disable=not show_progress) as progress:
             for good, pixels, bad in loader:
                 if bad and not skip_bad:
                     raise BadInputError(bad[0])
@@ -119,8 +150,12 @@ class FeatureCache:
         return errors
 
     def _write_shard(self, features: torch.Tensor, keys: list[str]) -> None:
-        name = f"shard-{uuid.uuid4().hex[:12]}"
+        """A random 128-bit name: concurrent writers (processes, machines) never pick the same one.
+
+        The key list is in place before the shard appears, so a reader never finds a shard without it.
+        """
+        name = f"shard-{uuid.uuid4().hex}"
         scratch = self.folder / f".{name}.tmp"
         save_file({"features": features.contiguous()}, str(scratch))
-        (self.folder / f"{name}.json").write_text(json.dumps(keys))
+        _write_atomically(self.folder / f"{name}.json", json.dumps(keys))
         os.replace(scratch, self.folder / f"{name}.safetensors")  # visible only once complete

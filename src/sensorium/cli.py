@@ -14,6 +14,8 @@ USER_ERRORS = (BadInputError, FileNotFoundError, ValueError)
 
 
 def _train(args: argparse.Namespace) -> None:
+    from accelerate import PartialState
+
     from .recipe import load_recipe
     from .train import train
 
@@ -21,7 +23,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.out:
         recipe.out = args.out
     summary = train(recipe, resume=args.resume, skip_bad=args.skip_bad)
-    print(format_summary(summary, recipe.out))
+    if PartialState().is_main_process:  # once, not once per process
+        print(format_summary(summary, recipe.out))
 
 
 def format_summary(summary: dict[str, Any], out: str) -> str:
@@ -49,11 +52,10 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
 def _eval(args: argparse.Namespace) -> None:
     from .data import parse_data_spec, read_dataset
     from .evaluate import predict_all, predictions_name, report, write_predictions
-    from .model import load
     from .recipe import TrainingOptions
     from .train import cached_features
 
-    model = load(args.adapter)
+    model = _load_model(args)
     spec = parse_data_spec(args.data)
     if args.limit:
         spec["limit"] = args.limit
@@ -71,19 +73,17 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _ask(args: argparse.Namespace) -> None:
     from .data import load_image
-    from .model import load
 
     image = load_image(args.image)
-    model = load(args.adapter)
+    model = _load_model(args)
     print(model.ask([image], [args.question], **_generation_options(args))[0])
 
 
 def _caption(args: argparse.Namespace) -> None:
     from .data import load_image
-    from .model import load
 
     images = [load_image(path) for path in args.images]
-    model = load(args.adapter)
+    model = _load_model(args)
     for start in range(0, len(images), args.batch_size):
         captions = model.caption(images[start:start + args.batch_size], **_generation_options(args))
         for path, caption in zip(args.images[start:start + args.batch_size], captions, strict=True):
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "captions_results.json in the COCO results format for captions)")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--skip-bad", action="store_true")
+    _model_arguments(evaluate)
     _generation_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
 
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("adapter")
     ask.add_argument("image")
     ask.add_argument("question")
+    _model_arguments(ask)
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
 
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("adapter")
     caption.add_argument("images", nargs="+")
     caption.add_argument("--batch-size", type=int, default=16)
+    _model_arguments(caption)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
 
@@ -210,6 +213,21 @@ GENERATION_FLAGS = {  # flag -> (type, help); unset flags keep the adapter's own
     "repetition_penalty": (float, "above 1 discourages repeating tokens"),
     "no_repeat_ngram_size": (int, "never repeat an n-gram of this size"),
 }
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="dtype of the frozen LM's weights (the adapter stays float32)")
+    parser.add_argument("--device-map", help="'auto': spread the LM over the visible GPUs (then CPU RAM); "
+                                             "'cuda:0': all on that device. Default: CPU")
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from .model import load
+
+    return load(args.adapter, dtype=getattr(torch, args.dtype), device_map=args.device_map)
 
 
 def _generation_arguments(parser: argparse.ArgumentParser) -> None:

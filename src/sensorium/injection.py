@@ -85,7 +85,7 @@ class SlotInjector:
             column = self.slot - self._chunk_start
             if not 0 <= column < hidden.shape[1]:
                 return None
-            token = self._tokens[:, position].to(hidden.dtype)
+            token = self._tokens[:, position].to(hidden.device, hidden.dtype)  # layers may sit on several GPUs
             if token.shape[0] != hidden.shape[0]:  # beam search / sampling expand the batch
                 token = token.repeat_interleave(hidden.shape[0] // token.shape[0], dim=0)
             rows = torch.arange(hidden.shape[0], device=hidden.device)

@@ -49,12 +49,18 @@ def resolve_lm_path(name_or_path: str) -> tuple[str, str | None]:
     return name_or_path, None
 
 
-def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer, frozen: no gradients, eval mode."""
+def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
+            device_map: str | dict | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, frozen: no gradients, eval mode.
+
+    transformers 5 builds the model on the meta device and reads each weight once, straight into
+    ``dtype`` on the device ``device_map`` assigns it (``{"": "cuda:1"}``: one device; ``"auto"``:
+    spread over the visible GPUs, then CPU RAM): a 7B LM loaded in bf16 never holds an fp32 copy.
+    """
     path, gguf_file = resolve_lm_path(name_or_path)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path, **extra)
     except OSError as error:
         packaged = ", ".join(sorted(n for n, e in zoo.REGISTRY.items() if e.kind == "lm"))

@@ -257,6 +257,19 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
                                              **lead.generation_options(**options)))
 
 
-def load(folder: str | Path) -> PerceptualLM:
-    """Rebuild a trained model from an adapter folder."""
-    return PerceptualLM.from_pretrained(folder)
+def load(folder: str | Path, dtype: torch.dtype = torch.float32, device_map: str | dict | None = None) -> PerceptualLM:
+    """Rebuild a trained model from an adapter folder.
+
+    ``dtype`` is the frozen LM's (the adapter stays float32). ``device_map`` places the LM as in
+    transformers (``"auto"``: spread over the visible GPUs, then CPU RAM); the encoder and the
+    adapter then sit with the LM's input embeddings, where generation starts.
+    """
+    lm, tokenizer = load_lm(AdapterConfig.load(folder).lm, dtype, device_map)
+    model = PerceptualLM.from_pretrained(folder, lm=lm, tokenizer=tokenizer)
+    if device_map is not None:
+        device = lm.get_input_embeddings().weight.device
+        model.encoder.to(device)
+        model.connector.to(device)
+        for parameter in (model.prompt, model.slot_embedding):
+            parameter.data = parameter.data.to(device)
+    return model

@@ -14,7 +14,7 @@ from .config import AdapterConfig
 
 @dataclass
 class TrainingOptions:
-    batch_size: int = 32
+    batch_size: int = 32  # global: all processes and accumulation micro-steps of one optimizer step
     max_steps: int = 1000
     lr: float = 1e-3  # connector
     prompt_lr: float = 1e-3  # soft prompt and slot embedding
@@ -31,6 +31,8 @@ class TrainingOptions:
     blind: bool = False  # zero the visual input: what the question wording alone predicts
     cache_batch_size: int = 32
     cache_workers: int = 1
+    lm_dtype: str = "auto"  # frozen LM weights: auto (GPU: the mixed-precision dtype, CPU: float32) or a dtype
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # also wandb, mlflow; [] for none
 
     def __post_init__(self) -> None:
         # YAML reads 3e-4 (no dot) as a string: accept it as the number it means.
