@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")
     evaluate.add_argument("adapter", help="adapter folder")
     evaluate.add_argument("--data", required=True,
-                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=..")
+                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. | "
+                               "gqa:questions=..,images=..")
     evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", default="predictions.jsonl", help="where to write predictions (JSONL)")
     evaluate.add_argument("--batch-size", type=int, default=64)

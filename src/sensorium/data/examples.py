@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,11 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError
+
+# Data format -> module of sensorium.data whose ``read(**spec)`` returns the examples.
+READERS = {"easy-vqa": "easyvqa", "jsonl": "jsonl", "vqav2": "vqav2", "gqa": "gqa"}
+# Formats written on the command line as NAME:key=value,key=value.
+KEYED_FORMATS = ("vqav2", "gqa")
 
 
 @dataclass
@@ -41,33 +48,37 @@ def load_image(path: str | Path) -> Image.Image:
 def parse_data_spec(text: str) -> dict[str, Any]:
     """Command-line form of a data spec.
 
-    ``easy-vqa:test``, ``path/to/manifest.jsonl``, or ``vqav2:questions=Q.json,annotations=A.json,images=DIR``.
+    ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``vqav2:questions=Q.json,annotations=A.json,images=DIR``
+    or ``gqa:questions=Q.json,images=DIR``.
     """
     if text.endswith(".jsonl"):
         return {"format": "jsonl", "path": text}
     name, _, rest = text.partition(":")
     if name == "easy-vqa":
         return {"format": "easy-vqa", "split": rest or "test"}
-    if name == "vqav2":
-        spec: dict[str, Any] = {"format": "vqav2"}
+    if name in KEYED_FORMATS:
+        spec: dict[str, Any] = {"format": name}
         for item in filter(None, rest.split(",")):
             key, _, value = item.partition("=")
             spec[key] = value
         return spec
-    raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, or vqav2:questions=...")
+    raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, "
+                     "vqav2:questions=...,annotations=...,images=... or gqa:questions=...,images=...")
+
+
+def reader(fmt: str | None) -> Callable[..., list[Example]]:
+    """The read function of a data format (imported on demand: readers import this module)."""
+    if fmt not in READERS:
+        raise ValueError(f"unknown data format '{fmt}'; available: {', '.join(sorted(READERS))}")
+    return importlib.import_module(f"{__package__}.{READERS[fmt]}").read
 
 
 def read_dataset(spec: dict[str, Any]) -> list[Example]:
     """Examples for a data spec; ``limit`` takes a fixed seeded sample, so reruns see the same set."""
-    from . import easyvqa, jsonl, vqav2
-
-    readers = {"easy-vqa": easyvqa.read, "jsonl": jsonl.read, "vqav2": vqav2.read}
     options = dict(spec)
-    fmt = options.pop("format", None)
+    read = reader(options.pop("format", None))
     limit, seed = options.pop("limit", None), options.pop("seed", 0)
-    if fmt not in readers:
-        raise ValueError(f"unknown data format '{fmt}'; available: {', '.join(sorted(readers))}")
-    examples = readers[fmt](**options)
+    examples = read(**options)
     if limit is not None and limit < len(examples):
         examples = random.Random(seed).sample(examples, limit)
     return examples
