@@ -12,7 +12,13 @@ from .errors import BadInputError
 USER_ERRORS = (BadInputError, FileNotFoundError, ValueError)
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from .dryrun import dry_run
+
+        report = dry_run(args.recipe, args.overrides, num_processes=args.num_processes, out=args.out)
+        print(report.format())
+        return report.exit_code
     from .recipe import load_recipe
     from .train import train
 
@@ -21,6 +27,7 @@ def _train(args: argparse.Namespace) -> None:
         recipe.out = args.out
     summary = train(recipe, resume=args.resume, skip_bad=args.skip_bad)
     print(format_summary(summary, recipe.out))
+    return 0
 
 
 def format_summary(summary: dict[str, Any], out: str) -> str:
@@ -81,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (overrides the recipe's)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output")
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable files instead of stopping")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the recipe, models, data, batch arithmetic and memory without loading weights")
+    train.add_argument("--num-processes", type=int,
+                       help="processes (GPUs) to size the dry run for; default: WORLD_SIZE of the environment, or 1")
     train.set_defaults(run=_train)
 
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")
@@ -121,11 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_transformers()
     try:
-        args.run(args)
+        return args.run(args) or 0
     except USER_ERRORS as error:
         print(f"sensorium: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

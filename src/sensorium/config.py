@@ -10,6 +10,7 @@ from typing import Any
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
+TASKS = ("vqa", "caption")  # question answering, or captioning (no question; the template alone prompts)
 
 
 @dataclass
@@ -26,7 +27,7 @@ class AdapterConfig:
     prompt_length: int = 1  # trainable soft-prompt tokens at the input
     token_norm: bool = True
     template: str = "Question: {question} Answer:"
-    task: str = "vqa"
+    task: str = "vqa"  # one of TASKS
     training: dict[str, Any] = field(default_factory=dict)  # recipe that produced the weights
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at save time
 
