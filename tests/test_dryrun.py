@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, OPTConfig, PreTrainedModel, ViTConfig
 
-from sensorium import AdapterConfig, PerceptualLM, zoo
+from sensorium import AdapterConfig, PerceptualLM, dryrun, zoo
 from sensorium.cli import main
 from sensorium.data.examples import READERS
 from sensorium.dryrun import PUBLISHED, dry_run
@@ -35,6 +35,13 @@ def refuse_weights(patch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def no_weights(monkeypatch):
     refuse_weights(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def no_launcher(monkeypatch, tmp_path):
+    """Neither a launcher's WORLD_SIZE nor this machine's accelerate config decides the process count."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(dryrun, "default_config_file", str(tmp_path / "no-accelerate-config.yaml"))
 
 
 def dry(args: list[str], capsys) -> tuple[int, str, float]:
@@ -138,9 +145,14 @@ def test_invalid_recipes_are_reported_and_exit_2(change, message, tiny_lm_folder
 
 def test_processes_come_from_the_launcher_environment(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path,
                                                       no_weights, monkeypatch, capsys):
-    monkeypatch.setenv("WORLD_SIZE", "3")  # what accelerate launch / torchrun set
-    code, out, _ = dry([write_recipe(tmp_path, tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path))],
-                       capsys)
+    recipe = write_recipe(tmp_path, tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path))
+    accelerate_config = tmp_path / "default_config.yaml"
+    accelerate_config.write_text(yaml.safe_dump({"distributed_type": "MULTI_GPU", "num_processes": 2}))
+    monkeypatch.setattr(dryrun, "default_config_file", str(accelerate_config))
+    code, out, _ = dry([recipe], capsys)
+    assert code == 0 and f"2 (accelerate config {accelerate_config})" in out and "2 per process x 2" in out
+    monkeypatch.setenv("WORLD_SIZE", "3")  # what accelerate launch / torchrun set: it wins
+    code, out, _ = dry([recipe], capsys)
     assert code == 2 and "3 (WORLD_SIZE of this environment)" in out and "split evenly over 3 processes" in out
 
 
@@ -184,3 +196,32 @@ def test_published_sizes_match_their_architectures(name):
     build, layers, width = PUBLISHED_ARCHITECTURES[name]
     facts = PUBLISHED[name]
     assert (facts.parameters, facts.layers, facts.width) == (_meta_count(build), layers, width)
+
+
+def test_hub_ids_are_looked_up_in_the_hugging_face_cache_offline(tiny_lm_folder, tiny_vit_folder, manifest,
+                                                                 tmp_path, no_weights, monkeypatch, capsys):
+    """A hub id whose files sit in the HF cache is sized from its cached configuration."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-opt" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text((Path(tiny_lm_folder("opt")) / "config.json").read_text())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    values = tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path)
+    values["model"]["lm"] = "acme/tiny-opt"
+    recipe = write_recipe(tmp_path, values)
+
+    code, out, _ = dry([recipe], capsys)
+    assert code == 0 and "configuration in the Hugging Face cache, weights not" in out
+    assert "language model: OPTForCausalLM" in out and "4 decoder layers of width 32" in out
+    (snapshot / "model.safetensors").write_bytes(b"")
+    code, out, _ = dry([recipe], capsys)
+    assert code == 0 and "language model 'acme/tiny-opt': in the Hugging Face cache" in out
+
+    values["model"]["lm"] = "acme/elsewhere"
+    code, out, _ = dry([write_recipe(tmp_path, values)], capsys)
+    assert code == 0 and "'acme/elsewhere': not available offline; would be downloaded from the hub" in out
+    assert "size unknown offline" in out and "not estimated" in out

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import yaml
+from accelerate.commands.config.config_args import default_config_file
 from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationConfig
 
@@ -422,11 +423,22 @@ def _check_layout(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | N
 
 
 # ---- batch arithmetic ---------------------------------------------------------------------
+def _configured_processes() -> int | None:
+    """num_processes of ``accelerate config``'s default file: what a plain ``accelerate launch`` would start."""
+    path = Path(default_config_file)
+    if not path.is_file():
+        return None
+    count = (yaml.safe_load(path.read_text()) or {}).get("num_processes")
+    return count if isinstance(count, int) else None
+
+
 def _processes(requested: int | None, report: DryRunReport) -> int:
     if requested is not None:
         count, source = requested, "--num-processes"
     elif "WORLD_SIZE" in os.environ:  # set by accelerate launch / torchrun
         count, source = int(os.environ["WORLD_SIZE"]), "WORLD_SIZE of this environment"
+    elif _configured_processes() is not None:
+        count, source = _configured_processes(), f"accelerate config {default_config_file}"
     else:
         count, source = 1, "default; pass --num-processes N for a multi-GPU run"
     if count < 1:
