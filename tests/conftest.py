@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
     Gemma3TextConfig,
@@ -28,12 +28,27 @@ os.environ["SENSORIUM_CACHE"] = tempfile.mkdtemp(prefix="sensorium-test-cache-")
 
 WORDS = ("question answer what is the shape color there a an in image yes no red green blue circle "
          "triangle rectangle does contain not of how many").split()
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
-def make_tokenizer(with_bos: bool) -> PreTrainedTokenizerFast:
-    vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", ":", "?", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+def _byte_level_bpe() -> Tokenizer:
+    """A tiny byte-level BPE: transformers loads Qwen2 folders with its own byte-level tokenizer class."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator([" ".join(WORDS) + " : ?"], trainer)
+    return core
+
+
+def make_tokenizer(with_bos: bool, byte_level: bool = False) -> PreTrainedTokenizerFast:
+    if byte_level:
+        core = _byte_level_bpe()
+    else:
+        vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, ":", "?", *WORDS])}
+        core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     if with_bos:
         core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
@@ -49,6 +64,10 @@ def tiny_config(arch: str, vocab: int):
         return OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
                          word_embed_proj_dim=32, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
                          pad_token_id=0, init_std=0.3)
+    if arch == "opt_proj":  # OPT-350m's shape: narrower embeddings projected into the layers, post-norm
+        return OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
+                         word_embed_proj_dim=16, do_layer_norm_before=False, max_position_embeddings=128,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, init_std=0.3)
     if arch == "gpt2":
         return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128, bos_token_id=1,
                           eos_token_id=2, initializer_range=0.3)
@@ -81,7 +100,7 @@ def tiny_lm_folder(tmp_path_factory):
     def make(arch: str):
         if arch not in made:
             folder = tmp_path_factory.mktemp(f"lm-{arch}")
-            tokenizer = make_tokenizer(with_bos=arch == "opt")
+            tokenizer = make_tokenizer(with_bos=arch.startswith("opt"), byte_level=arch == "qwen2")
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)))
             model.save_pretrained(folder)

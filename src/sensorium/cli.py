@@ -13,9 +13,15 @@ from .errors import BadInputError
 USER_ERRORS = (BadInputError, FileNotFoundError, ValueError)
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    if args.dry_run:
+        from .dryrun import dry_run
+
+        report = dry_run(args.recipe, args.overrides, num_processes=args.num_processes, out=args.out)
+        print(report.format())
+        return report.exit_code
     from .recipe import load_recipe
     from .train import train
 
@@ -25,6 +31,7 @@ def _train(args: argparse.Namespace) -> None:
     summary = train(recipe, resume=args.resume, skip_bad=args.skip_bad)
     if PartialState().is_main_process:  # once, not once per process
         print(format_summary(summary, recipe.out))
+    return 0
 
 
 def format_summary(summary: dict[str, Any], out: str) -> str:
@@ -135,13 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (overrides the recipe's)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output")
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable files instead of stopping")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the recipe, models, data, batch arithmetic and memory without loading weights")
+    train.add_argument("--num-processes", type=int,
+                       help="processes (GPUs) to size the dry run for; default: WORLD_SIZE of the environment, or 1")
     train.set_defaults(run=_train)
 
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")
     evaluate.add_argument("adapter", help="adapter folder")
     evaluate.add_argument("--data", required=True,
-                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. "
-                               "| scenes:DIR/SPLIT")
+                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. | "
+                               "gqa:questions=..,images=.. | coco:annotations=..,images=.. | "
+                               "karpathy:path=..,images=..,split=.. | scenes:DIR/SPLIT")
     evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
                           "captions_results.json in the COCO results format for captions)")
@@ -251,11 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_transformers()
     try:
-        args.run(args)
+        return args.run(args) or 0
     except USER_ERRORS as error:
         print(f"sensorium: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

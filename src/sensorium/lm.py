@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from torch import nn
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from . import zoo
+from .injection import decoder_layers
+
+# What PerceptualLM passes to the LM's forward: the learned prefix enters as embeddings, positions
+# come from the attention mask (padding sits between the slot and the text), and only the logits of
+# the answer span are computed.
+REQUIRED_FORWARD_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "logits_to_keep")
 
 
 def _convert_gguf(source: Path, out_dir: Path) -> None:
@@ -49,6 +65,39 @@ def resolve_lm_path(name_or_path: str) -> tuple[str, str | None]:
     return name_or_path, None
 
 
+def _check_forward(model_class: type, name: str) -> None:
+    accepted = inspect.signature(model_class.forward).parameters
+    missing = [argument for argument in REQUIRED_FORWARD_INPUTS if argument not in accepted]
+    if missing:
+        raise ValueError(f"language model '{name}' ({model_class.__name__}) is not supported: its forward() does not "
+                         f"accept {', '.join(missing)}, which slot injection needs")
+
+
+def check_lm_config(config: PretrainedConfig, name: str) -> type:
+    """The causal-LM class for ``config``, or a ValueError naming the model and what it lacks.
+
+    Runs on the configuration alone, so an unsupported model is refused before any weight is read.
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"language model '{name}' ({config.model_type}) is an encoder-decoder model; "
+                         "eP-ALM needs a decoder-only causal LM (e.g. OPT, GPT-2, Llama, Qwen2, Gemma3, Phi)")
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ValueError(f"language model '{name}' ({config.model_type}) has no causal-LM class in transformers")
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    _check_forward(model_class, name)
+    return model_class
+
+
+def check_lm(lm: nn.Module, name: str) -> None:
+    """Refuse, with the model's name, a loaded LM that slot injection cannot drive."""
+    check_lm_config(lm.config, name)
+    _check_forward(type(lm), name)
+    try:
+        decoder_layers(lm)
+    except ValueError as error:
+        raise ValueError(f"language model '{name}' is not supported: {error}") from error
+
+
 def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
             device_map: str | dict | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, frozen: no gradients, eval mode.
@@ -60,6 +109,7 @@ def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
     path, gguf_file = resolve_lm_path(name_or_path)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
+        check_lm_config(AutoConfig.from_pretrained(path, **extra), name_or_path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path, **extra)
     except OSError as error:
@@ -67,6 +117,7 @@ def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
         raise ValueError(
             f"cannot load language model '{name_or_path}': {error}. Packaged names: {packaged}"
         ) from error
+    check_lm(model, name_or_path)
     model.requires_grad_(False)
     model.eval()
     if tokenizer.pad_token_id is None:

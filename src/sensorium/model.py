@@ -14,7 +14,7 @@ from .config import WEIGHTS_NAME, AdapterConfig
 from .connectors import build_connector
 from .encoders import Encoder, load_encoder
 from .injection import SlotInjector, decoder_layers, paper_layer_range, spread_blocks
-from .lm import load_lm
+from .lm import check_lm, load_lm
 
 
 class PerceptualLM(nn.Module):
@@ -31,6 +31,7 @@ class PerceptualLM(nn.Module):
         self.config = config
         if lm is None:
             lm, tokenizer = load_lm(config.lm)
+        check_lm(lm, config.lm)
         self.lm, self.tokenizer = lm, tokenizer
         self.encoder = encoder or load_encoder(config.encoder, image_size=config.image_size)
         self.encoder.freeze()
@@ -48,10 +49,14 @@ class PerceptualLM(nn.Module):
             raise ValueError(f"injection layers {layers} out of range 0..{num_layers - 1}")
         self.layer_tokens = spread_blocks(len(self.blocks), len(layers))
 
-        embeddings = lm.get_input_embeddings()
-        width = embeddings.weight.shape[1]
+        # Injected tokens live in the decoder layers' width, which can differ from the embedding
+        # width (OPT-350m projects 512-d embeddings to 1024-d layers).
+        width = lm.config.get_text_config().hidden_size
         self.connector = build_connector(config.connector, self.encoder.dim, width, token_norm=config.token_norm)
-        # Start the learned input vectors among real token embeddings (right scale for any LM).
+        # Start the learned input vectors among real token embeddings, as the embedding layer outputs
+        # them: the right scale for any LM, Gemma's sqrt(hidden) embedding scaling included, because
+        # the prefix replaces that layer's output and never passes through it again.
+        embeddings = lm.get_input_embeddings()
         generator = torch.Generator().manual_seed(0)
         picks = torch.randint(0, embeddings.weight.shape[0], (config.prompt_length + 1,), generator=generator)
         with torch.no_grad():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -11,6 +13,12 @@ from typing import Any, BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError
+
+# Data format -> module of sensorium.data whose ``read(**spec)`` returns the examples.
+READERS = {"easy-vqa": "easyvqa", "jsonl": "jsonl", "vqav2": "vqav2", "gqa": "gqa", "coco": "coco",
+           "karpathy": "karpathy"}
+# Formats written on the command line as NAME:key=value,key=value, the keys being the reader's arguments.
+KEYED_FORMATS = ("vqav2", "gqa", "coco", "karpathy")
 
 
 @dataclass
@@ -43,23 +51,21 @@ def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Im
         raise BadInputError(f"{name}: unreadable image ({error})") from error
 
 
-# Formats whose command-line spec is ``name:key=value,key=value``, the keys being the reader's arguments.
-_KEYED_FORMATS = ("vqav2", "coco", "karpathy")
-
 
 def parse_data_spec(text: str) -> dict[str, Any]:
     """Command-line form of a data spec.
 
     ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``vqav2:questions=Q.json,annotations=A.json,images=DIR``,
-    ``coco:annotations=captions.json,images=DIR``, ``karpathy:path=dataset_coco.json,images=DIR,split=test``,
-    or ``scenes:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes``.
+    ``gqa:questions=Q.json,images=DIR``, ``coco:annotations=captions.json,images=DIR``,
+    ``karpathy:path=dataset_coco.json,images=DIR,split=test``, or ``scenes:DIR/SPLIT`` for the VQA side
+    of a split written by ``sensorium data make-scenes``.
     """
     if text.endswith(".jsonl"):
         return {"format": "jsonl", "path": text}
     name, _, rest = text.partition(":")
     if name == "easy-vqa":
         return {"format": "easy-vqa", "split": rest or "test"}
-    if name in _KEYED_FORMATS:
+    if name in KEYED_FORMATS:
         spec: dict[str, Any] = {"format": name}
         for item in filter(None, rest.split(",")):
             key, _, value = item.partition("=")
@@ -68,7 +74,7 @@ def parse_data_spec(text: str) -> dict[str, Any]:
     if name == "scenes":
         return _scenes_spec(text, rest)
     raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, vqav2:questions=..., "
-                     "coco:annotations=..., karpathy:path=... or scenes:DIR/SPLIT")
+                     "gqa:questions=..., coco:annotations=..., karpathy:path=... or scenes:DIR/SPLIT")
 
 
 def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
@@ -83,22 +89,24 @@ def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
             "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "images")}
 
 
+def reader(fmt: str | None) -> Callable[..., list[Example]]:
+    """The read function of a data format (imported on demand: readers import this module)."""
+    if fmt not in READERS:
+        raise ValueError(f"unknown data format '{fmt}'; available: {', '.join(sorted(READERS))}")
+    return importlib.import_module(f"{__package__}.{READERS[fmt]}").read
+
+
 def read_dataset(spec: dict[str, Any]) -> list[Example]:
     """Examples for a data spec; ``limit`` takes a fixed seeded sample, so reruns see the same set."""
-    from . import coco, easyvqa, jsonl, karpathy, vqav2
-
-    readers = {"easy-vqa": easyvqa.read, "jsonl": jsonl.read, "vqav2": vqav2.read, "coco": coco.read,
-               "karpathy": karpathy.read}
     options = dict(spec)
     fmt = options.pop("format", None)
+    read = reader(fmt)
     limit, seed = options.pop("limit", None), options.pop("seed", 0)
-    if fmt not in readers:
-        raise ValueError(f"unknown data format '{fmt}'; available: {', '.join(sorted(readers))}")
     try:
-        inspect.signature(readers[fmt]).bind(**options)
+        inspect.signature(read).bind(**options)
     except TypeError as error:
         raise ValueError(f"data format '{fmt}': {error}") from error
-    examples = readers[fmt](**options)
+    examples = read(**options)
     if limit is not None and limit < len(examples):
         examples = random.Random(seed).sample(examples, limit)
     return examples

@@ -1,0 +1,42 @@
+"""GQA in its official layout: a questions JSON keyed by question id + the folder of its images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import BadInputError
+from .examples import Example
+
+
+def _load_questions(path: str) -> dict[str, dict]:
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError as error:
+        raise BadInputError(f"{file}: file not found") from error
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
+    if not isinstance(data, dict):
+        raise BadInputError(f"{file}: expected an object mapping question ids to questions")
+    return data
+
+
+def read(questions: str, images: str) -> list[Example]:
+    """One example per question; ``answer_type`` is GQA's structural type (verify, query, choose, ...).
+
+    The test and challenge files carry no answers: their examples have an empty answer list.
+    """
+    folder = Path(images)
+    examples = []
+    for question_id, entry in _load_questions(questions).items():
+        try:
+            answer = entry.get("answer")
+            examples.append(Example(
+                media=str(folder / f"{entry['imageId']}.jpg"), question=entry["question"],
+                answers=[answer] if answer is not None else [],
+                answer_type=(entry.get("types") or {}).get("structural", "other"), question_id=str(question_id),
+            ))
+        except (AttributeError, KeyError, TypeError) as error:
+            raise BadInputError(f"{questions}: malformed question '{question_id}' ({error!r})") from error
+    return examples

@@ -1,0 +1,220 @@
+"""`sensorium train RECIPE --dry-run`: every recipe validates without weights; invalid ones exit 2."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, OPTConfig, PreTrainedModel, ViTConfig
+
+from sensorium import AdapterConfig, PerceptualLM, dryrun, zoo
+from sensorium.cli import main
+from sensorium.dryrun import PUBLISHED, dry_run
+from sensorium.encoders.dinov2_onnx import dinov2_small_config
+
+# Training recipes; recipes/accelerate/ holds launcher configs (accelerate config files), not recipes.
+RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the dry run tried to load weights")
+
+
+def refuse_weights(patch: pytest.MonkeyPatch) -> None:
+    """Any attempt to read weights or convert a packaged model fails the test."""
+    for model_class in (PreTrainedModel, AutoModel, AutoModelForCausalLM):
+        patch.setattr(model_class, "from_pretrained", classmethod(_refuse))
+    patch.setattr(zoo, "resolve", _refuse)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    refuse_weights(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def no_launcher(monkeypatch, tmp_path):
+    """Neither a launcher's WORLD_SIZE nor this machine's accelerate config decides the process count."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(dryrun, "default_config_file", str(tmp_path / "no-accelerate-config.yaml"))
+
+
+def dry(args: list[str], capsys) -> tuple[int, str, float]:
+    started = time.perf_counter()
+    code = main(["train", *args, "--dry-run"])
+    return code, capsys.readouterr().out, time.perf_counter() - started
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_every_recipe_passes_the_dry_run(recipe, no_weights, capsys):
+    code, out, seconds = dry([str(recipe), "--num-processes", "2"], capsys)
+    assert code == 0, out
+    assert "recipe valid" in out and "no weights were loaded" in out
+    assert "2 (--num-processes)" in out and "peak ≈" in out
+    assert seconds < 10
+
+
+def write_recipe(folder: Path, values: dict) -> str:
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    """Six answered questions on three images, and one question whose image is missing."""
+    lines = []
+    for name, rgb in {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}.items():
+        Image.new("RGB", (32, 32), rgb).save(tmp_path / f"{name}.png")
+        lines += [{"media": f"{name}.png", "question": "what color ?", "answers": [name]},
+                  {"media": f"{name}.png", "question": "is it red ?", "answers": ["yes" if name == "red" else "no"]}]
+    lines.append({"media": "gone.png", "question": "what color ?", "answers": ["red"]})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path) -> dict:
+    return {"model": {"lm": tiny_lm_folder("opt_proj"), "encoder": tiny_vit_folder, "num_blocks": 2,
+                      "prompt_length": 3},
+            "data": {"train": {"format": "jsonl", "path": manifest}},
+            "training": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1},
+            "out": str(tmp_path / "run")}
+
+
+def test_dry_run_sizes_and_counts_match_the_real_model(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path,
+                                                       no_weights, capsys):
+    values = tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path)
+    code, out, _ = dry([write_recipe(tmp_path, values)], capsys)
+    assert code == 0, out
+    assert "train: jsonl, 7 examples, 4 distinct media files" in out
+    assert "1 of 4 sampled media files missing" in out and "gone.png" in out
+    assert "2 steps per epoch of 7 examples: max_steps covers 2.29 epochs" in out
+    assert "global batch 4 per step = 4 per process x 1" in out
+    assert "feature cache of the training media: 4 files x 4 blocks x 32 float32" in out
+    assert "recipe valid, 1 warning(s)" in out  # the missing image
+
+
+def test_dry_run_counts_equal_those_of_the_built_model(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
+    """Counted on the meta device from the configurations: the same numbers as the loaded model."""
+    values = tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_weights(patch)
+        report = dry_run(write_recipe(tmp_path, values)).format()
+    trainable, total = PerceptualLM(AdapterConfig(**values["model"])).parameter_counts()
+    assert f"trainable: {trainable:,} of {total:,} parameters" in report
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda v: v["model"].update(colour="red"), "unknown adapter setting(s): colour"),
+    (lambda v: v.update(optimiser={}), "unknown recipe section(s): optimiser"),
+    (lambda v: v["training"].update(batch_size=6), "batch_size 6 cannot be split evenly over 4 processes"),
+    (lambda v: v["training"].update(max_steps=0), "training.max_steps must be > 0"),
+    (lambda v: v["training"].update(warmup_steps=[1]), "training.warmup_steps must be a number, not [1]"),
+    (lambda v: v.update(generation={"num_beams": 0}), "generation.num_beams must be > 0"),
+    (lambda v: v["training"].update(mixed_precision=False), "training.mixed_precision 'False' not one of"),
+    (lambda v: v["data"]["train"].update(format="coco-wat"), "unknown data format 'coco-wat'"),
+    (lambda v: v["data"]["train"].update(images="x"), "unknown argument(s) images"),
+    (lambda v: v["data"].update(eval={"format": "vqav2", "questions": "q.json"}), "missing argument(s) images"),
+    (lambda v: v.update(generation={"num_beans": 3}), "unknown generation option(s): num_beans"),
+    (lambda v: v["model"].update(task="translate"), "unknown task 'translate'"),
+    (lambda v: v["model"].update(inject_layers=[2, 7]), "injection layers [2, 7] out of range 0..3"),
+    (lambda v: v["model"].update(num_blocks=9), "num_blocks=9 but encoder"),
+    (lambda v: v["model"].update(lm="no such model"), "not a packaged name, an existing folder or file, nor a hub id"),
+])
+def test_invalid_recipes_are_reported_and_exit_2(change, message, tiny_lm_folder, tiny_vit_folder, manifest,
+                                                  tmp_path, no_weights, capsys):
+    values = tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path)
+    change(values)
+    code, out, _ = dry([write_recipe(tmp_path, values), "--num-processes", "4"], capsys)
+    assert code == 2, out
+    assert message in out and "recipe INVALID" in out
+
+
+def test_processes_come_from_the_launcher_environment(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path,
+                                                      no_weights, monkeypatch, capsys):
+    recipe = write_recipe(tmp_path, tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path))
+    accelerate_config = tmp_path / "default_config.yaml"
+    accelerate_config.write_text(yaml.safe_dump({"distributed_type": "MULTI_GPU", "num_processes": 2}))
+    monkeypatch.setattr(dryrun, "default_config_file", str(accelerate_config))
+    code, out, _ = dry([recipe], capsys)
+    assert code == 0 and f"2 (accelerate config {accelerate_config})" in out and "2 per process x 2" in out
+    monkeypatch.setenv("WORLD_SIZE", "3")  # what accelerate launch / torchrun set: it wins
+    code, out, _ = dry([recipe], capsys)
+    assert code == 2 and "3 (WORLD_SIZE of this environment)" in out and "split evenly over 3 processes" in out
+
+
+def test_an_encoder_decoder_lm_is_refused_from_its_config(tiny_vit_folder, manifest, tmp_path, no_weights,
+                                                         capsys):
+    from transformers import T5Config
+
+    T5Config(vocab_size=40, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4).save_pretrained(tmp_path / "t5")
+    values = {"model": {"lm": str(tmp_path / "t5"), "encoder": tiny_vit_folder, "num_blocks": 2},
+              "data": {"train": {"format": "jsonl", "path": manifest}}}
+    code, out, _ = dry([write_recipe(tmp_path, values)], capsys)
+    assert code == 2 and "is an encoder-decoder model" in out
+
+
+def test_missing_recipe_is_one_line_error(capsys):
+    assert main(["train", "no-such.yaml", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == "sensorium: error: no-such.yaml: recipe not found"
+
+
+def _meta_count(build) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in build().parameters())
+
+
+PUBLISHED_ARCHITECTURES = {
+    "facebook/opt-2.7b": (lambda: AutoModelForCausalLM.from_config(OPTConfig(
+        hidden_size=2560, ffn_dim=10240, num_hidden_layers=32, num_attention_heads=32, vocab_size=50272,
+        max_position_embeddings=2048, word_embed_proj_dim=2560)), 32, 2560),
+    "google/vit-base-patch16-224": (lambda: AutoModel.from_config(ViTConfig(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224,
+        patch_size=16)), 12, 768),
+    "smollm2-135m": (lambda: AutoModelForCausalLM.from_config(LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+        vocab_size=49152, tie_word_embeddings=True)), 30, 576),
+    "dinov2-small": (lambda: AutoModel.from_config(dinov2_small_config()), 12, 384),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_sizes_match_their_architectures(name):
+    build, layers, width = PUBLISHED_ARCHITECTURES[name]
+    facts = PUBLISHED[name]
+    assert (facts.parameters, facts.layers, facts.width) == (_meta_count(build), layers, width)
+
+
+def test_hub_ids_are_looked_up_in_the_hugging_face_cache_offline(tiny_lm_folder, tiny_vit_folder, manifest,
+                                                                 tmp_path, no_weights, monkeypatch, capsys):
+    """A hub id whose files sit in the HF cache is sized from its cached configuration."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-opt" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text((Path(tiny_lm_folder("opt")) / "config.json").read_text())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    values = tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path)
+    values["model"]["lm"] = "acme/tiny-opt"
+    recipe = write_recipe(tmp_path, values)
+
+    code, out, _ = dry([recipe], capsys)
+    assert code == 0 and "configuration in the Hugging Face cache, weights not" in out
+    assert "language model: OPTForCausalLM" in out and "4 decoder layers of width 32" in out
+    (snapshot / "model.safetensors").write_bytes(b"")
+    code, out, _ = dry([recipe], capsys)
+    assert code == 0 and "language model 'acme/tiny-opt': in the Hugging Face cache" in out
+
+    values["model"]["lm"] = "acme/elsewhere"
+    code, out, _ = dry([write_recipe(tmp_path, values)], capsys)
+    assert code == 0 and "'acme/elsewhere': not available offline; would be downloaded from the hub" in out
+    assert "size unknown offline" in out and "not estimated" in out
