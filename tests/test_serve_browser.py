@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from playwright.sync_api import Page, expect, sync_playwright
 
 from sensorium import load
-from sensorium.data import load_image
+from sensorium.data import load_image, read_dataset
 from sensorium.serve.app import create_app, load_registry, running_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -67,8 +67,8 @@ def assert_only_local(page: Page, server: str) -> None:
 
 
 def test_ask_about_an_uploaded_image(page, server, tiny_adapter_folders, tmp_path):
-    picture = shape_png(tmp_path / "circle.png", "red")
-    question = "what is the shape ?"
+    example = read_dataset({"format": "easy-vqa", "split": "test", "limit": 1})[0]  # a real easy-vqa image
+    picture, question = Path(example.media), example.question
     page.select_option("#adapter", "shapes")
     page.set_input_files("#media", picture)
     page.wait_for_function("document.querySelector('#preview img')?.naturalWidth === 64")
