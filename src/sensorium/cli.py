@@ -70,24 +70,20 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from .data import load_image
     from .model import load
 
-    image = load_image(args.image)
     model = load(args.adapter)
-    print(model.ask([image], [args.question], **_generation_options(args))[0])
+    print(model.ask([args.media], [args.question], **_generation_options(args))[0])
 
 
 def _caption(args: argparse.Namespace) -> None:
-    from .data import load_image
     from .model import load
 
-    images = [load_image(path) for path in args.images]
     model = load(args.adapter)
-    for start in range(0, len(images), args.batch_size):
-        captions = model.caption(images[start:start + args.batch_size], **_generation_options(args))
-        for path, caption in zip(args.images[start:start + args.batch_size], captions, strict=True):
-            print(f"{path}\t{caption}" if len(images) > 1 else caption)
+    for start in range(0, len(args.media), args.batch_size):
+        paths = args.media[start:start + args.batch_size]
+        for path, caption in zip(paths, model.caption(paths, **_generation_options(args)), strict=True):
+            print(f"{path}\t{caption}" if len(args.media) > 1 else caption)
 
 
 def _make_scenes(args: argparse.Namespace) -> None:
@@ -131,16 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
 
-    ask = verbs.add_parser("ask", help="answer a question about an image")
+    ask = verbs.add_parser("ask", help="answer a question about an image or a video")
     ask.add_argument("adapter")
-    ask.add_argument("image")
+    ask.add_argument("media", help="an image, or a video for a video adapter")
     ask.add_argument("question")
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
 
-    caption = verbs.add_parser("caption", help="caption images (one line each: path, tab, caption)")
+    caption = verbs.add_parser("caption", help="caption images or videos (one line each: path, tab, caption)")
     caption.add_argument("adapter")
-    caption.add_argument("images", nargs="+")
+    caption.add_argument("media", nargs="+", help="images, or videos for a video adapter")
     caption.add_argument("--batch-size", type=int, default=16)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
