@@ -40,17 +40,17 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 # Formats whose command-line spec is ``name:key=value,key=value``, the keys being the reader's arguments.
-_KEYED_FORMATS = ("vqav2", "coco", "karpathy")
+_KEYED_FORMATS = ("vqav2", "coco", "karpathy", "msrvtt-qa", "msrvtt-caption")
 
 
 def parse_data_spec(text: str) -> dict[str, Any]:
     """Command-line form of a data spec.
 
     ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``vqav2:questions=Q.json,annotations=A.json,images=DIR``,
-<<<<<<< HEAD
-    ``coco:annotations=captions.json,images=DIR`` or ``karpathy:path=dataset_coco.json,images=DIR,split=test``.
-=======
-    or ``scenes:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes``.
+    ``coco:annotations=captions.json,images=DIR``, ``karpathy:path=dataset_coco.json,images=DIR,split=test``,
+    ``msrvtt-qa:questions=Q.json,videos=DIR`` (MSVD-QA too), ``msrvtt-caption:path=videodatainfo.json,
+    videos=DIR,split=test``, or ``scenes:DIR/SPLIT`` / ``videos:DIR/SPLIT`` for the VQA side of a split
+    written by ``sensorium data make-scenes`` / ``make-videos``.
     """
     if text.endswith(".jsonl"):
         return {"format": "jsonl", "path": text}
@@ -65,8 +65,11 @@ def parse_data_spec(text: str) -> dict[str, Any]:
         return spec
     if name == "scenes":
         return _scenes_spec(text, rest)
+    if name == "videos":
+        return _videos_spec(text, rest)
     raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, vqav2:questions=..., "
-                     "coco:annotations=..., karpathy:path=... or scenes:DIR/SPLIT")
+                     "coco:annotations=..., karpathy:path=..., msrvtt-qa:questions=..., msrvtt-caption:path=..., "
+                     "scenes:DIR/SPLIT or videos:DIR/SPLIT")
 
 
 def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
@@ -81,12 +84,25 @@ def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
             "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "images")}
 
 
+def _videos_spec(text: str, rest: str) -> dict[str, Any]:
+    """The files make-videos writes for one split: VQA v2 JSON naming its clips by VIDEO_PATTERN."""
+    from .videos import SPLITS, VIDEO_PATTERN
+
+    folder, _, split = rest.rpartition("/")
+    if split not in SPLITS:
+        raise ValueError(f"data spec '{text}': expected videos:DIR/SPLIT with SPLIT one of {', '.join(SPLITS)}")
+    root = Path(folder or ".")
+    return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
+            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "videos"),
+            "file_pattern": VIDEO_PATTERN}
+
+
 def read_dataset(spec: dict[str, Any]) -> list[Example]:
     """Examples for a data spec; ``limit`` takes a fixed seeded sample, so reruns see the same set."""
-    from . import coco, easyvqa, jsonl, karpathy, vqav2
+    from . import coco, easyvqa, jsonl, karpathy, msrvtt, vqav2
 
     readers = {"easy-vqa": easyvqa.read, "jsonl": jsonl.read, "vqav2": vqav2.read, "coco": coco.read,
-               "karpathy": karpathy.read}
+               "karpathy": karpathy.read, "msrvtt-qa": msrvtt.read_qa, "msrvtt-caption": msrvtt.read_captions}
     options = dict(spec)
     fmt = options.pop("format", None)
     limit, seed = options.pop("limit", None), options.pop("seed", 0)
