@@ -102,6 +102,22 @@ def _make_scenes(args: argparse.Namespace) -> None:
     print(f"evaluate with --data scenes:{args.out}/test-novel (or /train, /test)")
 
 
+def _make_videos(args: argparse.Namespace) -> None:
+    from .data.videos import make_videos
+
+    start = time.perf_counter()
+    summary = make_videos(Path(args.out), args.n_train, args.n_test, args.seed)
+    seconds = time.perf_counter() - start
+    clips = sum(split["clips"] for split in summary["splits"].values())
+    print(f"moving shapes (seed {args.seed}) written to {args.out}")
+    for name, split in summary["splits"].items():
+        print(f"  {name:<5}: {split['clips']:,} clips, {split['captions']:,} captions, "
+              f"{split['questions']:,} questions")
+    print(f"{clips:,} clips in {seconds:.1f} s ({clips / seconds:.0f} clips/s)")
+    print(f"evaluate with --data videos:{args.out}/test (questions) or "
+          f"coco:annotations={args.out}/captions_test.json,images={args.out}/videos (captions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensorium", description="Give a frozen language model senses (eP-ALM).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -118,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("adapter", help="adapter folder")
     evaluate.add_argument("--data", required=True,
                           help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. "
-                               "| scenes:DIR/SPLIT")
+                               "| coco:annotations=..,images=.. | msrvtt-qa:questions=..,videos=.. "
+                               "| msrvtt-caption:path=..,videos=..,split=.. | scenes:DIR/SPLIT | videos:DIR/SPLIT")
     evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
                           "captions_results.json in the COCO results format for captions)")
@@ -150,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--n-test", type=int, default=500, help="images in each of test and test-novel")
     scenes.add_argument("--seed", type=int, default=0)
     scenes.set_defaults(run=_make_scenes)
+    videos = data_verbs.add_parser("make-videos", help="procedural moving-shapes clips for video captioning "
+                                                       "and video QA (train and test)")
+    videos.add_argument("--out", required=True, help="output folder")
+    videos.add_argument("--n-train", type=int, default=4000, help="training clips")
+    videos.add_argument("--n-test", type=int, default=500, help="test clips")
+    videos.add_argument("--seed", type=int, default=0)
+    videos.set_defaults(run=_make_videos)
     return parser
 
 
