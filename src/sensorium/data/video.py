@@ -1,10 +1,10 @@
 """Video decoding: a fixed number of frames sampled uniformly over a clip's duration, streamed with PyAV.
 
-Frames are chosen by presentation timestamp, never by frame index, so variable frame rates, B-frame
-reordering and containers without a trustworthy duration all give frames evenly spread in time. The
-clip is read twice: once demuxed without decoding (cheap) to learn the timestamps of its frames, once
-decoded while keeping only the frames nearest the target times, so memory holds at most two decoded
-frames besides the chosen ones, however long the video.
+Frames are chosen by presentation timestamp, never by frame index: each sample is the frame on screen
+at a target time, so variable frame rates, B-frame reordering and containers without a trustworthy
+duration all give what a viewer sees at evenly spread moments. The clip is read twice: once demuxed
+without decoding (cheap) to learn the timestamps of its frames, once decoded while keeping only the
+chosen frames, so memory holds one decoded frame besides those, however long the video.
 """
 
 from __future__ import annotations
@@ -88,25 +88,20 @@ def frame_times(path: str | Path) -> tuple[list[int], int]:
     return times, times[-1] + last
 
 
-def nearest_frames(times: list[int], targets: list[float]) -> list[int]:
-    """For each target time, the timestamp of the nearest frame (the earlier one on a tie)."""
-    chosen = []
-    for target in targets:
-        after = bisect.bisect_left(times, target)
-        candidates = times[max(after - 1, 0):after + 1]
-        chosen.append(min(candidates, key=lambda stamp: (abs(stamp - target), stamp)))
-    return chosen
+def frames_on_screen(times: list[int], targets: list[float]) -> list[int]:
+    """For each target time, the timestamp of the frame shown then: the last one starting at or before it."""
+    return [times[max(bisect.bisect_right(times, target) - 1, 0)] for target in targets]
 
 
 def load_video(path: str | Path, num_frames: int = DEFAULT_FRAMES) -> list[Image.Image]:
     """``num_frames`` upright RGB frames at uniform times over the clip, or a BadInputError naming the file.
 
-    A clip with fewer frames than asked repeats its frames (each target time takes its nearest frame),
+    A clip with fewer frames than asked repeats its frames (each target time takes the frame on screen),
     so every clip gives exactly ``num_frames`` frames in time order.
     """
     path = Path(path)
     times, end = frame_times(path)
-    wanted = nearest_frames(times, sample_times(times[0], end, num_frames))
+    wanted = frames_on_screen(times, sample_times(times[0], end, num_frames))
     needed, images = set(wanted), {}
     with _open(path) as container:
         stream = _video_stream(container, path)
