@@ -120,6 +120,12 @@ def test_display_rotation_is_applied(tmp_path, rotation, corner):
     assert f"{vertical}-{horizontal}" == corner
 
 
+def test_a_still_image_is_a_one_frame_clip(tmp_path):
+    Image.new("RGB", (40, 30), (0, 0, 255)).save(tmp_path / "blue.png")
+    frames = load_video(tmp_path / "blue.png", 4)
+    assert len(frames) == 4 and frames[0].size == (40, 30) and frames[3].getpixel((5, 5)) == (0, 0, 255)
+
+
 def test_upright_rounds_to_quarter_turns():
     image = Image.new("RGB", (4, 2))
     assert upright(image, 89.6).size == (2, 4) and upright(image, -180).size == (4, 2)
@@ -266,6 +272,24 @@ def test_frames_aggregation_keeps_the_order(tiny_lm_folder, tiny_vit_folder):
     assert not torch.allclose(reversed_tokens, tokens.flip(2)), "frame positions should make order matter"
     with pytest.raises(ValueError, match="3 frame tokens"):
         model.map_features(features.mean(dim=2))
+
+
+def test_adapters_saved_before_video_load_as_they_were(tiny_lm_folder, tiny_vit_folder, tmp_path):
+    """An adapter_config.json without the video settings rebuilds the same one-column model."""
+    model = PerceptualLM(AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2,
+                                       inject_layers=[2, 3])).eval()
+    model.save_pretrained(tmp_path / "adapter")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    values = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({k: v for k, v in values.items() if k not in ("num_frames", "temporal")}))
+    restored = load(tmp_path / "adapter")
+    assert (restored.slot_count, restored.prefix_length) == (1, model.prefix_length)
+    assert set(restored.adapter_state()) == {"prompt", "slot_embedding", "connector.linear.weight",
+                                             "connector.linear.bias"}
+    features = torch.randn(2, 4, 32)
+    questions = ["what is the shape ?", "color ?"]
+    assert restored.generate(features, questions, max_new_tokens=4) == model.generate(features, questions,
+                                                                                         max_new_tokens=4)
 
 
 def test_frames_aggregation_needs_per_frame_tokens(tiny_lm_folder, tiny_vit_folder):

@@ -5,6 +5,9 @@ at a target time, so variable frame rates, B-frame reordering and containers wit
 duration all give what a viewer sees at evenly spread moments. The clip is read twice: once demuxed
 without decoding (cheap) to learn the timestamps of its frames, once decoded while keeping only the
 chosen frames, so memory holds one decoded frame besides those, however long the video.
+
+Sampling is deterministic on purpose: the feature cache encodes a clip once, so frames drawn at random
+per epoch would be computed once and frozen anyway.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     return container.streams.video[0]
 
 
+def _timestamp(packet_or_frame: av.Packet | av.VideoFrame) -> int | None:
+    """Presentation time, or the decoding time where a container (some AVI) records only that."""
+    return packet_or_frame.pts if packet_or_frame.pts is not None else packet_or_frame.dts
+
+
 def frame_times(path: str | Path) -> tuple[list[int], int]:
     """Sorted presentation timestamps of every frame (in the stream's time base) and the clip's end.
 
@@ -73,7 +81,7 @@ def frame_times(path: str | Path) -> tuple[list[int], int]:
         times, durations = [], []
         try:
             for packet in container.demux(stream):
-                stamp = packet.pts if packet.pts is not None else packet.dts
+                stamp = _timestamp(packet)
                 if packet.size and stamp is not None:
                     times.append(stamp)
                     durations.append(packet.duration or 0)
@@ -107,8 +115,9 @@ def load_video(path: str | Path, num_frames: int = DEFAULT_FRAMES) -> list[Image
         stream = _video_stream(container, path)
         try:
             for frame in container.decode(stream):
-                if frame.pts in needed and frame.pts not in images:
-                    images[frame.pts] = upright(frame.to_image(), frame.rotation)
+                stamp = _timestamp(frame)
+                if stamp in needed and stamp not in images:
+                    images[stamp] = upright(frame.to_image(), frame.rotation)
                     if len(images) == len(needed):
                         break
         except av.error.FFmpegError as error:
