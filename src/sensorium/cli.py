@@ -79,22 +79,16 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from .data import load_image
-
-    image = load_image(args.image)
     model = _load_model(args)
-    print(model.ask([image], [args.question], **_generation_options(args))[0])
+    print(model.ask([args.media], [args.question], **_generation_options(args))[0])
 
 
 def _caption(args: argparse.Namespace) -> None:
-    from .data import load_image
-
-    images = [load_image(path) for path in args.images]
     model = _load_model(args)
-    for start in range(0, len(images), args.batch_size):
-        captions = model.caption(images[start:start + args.batch_size], **_generation_options(args))
-        for path, caption in zip(args.images[start:start + args.batch_size], captions, strict=True):
-            print(f"{path}\t{caption}" if len(images) > 1 else caption)
+    for start in range(0, len(args.media), args.batch_size):
+        paths = args.media[start:start + args.batch_size]
+        for path, caption in zip(paths, model.caption(paths, **_generation_options(args)), strict=True):
+            print(f"{path}\t{caption}" if len(args.media) > 1 else caption)
 
 
 def _make_scenes(args: argparse.Namespace) -> None:
@@ -132,6 +126,22 @@ def adapter_spec(text: str) -> tuple[str, str]:
     return name, folder
 
 
+def _make_videos(args: argparse.Namespace) -> None:
+    from .data.videos import make_videos
+
+    start = time.perf_counter()
+    summary = make_videos(Path(args.out), args.n_train, args.n_test, args.seed)
+    seconds = time.perf_counter() - start
+    clips = sum(split["clips"] for split in summary["splits"].values())
+    print(f"moving shapes (seed {args.seed}) written to {args.out}")
+    for name, split in summary["splits"].items():
+        print(f"  {name:<5}: {split['clips']:,} clips, {split['captions']:,} captions, "
+              f"{split['questions']:,} questions")
+    print(f"{clips:,} clips in {seconds:.1f} s ({clips / seconds:.0f} clips/s)")
+    print(f"evaluate with --data videos:{args.out}/test (questions) or "
+          f"coco:annotations={args.out}/captions_test.json,images={args.out}/videos (captions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensorium", description="Give a frozen language model senses (eP-ALM).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -153,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True,
                           help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. | "
                                "gqa:questions=..,images=.. | coco:annotations=..,images=.. | "
-                               "karpathy:path=..,images=..,split=.. | scenes:DIR/SPLIT")
+                               "karpathy:path=..,images=..,split=.. | msrvtt-qa:questions=..,videos=.. | "
+                               "msrvtt-caption:path=..,videos=..,split=.. | scenes:DIR/SPLIT | videos:DIR/SPLIT")
     evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
                           "captions_results.json in the COCO results format for captions)")
@@ -163,17 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
 
-    ask = verbs.add_parser("ask", help="answer a question about an image")
+    ask = verbs.add_parser("ask", help="answer a question about an image or a video")
     ask.add_argument("adapter")
-    ask.add_argument("image")
+    ask.add_argument("media", help="an image, or a video for a video adapter")
     ask.add_argument("question")
     _model_arguments(ask)
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
 
-    caption = verbs.add_parser("caption", help="caption images (one line each: path, tab, caption)")
+    caption = verbs.add_parser("caption", help="caption images or videos (one line each: path, tab, caption)")
     caption.add_argument("adapter")
-    caption.add_argument("images", nargs="+")
+    caption.add_argument("media", nargs="+", help="images, or videos for a video adapter")
     caption.add_argument("--batch-size", type=int, default=16)
     _model_arguments(caption)
     _generation_arguments(caption)
@@ -188,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--n-test", type=int, default=500, help="images in each of test and test-novel")
     scenes.add_argument("--seed", type=int, default=0)
     scenes.set_defaults(run=_make_scenes)
+    videos = data_verbs.add_parser("make-videos", help="procedural moving-shapes clips for video captioning "
+                                                       "and video QA (train and test)")
+    videos.add_argument("--out", required=True, help="output folder")
+    videos.add_argument("--n-train", type=int, default=4000, help="training clips")
+    videos.add_argument("--n-test", type=int, default=500, help="test clips")
+    videos.add_argument("--seed", type=int, default=0)
+    videos.set_defaults(run=_make_videos)
 
     from .serve.settings import ServeSettings
 

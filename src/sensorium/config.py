@@ -18,6 +18,10 @@ TASKS: dict[str, dict[str, Any]] = {
     "caption": {"template": "A picture of", "generation": {"max_new_tokens": 30, "num_beams": 3}},
 }
 
+# How a video encoder's per-frame tokens reach the LM: averaged into one token per block, exactly like an
+# image's, or one token per frame in time order (the slot then spans one column per frame).
+TEMPORAL = ("mean", "frames")
+
 
 @dataclass
 class AdapterConfig:
@@ -26,6 +30,8 @@ class AdapterConfig:
     lm: str = "smollm2-135m"
     encoder: str = "dinov2-small"
     image_size: int | None = None  # encoder input resolution; None keeps the encoder's own
+    num_frames: int | None = None  # frames sampled per video; None: 8 for frames:NAME, a video model's own
+    temporal: str = "mean"  # mean | frames: see TEMPORAL
     connector: str = "epalm"
     num_blocks: int = 6  # the [CLS] of the last N encoder blocks ...
     encoder_blocks: list[int] | None = None  # ... or these 0-based blocks, shallow first
@@ -41,6 +47,8 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task '{self.task}'; available: {', '.join(TASKS)}")
+        if self.temporal not in TEMPORAL:
+            raise ValueError(f"unknown temporal aggregation '{self.temporal}'; available: {', '.join(TEMPORAL)}")
         if self.template is None:
             self.template = TASKS[self.task]["template"]
 

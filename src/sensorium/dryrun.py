@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Generation
 from . import zoo
 from .connectors import CONNECTORS, build_connector
 from .data.examples import read_dataset, reader
-from .encoders import PACKAGED
+from .encoders import FRAMES_PREFIX, PACKAGED
 from .encoders.hf_vision import _vision_tower
 from .errors import BadInputError
 from .injection import decoder_layers, paper_layer_range
@@ -368,6 +368,7 @@ def _inspect_lm(name: str, report: DryRunReport) -> ModelFacts | None:
 
 
 def _inspect_encoder(name: str, report: DryRunReport) -> ModelFacts | None:
+    name = name.removeprefix(FRAMES_PREFIX)  # a frame-wise video encoder has its image encoder's size
     found, source = _locate(name, "encoder", name in PACKAGED, report)
     if not found:
         return None

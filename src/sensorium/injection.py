@@ -1,9 +1,10 @@
 """Where mapped perceptual tokens enter the frozen LM: a reserved slot overwritten inside layers.
 
-The input sequence reserves one position (the *slot*) right after the soft prompt. A forward
-pre-hook on each injection layer overwrites the slot's hidden state with that layer's perceptual
-token. The sequence length never changes inside the model, so attention masks, positions and the
-KV cache stay exactly those of the unmodified decoder, for any transformers architecture.
+The input sequence reserves a *slot* right after the soft prompt: one position, or k consecutive ones
+when each layer receives k tokens (one per video frame). A forward pre-hook on each injection layer
+overwrites the slot's hidden states with that layer's perceptual tokens. The sequence length never
+changes inside the model, so attention masks, positions and the KV cache stay exactly those of the
+unmodified decoder, for any transformers architecture.
 """
 
 from __future__ import annotations
@@ -40,17 +41,19 @@ def spread_blocks(num_tokens: int, num_layers: int) -> list[int]:
 
 
 class SlotInjector:
-    """Forward pre-hooks that write per-layer tokens into one sequence position of a frozen LM.
+    """Forward pre-hooks that write per-layer tokens into ``columns`` consecutive positions of a frozen LM.
 
-    Whether the slot lies in the chunk being computed is decided from the cache length seen by the
-    model's top-level forward: prefill, chunked prefill, decode steps, beam search and assisted
-    decoding then all behave, and decode steps (slot already cached) cost one comparison.
+    Which part of the slot lies in the chunk being computed is decided from the cache length seen by
+    the model's top-level forward: prefill, chunked prefill (even one splitting the slot), decode steps,
+    beam search and assisted decoding then all behave, and decode steps (slot already cached) cost one
+    comparison.
     """
 
-    def __init__(self, lm: nn.Module, layers: list[int], slot: int) -> None:
+    def __init__(self, lm: nn.Module, layers: list[int], slot: int, columns: int = 1) -> None:
         self.slot = slot
+        self.columns = columns
         self.layers = layers
-        self._tokens: torch.Tensor | None = None  # [batch, len(layers), dim]
+        self._tokens: torch.Tensor | None = None  # [batch, len(layers), columns, dim]
         self._chunk_start = 0
         blocks = decoder_layers(lm)
         self._handles = [lm.register_forward_pre_hook(self._track_chunk, with_kwargs=True)]
@@ -64,9 +67,14 @@ class SlotInjector:
 
     @contextmanager
     def injecting(self, tokens: torch.Tensor) -> Iterator[None]:
-        """Inject ``tokens`` ([batch, len(layers), dim]) into every forward run inside the block."""
-        if tokens.shape[1] != len(self.layers):
-            raise ValueError(f"expected {len(self.layers)} tokens per sample, got {tokens.shape[1]}")
+        """Inject ``tokens`` into every forward run inside the block.
+
+        ``tokens`` is [batch, len(layers), columns, dim], or [batch, len(layers), dim] for a one-column slot.
+        """
+        tokens = tokens[:, :, None] if tokens.ndim == 3 else tokens
+        if tokens.shape[1:3] != (len(self.layers), self.columns):
+            raise ValueError(f"expected {len(self.layers)} layers x {self.columns} tokens per sample, "
+                             f"got {tuple(tokens.shape[1:3])}")
         self._tokens = tokens
         try:
             yield
@@ -82,16 +90,15 @@ class SlotInjector:
             if self._tokens is None:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
-            column = self.slot - self._chunk_start
-            if not 0 <= column < hidden.shape[1]:
+            first = self.slot - self._chunk_start  # slot columns within this chunk: [first, first + columns)
+            start, stop = max(first, 0), min(first + self.columns, hidden.shape[1])
+            if start >= stop:
                 return None
-            token = self._tokens[:, position].to(hidden.device, hidden.dtype)  # layers may sit on several GPUs
-            if token.shape[0] != hidden.shape[0]:  # beam search / sampling expand the batch
-                token = token.repeat_interleave(hidden.shape[0] // token.shape[0], dim=0)
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            columns = torch.full_like(rows, column)
+            tokens = self._tokens[:, position, start - first:stop - first].to(hidden.device, hidden.dtype)
+            if tokens.shape[0] != hidden.shape[0]:  # beam search / sampling expand the batch
+                tokens = tokens.repeat_interleave(hidden.shape[0] // tokens.shape[0], dim=0)
             # Out of place: the hidden state is needed unmodified by autograd.
-            hidden = hidden.index_put((rows, columns), token)
+            hidden = torch.cat([hidden[:, :start], tokens, hidden[:, stop:]], dim=1)
             if args:
                 return (hidden, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": hidden}

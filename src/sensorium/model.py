@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,7 +21,8 @@ class PerceptualLM(nn.Module):
     """A frozen causal LM that sees through a frozen encoder, taught by a tiny trainable connector.
 
     Input layout, identical in training and generation:
-    ``[bos?][soft prompt][slot][pads][question tokens][answer tokens]``. The soft prompt and the slot
+    ``[bos?][soft prompt][slot x k][pads][question tokens][answer tokens]``. The slot is one column
+    (k = 1), or one column per video frame with ``temporal: frames``. The soft prompt and the slot
     sit at fixed columns for every sample, so the slot index is one integer; padding goes between
     the slot and the text and positions come from the attention mask.
     """
@@ -33,8 +34,10 @@ class PerceptualLM(nn.Module):
             lm, tokenizer = load_lm(config.lm)
         check_lm(lm, config.lm)
         self.lm, self.tokenizer = lm, tokenizer
-        self.encoder = encoder or load_encoder(config.encoder, image_size=config.image_size)
+        self.encoder = encoder or load_encoder(config.encoder, image_size=config.image_size,
+                                               num_frames=config.num_frames)
         self.encoder.freeze()
+        self.slot_count = self._slot_count(config, self.encoder)
         if config.encoder_blocks is None and config.num_blocks > self.encoder.num_blocks:
             raise ValueError(f"num_blocks={config.num_blocks} but encoder '{config.encoder}' has only "
                              f"{self.encoder.num_blocks} blocks")
@@ -52,7 +55,9 @@ class PerceptualLM(nn.Module):
         # Injected tokens live in the decoder layers' width, which can differ from the embedding
         # width (OPT-350m projects 512-d embeddings to 1024-d layers).
         width = lm.config.get_text_config().hidden_size
-        self.connector = build_connector(config.connector, self.encoder.dim, width, token_norm=config.token_norm)
+        frames = self.slot_count if config.temporal == "frames" else None
+        self.connector = build_connector(config.connector, self.encoder.dim, width, token_norm=config.token_norm,
+                                         num_frames=frames)
         # Start the learned input vectors among real token embeddings, as the embedding layer outputs
         # them: the right scale for any LM, Gemma's sqrt(hidden) embedding scaling included, because
         # the prefix replaces that layer's output and never passes through it again.
@@ -62,10 +67,21 @@ class PerceptualLM(nn.Module):
         with torch.no_grad():
             start = embeddings(picks.to(embeddings.weight.device)).float().cpu()
         self.prompt = nn.Parameter(start[:-1].clone())
-        self.slot_embedding = nn.Parameter(start[-1].clone())
+        self.slot_embedding = nn.Parameter(start[-1].clone())  # one vector, repeated in every slot column
         self.bos = self._leading_bos(tokenizer)
         self.slot_index = len(self.bos) + config.prompt_length
-        self.injector = SlotInjector(lm, layers, self.slot_index)
+        self.prefix_length = self.slot_index + self.slot_count  # columns before the padding
+        self.injector = SlotInjector(lm, layers, self.slot_index, self.slot_count)
+
+    @staticmethod
+    def _slot_count(config: AdapterConfig, encoder: Encoder) -> int:
+        """Slot columns: one token per injection layer, or one per frame when the frames keep their order."""
+        if config.temporal == "mean":
+            return 1
+        if encoder.num_tokens is None:
+            raise ValueError(f"temporal '{config.temporal}' needs an encoder with one token per frame "
+                             f"('frames:NAME'); '{encoder.name}' gives one token per block")
+        return encoder.num_tokens
 
     @staticmethod
     def _leading_bos(tokenizer) -> list[int]:
@@ -91,15 +107,25 @@ class PerceptualLM(nn.Module):
 
     # ---- encode -> map ----------------------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, images: list[Image.Image]) -> torch.Tensor:
-        """Per-block encoder tokens [batch, encoder blocks, dim] (what the feature cache stores)."""
+    def encode(self, media: list[Any]) -> torch.Tensor:
+        """Per-block encoder tokens [batch, encoder blocks, (frames,) dim] (what the feature cache stores).
+
+        ``media`` are file paths, read by the encoder (images, videos), or media it has already read.
+        """
+        loaded = [self.encoder.load(item) if isinstance(item, (str, Path)) else item for item in media]
         device = next(self.encoder.parameters()).device
-        return self.encoder(self.encoder.preprocess(images).to(device)).float()
+        return self.encoder(self.encoder.preprocess(loaded).to(device)).float()
 
     def map_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Encoder tokens of all blocks -> one LM-width token per injection layer."""
-        tokens = self.connector(features[:, self.blocks].to(self.prompt.device))
-        return tokens[:, self.layer_tokens]
+        """Encoder tokens of all blocks -> the LM-width tokens of each injection layer.
+
+        [batch, layers, width], or [batch, layers, frames, width] when the frames keep their order.
+        ``temporal: mean`` averages per-frame features over time first, into exactly an image's features.
+        """
+        chosen = features[:, self.blocks].to(self.prompt.device)
+        if chosen.ndim == 4 and self.config.temporal == "mean":
+            chosen = chosen.mean(dim=2)
+        return self.connector(chosen)[:, self.layer_tokens]
 
     # ---- inputs -----------------------------------------------------------------------------
     def _token_ids(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,21 +133,21 @@ class PerceptualLM(nn.Module):
         device = self.lm.get_input_embeddings().weight.device
         width = max(len(ids) for ids in texts)
         pad = self.tokenizer.pad_token_id
-        prefix = self.bos + [pad] * (self.slot_index + 1 - len(self.bos))
+        prefix = self.bos + [pad] * (self.prefix_length - len(self.bos))
         ids = torch.tensor([prefix + [pad] * (width - len(t)) + t for t in texts], device=device)
         mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(t)) + [1] * len(t) for t in texts], device=device)
         return ids, mask
 
     def learned_prefix(self) -> torch.Tensor:
-        """The soft prompt and the slot embedding, [prompt length + 1, width]."""
-        return torch.cat([self.prompt, self.slot_embedding[None]])
+        """The soft prompt and the slot embedding in each slot column, [prompt length + slot columns, width]."""
+        return torch.cat([self.prompt, self.slot_embedding.expand(self.slot_count, -1)])
 
     def _with_learned_prefix(self, embeds: torch.Tensor, learned: torch.Tensor | None = None) -> torch.Tensor:
-        """Input embeddings with learned vectors ([batch or 1, prompt + 1, width]) written into their columns."""
+        """Input embeddings with learned vectors ([batch or 1, prompt + slot, width]) written into their columns."""
         learned = self.learned_prefix()[None] if learned is None else learned
         start = len(self.bos)
         return torch.cat([embeds[:, :start], learned.to(embeds.dtype).expand(embeds.shape[0], -1, -1),
-                          embeds[:, self.slot_index + 1:]], 1)
+                          embeds[:, self.prefix_length:]], 1)
 
     def _embed(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs_embeds and attention mask for token lists, right-aligned after the fixed prefix."""
@@ -193,13 +219,15 @@ class PerceptualLM(nn.Module):
             hook.remove()
         return self._decode(output[:, ids.shape[1]:])
 
-    def ask(self, images: list[Image.Image], questions: list[str], **options) -> list[str]:
+    def ask(self, media: list[Any], questions: list[str], **options) -> list[str]:
+        """Answers about images or videos: file paths, or media the encoder has read (see ``encode``)."""
         self._require_task("vqa", "caption")
-        return self.generate(self.encode(images), questions, **options)
+        return self.generate(self.encode(media), questions, **options)
 
-    def caption(self, images: list[Image.Image], **options) -> list[str]:
+    def caption(self, media: list[Any], **options) -> list[str]:
+        """Captions of images or videos: file paths, or media the encoder has read (see ``encode``)."""
         self._require_task("caption", "ask")
-        return self.generate(self.encode(images), [""] * len(images), **options)
+        return self.generate(self.encode(media), [""] * len(media), **options)
 
     def _require_task(self, task: str, instead: str) -> None:
         if self.config.task != task:
@@ -243,16 +271,17 @@ class PerceptualLM(nn.Module):
 def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **options) -> list[str]:
     """One generate() call for samples of different adapters over one shared frozen LM.
 
-    Each sample is (adapter, its encoder tokens [blocks, dim], question); each brings its own soft
-    prompt, slot embedding and connector. Adapters must share the LM object and the layout (same
-    injection layers and slot column), which holds for adapters trained on the same base LM with the
-    same prompt length; ``options`` apply to the whole batch.
+    Each sample is (adapter, its encoder tokens [blocks, (frames,) dim], question); each brings its own
+    soft prompt, slot embedding and connector. Adapters must share the LM object and the layout (same
+    injection layers and slot columns), which holds for adapters trained on the same base LM with the
+    same prompt length and slot width; ``options`` apply to the whole batch.
     """
     lead = samples[0][0]
     for model, _, _ in samples:
         if model.lm is not lead.lm or model.injector.layers != lead.injector.layers \
-                or model.slot_index != lead.slot_index:
-            raise ValueError("generate_mixed needs adapters sharing one LM, injection layers and prompt length")
+                or (model.slot_index, model.slot_count) != (lead.slot_index, lead.slot_count):
+            raise ValueError("generate_mixed needs adapters sharing one LM, injection layers, prompt length "
+                             "and slot width")
     ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
     learned = torch.stack([model.learned_prefix() for model, _, _ in samples])
     embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), learned)

@@ -69,7 +69,7 @@ def _patch_prefix(model: PerceptualLM, pictures: list[Image.Image],
     torch.manual_seed(0)
     projection = nn.Linear(encoder.dim, model.lm.get_input_embeddings().embedding_dim).to(model.lm.device)
     embeds, mask = model._embed(model.prompt_ids(questions))
-    head, tail = len(model.bos), model.slot_index + 1
+    head, tail = len(model.bos), model.prefix_length
     prefix = projection(patches).to(embeds.dtype)
     ones = torch.ones(prefix.shape[:2], dtype=mask.dtype, device=mask.device)
     return (torch.cat([embeds[:, :head], prefix, embeds[:, tail:]], 1),

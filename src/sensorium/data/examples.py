@@ -14,11 +14,11 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError
 
-# Data format -> module of sensorium.data whose ``read(**spec)`` returns the examples.
+# Data format -> "module[:function]" of sensorium.data whose function (``read`` by default) returns the examples.
 READERS = {"easy-vqa": "easyvqa", "jsonl": "jsonl", "vqav2": "vqav2", "gqa": "gqa", "coco": "coco",
-           "karpathy": "karpathy"}
+           "karpathy": "karpathy", "msrvtt-qa": "msrvtt:read_qa", "msrvtt-caption": "msrvtt:read_captions"}
 # Formats written on the command line as NAME:key=value,key=value, the keys being the reader's arguments.
-KEYED_FORMATS = ("vqav2", "gqa", "coco", "karpathy")
+KEYED_FORMATS = ("vqav2", "gqa", "coco", "karpathy", "msrvtt-qa", "msrvtt-caption")
 
 
 @dataclass
@@ -57,8 +57,9 @@ def parse_data_spec(text: str) -> dict[str, Any]:
 
     ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``vqav2:questions=Q.json,annotations=A.json,images=DIR``,
     ``gqa:questions=Q.json,images=DIR``, ``coco:annotations=captions.json,images=DIR``,
-    ``karpathy:path=dataset_coco.json,images=DIR,split=test``, or ``scenes:DIR/SPLIT`` for the VQA side
-    of a split written by ``sensorium data make-scenes``.
+    ``karpathy:path=dataset_coco.json,images=DIR,split=test``, ``msrvtt-qa:questions=Q.json,videos=DIR``
+    (MSVD-QA too), ``msrvtt-caption:path=videodatainfo.json,videos=DIR,split=test``, or ``scenes:DIR/SPLIT``
+    / ``videos:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes`` / ``make-videos``.
     """
     if text.endswith(".jsonl"):
         return {"format": "jsonl", "path": text}
@@ -73,8 +74,11 @@ def parse_data_spec(text: str) -> dict[str, Any]:
         return spec
     if name == "scenes":
         return _scenes_spec(text, rest)
+    if name == "videos":
+        return _videos_spec(text, rest)
     raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, vqav2:questions=..., "
-                     "gqa:questions=..., coco:annotations=..., karpathy:path=... or scenes:DIR/SPLIT")
+                     "gqa:questions=..., coco:annotations=..., karpathy:path=..., msrvtt-qa:questions=..., "
+                     "msrvtt-caption:path=..., scenes:DIR/SPLIT or videos:DIR/SPLIT")
 
 
 def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
@@ -89,11 +93,25 @@ def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
             "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "images")}
 
 
+def _videos_spec(text: str, rest: str) -> dict[str, Any]:
+    """The files make-videos writes for one split: VQA v2 JSON naming its clips by VIDEO_PATTERN."""
+    from .videos import SPLITS, VIDEO_PATTERN
+
+    folder, _, split = rest.rpartition("/")
+    if split not in SPLITS:
+        raise ValueError(f"data spec '{text}': expected videos:DIR/SPLIT with SPLIT one of {', '.join(SPLITS)}")
+    root = Path(folder or ".")
+    return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
+            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "videos"),
+            "file_pattern": VIDEO_PATTERN}
+
+
 def reader(fmt: str | None) -> Callable[..., list[Example]]:
     """The read function of a data format (imported on demand: readers import this module)."""
     if fmt not in READERS:
         raise ValueError(f"unknown data format '{fmt}'; available: {', '.join(sorted(READERS))}")
-    return importlib.import_module(f"{__package__}.{READERS[fmt]}").read
+    module, _, function = READERS[fmt].partition(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function or "read")
 
 
 def read_dataset(spec: dict[str, Any]) -> list[Example]:

@@ -22,12 +22,18 @@ def _load_json(path: str, key: str) -> tuple[list[dict], dict]:
     return data[key], data
 
 
-def image_path(folder: Path, subtype: str, image_id: int) -> Path:
-    """COCO file naming used by VQA v2 (e.g. COCO_val2014_000000393225.jpg)."""
-    return folder / f"COCO_{subtype}_{image_id:012d}.jpg"
+# COCO file naming used by VQA v2 (e.g. COCO_val2014_000000393225.jpg).
+COCO_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"
 
 
-def read(questions: str, images: str, annotations: str | None = None) -> list[Example]:
+def image_path(folder: Path, subtype: str, image_id: int, pattern: str = COCO_PATTERN) -> Path:
+    """The media file of an image id; ``pattern`` names it from the file's ``data_subtype`` and the id."""
+    return folder / pattern.format(subtype=subtype, image_id=image_id)
+
+
+def read(questions: str, images: str, annotations: str | None = None,
+         file_pattern: str = COCO_PATTERN) -> list[Example]:
+    """Questions with their ten answers; ``file_pattern`` names media that are not COCO images (videos)."""
     question_list, question_file = _load_json(questions, "questions")
     subtype = question_file.get("data_subtype", "")
     answers_by_id: dict[int, dict] = {}
@@ -39,7 +45,7 @@ def read(questions: str, images: str, annotations: str | None = None) -> list[Ex
         try:
             annotation = answers_by_id.get(q["question_id"], {})
             examples.append(Example(
-                media=str(image_path(Path(images), subtype, int(q["image_id"]))), question=q["question"],
+                media=str(image_path(Path(images), subtype, int(q["image_id"]), file_pattern)), question=q["question"],
                 answers=[a["answer"] for a in annotation.get("answers", [])],
                 answer_type=annotation.get("answer_type", "other"), question_id=str(q["question_id"]),
             ))

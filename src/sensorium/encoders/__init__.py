@@ -6,11 +6,17 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from transformers import AutoConfig
+
+from ..data.video import DEFAULT_FRAMES
 from . import dinov2_onnx, efficientnet
 from .base import Encoder
+from .frames import PREFIX as FRAMES_PREFIX
+from .frames import FrameEncoder
+from .hf_video import HFVideoEncoder
 from .hf_vision import HFVisionEncoder
 
-__all__ = ["PACKAGED", "Encoder", "HFVisionEncoder", "load_encoder"]
+__all__ = ["PACKAGED", "Encoder", "FrameEncoder", "HFVideoEncoder", "HFVisionEncoder", "load_encoder"]
 
 # Packaged image encoders: name -> loader(image_size); importing their modules registered them in the zoo.
 PACKAGED: dict[str, Callable[[int | None], Encoder]] = {
@@ -26,20 +32,38 @@ def _unknown(name_or_path: str) -> ValueError:
                       "not an existing folder and not a reachable hub model id")
 
 
-def load_encoder(name_or_path: str, image_size: int | None = None) -> Encoder:
-    """Packaged name first, then a local folder, then an 'owner/name' hub id.
+def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: int | None = None) -> Encoder:
+    """Packaged name first, then a local folder, then an 'owner/name' hub id; ``frames:NAME`` for video.
 
-    Anything else fails here instead of reaching the hub, so a typo never turns into a download
-    attempt. ``image_size`` overrides the encoder's default resolution where the model allows it.
+    ``frames:NAME`` reads a video as ``num_frames`` frames (8 by default) through the image encoder NAME.
+    A transformers video model (one whose config has ``num_frames``: TimeSformer, VideoMAE, ViViT) reads
+    videos by itself. Anything else fails here instead of reaching the hub, so a typo never turns into
+    a download attempt. ``image_size`` overrides the encoder's default resolution where the model allows it.
     """
+    if name_or_path.startswith(FRAMES_PREFIX):
+        image_encoder = load_encoder(name_or_path.removeprefix(FRAMES_PREFIX), image_size)
+        return FrameEncoder(image_encoder, num_frames or DEFAULT_FRAMES)
     if name_or_path in PACKAGED:
-        return PACKAGED[name_or_path](image_size)
+        encoder = PACKAGED[name_or_path](image_size)
+    else:
+        encoder = _transformers_encoder(name_or_path, image_size, num_frames)
+    if num_frames is not None and encoder.modality == "image":
+        raise ValueError(f"num_frames applies to video encoders, not to the image encoder '{name_or_path}' "
+                         f"(use '{FRAMES_PREFIX}{name_or_path}' to read videos frame by frame)")
+    return encoder
+
+
+def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames: int | None) -> Encoder:
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        return HFVisionEncoder(folder, image_size=image_size)
-    if not _HUB_ID.fullmatch(name_or_path):
+        source, config = str(folder), AutoConfig.from_pretrained(folder)
+    elif _HUB_ID.fullmatch(name_or_path):
+        try:
+            source, config = name_or_path, AutoConfig.from_pretrained(name_or_path)
+        except OSError as err:
+            raise _unknown(name_or_path) from err
+    else:
         raise _unknown(name_or_path)
-    try:
-        return HFVisionEncoder(name_or_path, image_size=image_size)
-    except OSError as err:
-        raise _unknown(name_or_path) from err
+    if getattr(config, "num_frames", None):
+        return HFVideoEncoder(source, num_frames=num_frames, image_size=image_size)
+    return HFVisionEncoder(source, image_size=image_size)

@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
-from PIL import Image
 from torch import nn
+
+from ..data import load_image
 
 
 class Encoder(nn.Module):
-    """A frozen encoder that summarises each of its blocks by one token.
+    """A frozen encoder that summarises each of its blocks by one token (or one token per time step).
 
     eP-ALM reads the [CLS] token of several encoder blocks, so the interface returns one token per
     block (the [CLS] token, or the mean over positions for models without one):
-    ``forward(pixels) -> [batch, num_blocks, dim]``. Preprocessing belongs to the encoder because
-    only it knows its resolution and normalisation; ``fingerprint`` names the weights *and* the
-    preprocessing so that cached features are never reused across either.
+    ``forward(pixels) -> [batch, num_blocks, dim]``. Encoders that see a clip one frame at a time keep
+    the time axis, ``[batch, num_blocks, num_tokens, dim]``, and say so by a ``num_tokens`` that is not
+    None; the model decides whether to average it or to keep the order.
+
+    Reading a file belongs to the encoder, as does preprocessing, because only it knows its modality,
+    frame sampling, resolution and normalisation: ``load(path)`` decodes one file into what
+    ``preprocess`` takes, and ``fingerprint`` names the weights *and* all of that, so that cached
+    features are never reused across any of them.
     """
 
     name: str
     num_blocks: int
     dim: int
+    modality: str = "image"
+    num_tokens: int | None = None  # length of the token (time) axis of forward's output; None: no such axis
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+    def load(self, path: str | Path) -> Any:
+        """One media file, decoded; a BadInputError naming the file when it cannot be used."""
+        return load_image(path)
+
+    def preprocess(self, media: list[Any]) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

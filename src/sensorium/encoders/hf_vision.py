@@ -56,6 +56,11 @@ def _has_cls_token(model: nn.Module) -> bool:
     return any(hasattr(embeddings, attr) for attr in ("cls_token", "class_embedding"))
 
 
+def block_tokens(hidden_states: tuple[torch.Tensor, ...], uses_cls: bool) -> torch.Tensor:
+    """[batch, blocks, dim]: each block's [CLS] output, or its mean over positions; [0] is the embeddings."""
+    return torch.stack([h[:, 0] if uses_cls else h.mean(dim=1) for h in hidden_states[1:]], dim=1)
+
+
 def config_hash(config: PretrainedConfig) -> str:
     """Short hash of the architecture, blind to the transformers version that wrote it."""
     spec = config.to_dict()
@@ -92,9 +97,7 @@ class HFVisionEncoder(Encoder):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         output = self.model(pixel_values=pixels.to(self.model.dtype), output_hidden_states=True,
                             **self._forward_kwargs)
-        blocks = output.hidden_states[1:]  # [0] is the embedding layer, not a block
-        tokens = [h[:, 0] if self.uses_cls else h.mean(dim=1) for h in blocks]
-        return torch.stack(tokens, dim=1)
+        return block_tokens(output.hidden_states, self.uses_cls)
 
     def fingerprint(self) -> str:
         mean = ",".join(f"{m:g}" for m in self.mean)

@@ -1,0 +1,132 @@
+"""MSR-VTT and MSVD: video question answering (MSRVTT-QA, MSVD-QA) and MSR-VTT captioning, with a video folder.
+
+The QA files are JSON lists of ``{"video_id" or "video", "question", "answer", ...}``. A ``video`` entry is
+a file name (with or without its extension); a ``video_id`` is found in the folder under the names the
+public releases use: ``video7010.mp4`` (MSR-VTT), ``vid1.avi`` (MSVD renamed by id) or the bare id.
+
+The MSR-VTT caption file (``train_val_videodatainfo.json``, ``test_videodatainfo.json``) lists ``videos``
+(with their ``split``) and ``sentences`` (``video_id``, ``caption``); each video becomes one captioning
+example with all its captions as references.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError
+from .examples import Example
+from .video import VIDEO_EXTENSIONS
+
+# MSRVTT-QA and MSVD-QA report accuracy per question word.
+QUESTION_WORDS = ("what", "who", "how", "when", "where")
+_ID_NAMES = ("video{}", "vid{}", "{}")
+
+
+def _load(path: str) -> Any:
+    file = Path(path)
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError as error:
+        raise BadInputError(f"{file}: file not found") from error
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
+
+
+class VideoFolder:
+    """Finds a video by name or id in one folder, listed once (a folder may hold 10,000 videos)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise BadInputError(f"{self.folder}: video folder not found")
+        by_stem: dict[str, str] = {}
+        for name in sorted(os.listdir(self.folder)):
+            stem, extension = os.path.splitext(name)
+            if extension.lower() in VIDEO_EXTENSIONS:
+                by_stem.setdefault(stem, name)
+        self.by_stem = by_stem
+
+    def path(self, name: str | None = None, video_id: object = None) -> tuple[Path, bool]:
+        """(the video's path, whether it exists); a missing video gets its most likely path, to be reported."""
+        if name is not None:
+            stems = [os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS else name]
+            if (self.folder / name).is_file():
+                return self.folder / name, True
+        else:
+            stems = [pattern.format(video_id) for pattern in _ID_NAMES]
+        for stem in stems:
+            if stem in self.by_stem:
+                return self.folder / self.by_stem[stem], True
+        return self.folder / f"{stems[0]}.mp4", False
+
+
+def question_type(question: str) -> str:
+    """The question word (what, who, how, when, where), as MSRVTT-QA and MSVD-QA report; else 'other'."""
+    words = question.lower().split()
+    return words[0] if words and words[0] in QUESTION_WORDS else "other"
+
+
+def read_qa(questions: str, videos: str) -> list[Example]:
+    """MSRVTT-QA or MSVD-QA questions; one reference answer each.
+
+    A video missing from the folder keeps its expected path, so training reports it (or skips it with
+    ``--skip-bad``); a folder holding none of the videos is an error here.
+    """
+    entries = _load(questions)
+    if not isinstance(entries, list):
+        raise BadInputError(f"{questions}: expected a JSON list of questions")
+    folder = VideoFolder(videos)
+    examples, found = [], 0
+    for number, entry in enumerate(entries):
+        try:
+            if entry.get("video") is None and entry.get("video_id") is None:
+                raise KeyError("'video_id' or 'video'")
+            path, exists = folder.path(name=entry.get("video"), video_id=entry.get("video_id"))
+            question = str(entry["question"]).strip()
+            examples.append(Example(
+                media=str(path), question=question, answers=[str(entry["answer"]).strip()],
+                answer_type=str(entry.get("answer_type") or question_type(question)),
+                question_id=str(entry.get("id", entry.get("question_id", number))),
+            ))
+        except (AttributeError, KeyError, TypeError) as error:
+            raise BadInputError(f"{questions}: malformed question entry {entry!r:.80} ({error!r})") from error
+        found += exists
+    if examples and not found:
+        raise BadInputError(f"{videos}: none of the {len(examples)} questions' videos is in this folder "
+                            f"(e.g. {Path(examples[0].media).name})")
+    return examples
+
+
+def read_captions(path: str, videos: str, split: str | None = None) -> list[Example]:
+    """MSR-VTT videos with all their captions, optionally of one split (train, validate, test).
+
+    A file without ``sentences`` gives every video with no references, so captions can still be generated;
+    when sentences are present, a video none of them mentions is left out.
+    """
+    data = _load(path)
+    if not isinstance(data, dict) or not isinstance(data.get("videos"), list):
+        raise BadInputError(f"{path}: expected an object with a 'videos' list")
+    captions: dict[str, list[str]] = {}
+    for sentence in data.get("sentences", []):
+        try:
+            captions.setdefault(str(sentence["video_id"]), []).append(str(sentence["caption"]).strip())
+        except (KeyError, TypeError) as error:
+            raise BadInputError(f"{path}: malformed sentence {sentence!r:.80} ({error!r})") from error
+    folder = VideoFolder(videos)
+    examples, splits = [], set()
+    for video in data["videos"]:
+        try:
+            video_id, video_split = str(video["video_id"]), video.get("split")
+        except (KeyError, TypeError) as error:
+            raise BadInputError(f"{path}: malformed video entry {video!r:.80} ({error!r})") from error
+        splits.add(str(video_split))
+        if (split is None or video_split == split) and (video_id in captions or "sentences" not in data):
+            examples.append(Example(media=str(folder.path(name=video_id)[0]), question="",
+                                    answers=captions.get(video_id, []), answer_type="caption",
+                                    question_id=video_id))
+    if not examples:
+        raise BadInputError(f"{path}: no videos in split '{split}' (the file has: {', '.join(sorted(splits))})")
+    return examples

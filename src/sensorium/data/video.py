@@ -1,0 +1,128 @@
+"""Video decoding: a fixed number of frames sampled uniformly over a clip's duration, streamed with PyAV.
+
+Frames are chosen by presentation timestamp, never by frame index: each sample is the frame on screen
+at a target time, so variable frame rates, B-frame reordering and containers without a trustworthy
+duration all give what a viewer sees at evenly spread moments. The clip is read twice: once demuxed
+without decoding (cheap) to learn the timestamps of its frames, once decoded while keeping only the
+chosen frames, so memory holds one decoded frame besides those, however long the video.
+
+Sampling is deterministic on purpose: the feature cache encodes a clip once, so frames drawn at random
+per epoch would be computed once and frozen anyway.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+import av
+from PIL import Image
+
+from ..errors import BadInputError
+
+DEFAULT_FRAMES = 8
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
+
+# Counter-clockwise quarter turns that make a frame upright, from the display matrix's angle.
+_QUARTER_TURNS = {0: None, 90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
+                  270: Image.Transpose.ROTATE_270}
+
+
+def sample_times(start: float, end: float, count: int) -> list[float]:
+    """Centres of ``count`` equal segments of [start, end): every part of the clip is represented once."""
+    step = (end - start) / count
+    return [start + (index + 0.5) * step for index in range(count)]
+
+
+def upright(image: Image.Image, rotation: float) -> Image.Image:
+    """The frame as players show it: rotated counter-clockwise by the display matrix's angle.
+
+    Phones store portrait video as landscape frames plus this angle; the encoder must see what a
+    viewer sees. Angles are rounded to quarter turns, the only ones cameras write.
+    """
+    turn = _QUARTER_TURNS[round(rotation / 90) % 4 * 90]
+    return image if turn is None else image.transpose(turn)
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadInputError(f"{path}: empty file")
+    try:
+        return av.open(str(path))
+    except FileNotFoundError as error:
+        raise BadInputError(f"{path}: file not found") from error
+    except av.error.InvalidDataError as error:
+        raise BadInputError(f"{path}: not a video file (unrecognised or corrupt data)") from error
+    except (av.error.FFmpegError, OSError) as error:
+        raise BadInputError(f"{path}: unreadable video ({error})") from error
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        what = "audio only" if container.streams.audio else "no streams"
+        raise BadInputError(f"{path}: no video stream ({what})")
+    return container.streams.video[0]
+
+
+def _timestamp(packet_or_frame: av.Packet | av.VideoFrame) -> int | None:
+    """Presentation time, or the decoding time where a container (some AVI) records only that."""
+    return packet_or_frame.pts if packet_or_frame.pts is not None else packet_or_frame.dts
+
+
+def frame_times(path: str | Path) -> tuple[list[int], int]:
+    """Sorted presentation timestamps of every frame (in the stream's time base) and the clip's end.
+
+    Read from the packets without decoding them. The end is the last frame's timestamp plus its
+    duration, so a clip's last frame owns a share of the time like every other.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        times, durations = [], []
+        try:
+            for packet in container.demux(stream):
+                stamp = _timestamp(packet)
+                if packet.size and stamp is not None:
+                    times.append(stamp)
+                    durations.append(packet.duration or 0)
+        except av.error.FFmpegError as error:
+            raise BadInputError(f"{path}: corrupt video data ({error})") from error
+    if not times:
+        raise BadInputError(f"{path}: no video frames")
+    order = sorted(range(len(times)), key=times.__getitem__)
+    times = [times[i] for i in order]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False) if later > earlier]
+    last = durations[order[-1]] or (sorted(gaps)[len(gaps) // 2] if gaps else 1)
+    return times, times[-1] + last
+
+
+def frames_on_screen(times: list[int], targets: list[float]) -> list[int]:
+    """For each target time, the timestamp of the frame shown then: the last one starting at or before it."""
+    return [times[max(bisect.bisect_right(times, target) - 1, 0)] for target in targets]
+
+
+def load_video(path: str | Path, num_frames: int = DEFAULT_FRAMES) -> list[Image.Image]:
+    """``num_frames`` upright RGB frames at uniform times over the clip, or a BadInputError naming the file.
+
+    A clip with fewer frames than asked repeats its frames (each target time takes the frame on screen),
+    so every clip gives exactly ``num_frames`` frames in time order.
+    """
+    path = Path(path)
+    times, end = frame_times(path)
+    wanted = frames_on_screen(times, sample_times(times[0], end, num_frames))
+    needed, images = set(wanted), {}
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            for frame in container.decode(stream):
+                stamp = _timestamp(frame)
+                if stamp in needed and stamp not in images:
+                    images[stamp] = upright(frame.to_image(), frame.rotation)
+                    if len(images) == len(needed):
+                        break
+        except av.error.FFmpegError as error:
+            raise BadInputError(f"{path}: corrupt video data ({error})") from error
+    missing = sorted(needed - set(images))
+    if missing:
+        raise BadInputError(f"{path}: corrupt video (frame at timestamp {missing[0]} could not be decoded)")
+    return [images[stamp] for stamp in wanted]
