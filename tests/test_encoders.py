@@ -111,9 +111,9 @@ def test_other_image_sizes_interpolate_position_embeddings(tmp_path):
     assert encoder(encoder.preprocess(_images(2))).shape == (2, 2, 32)
 
 
-def test_packaged_encoders_are_registered_as_images():
+def test_packaged_encoders_are_registered_by_modality():
     assert {name: zoo.REGISTRY[name].kind for name in PACKAGED} == {
-        "dinov2-small": "image", "efficientnet-lite0": "image"}
+        "dinov2-small": "image", "efficientnet-lite0": "image", "whisper-tiny": "audio", "yamnet": "audio"}
 
 
 @pytest.mark.parametrize("name", ["no-such-encoder", "./missing/folder", "nobody/no-such-model"])

@@ -110,7 +110,7 @@ class PerceptualLM(nn.Module):
     def encode(self, media: list[Any]) -> torch.Tensor:
         """Per-block encoder tokens [batch, encoder blocks, (frames,) dim] (what the feature cache stores).
 
-        ``media`` are file paths, read by the encoder (images, videos), or media it has already read.
+        ``media`` are file paths, read by the encoder (images, videos, sounds), or media it has already read.
         """
         loaded = [self.encoder.load(item) if isinstance(item, (str, Path)) else item for item in media]
         device = next(self.encoder.parameters()).device
@@ -220,12 +220,12 @@ class PerceptualLM(nn.Module):
         return self._decode(output[:, ids.shape[1]:])
 
     def ask(self, media: list[Any], questions: list[str], **options) -> list[str]:
-        """Answers about images or videos: file paths, or media the encoder has read (see ``encode``)."""
+        """Answers about images, videos or sounds: file paths, or media the encoder has read (see ``encode``)."""
         self._require_task("vqa", "caption")
         return self.generate(self.encode(media), questions, **options)
 
     def caption(self, media: list[Any], **options) -> list[str]:
-        """Captions of images or videos: file paths, or media the encoder has read (see ``encode``)."""
+        """Captions of images, videos or sounds: file paths, or media the encoder has read (see ``encode``)."""
         self._require_task("caption", "ask")
         return self.generate(self.encode(media), [""] * len(media), **options)
 

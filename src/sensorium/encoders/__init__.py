@@ -9,19 +9,24 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from ..data.video import DEFAULT_FRAMES
-from . import dinov2_onnx, efficientnet
+from . import dinov2_onnx, efficientnet, whisper_ct2, yamnet
+from .audio import AudioEncoder
 from .base import Encoder
 from .frames import PREFIX as FRAMES_PREFIX
 from .frames import FrameEncoder
+from .hf_audio import HFAudioEncoder, is_audio_config
 from .hf_video import HFVideoEncoder
 from .hf_vision import HFVisionEncoder
 
-__all__ = ["PACKAGED", "Encoder", "FrameEncoder", "HFVideoEncoder", "HFVisionEncoder", "load_encoder"]
+__all__ = ["PACKAGED", "AudioEncoder", "Encoder", "FrameEncoder", "HFAudioEncoder", "HFVideoEncoder",
+           "HFVisionEncoder", "load_encoder"]
 
-# Packaged image encoders: name -> loader(image_size); importing their modules registered them in the zoo.
+# Packaged encoders: name -> loader(image_size); importing their modules registered them in the zoo.
 PACKAGED: dict[str, Callable[[int | None], Encoder]] = {
     dinov2_onnx.NAME: dinov2_onnx.load,
     efficientnet.NAME: efficientnet.load,
+    whisper_ct2.NAME: whisper_ct2.load,
+    yamnet.NAME: yamnet.load,
 }
 
 _HUB_ID = re.compile(r"\w[\w.-]*/[\w.-]+")
@@ -37,8 +42,9 @@ def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: i
 
     ``frames:NAME`` reads a video as ``num_frames`` frames (8 by default) through the image encoder NAME.
     A transformers video model (one whose config has ``num_frames``: TimeSformer, VideoMAE, ViViT) reads
-    videos by itself. Anything else fails here instead of reaching the hub, so a typo never turns into
-    a download attempt. ``image_size`` overrides the encoder's default resolution where the model allows it.
+    videos by itself, and a transformers audio model (AST, Whisper, wav2vec2, HuBERT, ...) sound files.
+    Anything else fails here instead of reaching the hub, so a typo never turns into a download attempt.
+    ``image_size`` overrides the encoder's default resolution where the model allows it.
     """
     if name_or_path.startswith(FRAMES_PREFIX):
         image_encoder = load_encoder(name_or_path.removeprefix(FRAMES_PREFIX), image_size)
@@ -47,9 +53,11 @@ def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: i
         encoder = PACKAGED[name_or_path](image_size)
     else:
         encoder = _transformers_encoder(name_or_path, image_size, num_frames)
-    if num_frames is not None and encoder.modality == "image":
-        raise ValueError(f"num_frames applies to video encoders, not to the image encoder '{name_or_path}' "
-                         f"(use '{FRAMES_PREFIX}{name_or_path}' to read videos frame by frame)")
+    if num_frames is not None and encoder.modality != "video":
+        hint = f" (use '{FRAMES_PREFIX}{name_or_path}' to read videos frame by frame)" \
+            if encoder.modality == "image" else ""
+        raise ValueError(f"num_frames applies to video encoders, not to the {encoder.modality} encoder "
+                         f"'{name_or_path}'{hint}")
     return encoder
 
 
@@ -66,4 +74,8 @@ def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames:
         raise _unknown(name_or_path)
     if getattr(config, "num_frames", None):
         return HFVideoEncoder(source, num_frames=num_frames, image_size=image_size)
+    if is_audio_config(config):
+        if image_size is not None:
+            raise ValueError(f"image_size does not apply to the audio encoder '{name_or_path}'")
+        return HFAudioEncoder(source)
     return HFVisionEncoder(source, image_size=image_size)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import BatchFeature
 
 from ..data import load_image
 
@@ -23,7 +24,9 @@ class Encoder(nn.Module):
     Reading a file belongs to the encoder, as does preprocessing, because only it knows its modality,
     frame sampling, resolution and normalisation: ``load(path)`` decodes one file into what
     ``preprocess`` takes, and ``fingerprint`` names the weights *and* all of that, so that cached
-    features are never reused across any of them.
+    features are never reused across any of them. ``preprocess`` gives a tensor, or a transformers
+    ``BatchFeature`` where the model needs more than one input (audio windows with their lengths);
+    either is moved with ``.to(device)`` and passed to ``forward`` as it is.
     """
 
     name: str
@@ -36,10 +39,10 @@ class Encoder(nn.Module):
         """One media file, decoded; a BadInputError naming the file when it cannot be used."""
         return load_image(path)
 
-    def preprocess(self, media: list[Any]) -> torch.Tensor:
+    def preprocess(self, media: list[Any]) -> torch.Tensor | BatchFeature:
         raise NotImplementedError
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor | BatchFeature) -> torch.Tensor:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
