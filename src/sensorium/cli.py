@@ -142,6 +142,22 @@ def _make_videos(args: argparse.Namespace) -> None:
           f"coco:annotations={args.out}/captions_test.json,images={args.out}/videos (captions)")
 
 
+def _make_audio(args: argparse.Namespace) -> None:
+    from .data.sounds import make_audio
+
+    start = time.perf_counter()
+    summary = make_audio(Path(args.out), args.n_train, args.n_test, args.seed, args.workers)
+    seconds = time.perf_counter() - start
+    clips = sum(split["clips"] for split in summary["splits"].values())
+    print(f"sound scenes (seed {args.seed}) written to {args.out}")
+    for name, split in summary["splits"].items():
+        print(f"  {name:<5}: {split['clips']:,} clips, {split['captions']:,} captions, "
+              f"{split['questions']:,} questions")
+    print(f"{clips:,} clips in {seconds:.1f} s ({clips / seconds:.0f} clips/s)")
+    print(f"evaluate with --data audio:{args.out}/test (questions) or "
+          f"coco:annotations={args.out}/captions_test.json,images={args.out}/clips (captions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensorium", description="Give a frozen language model senses (eP-ALM).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -164,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. | "
                                "gqa:questions=..,images=.. | coco:annotations=..,images=.. | "
                                "karpathy:path=..,images=..,split=.. | msrvtt-qa:questions=..,videos=.. | "
-                               "msrvtt-caption:path=..,videos=..,split=.. | scenes:DIR/SPLIT | videos:DIR/SPLIT")
+                               "msrvtt-caption:path=..,videos=..,split=.. | audiocaps:csv=..,audio=.. | "
+                               "clotho:csv=..,audio=.. | asterisk:SPLIT | asterisk-caption:SPLIT | "
+                               "scenes:DIR/SPLIT | videos:DIR/SPLIT | audio:DIR/SPLIT")
     evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
                           "captions_results.json in the COCO results format for captions)")
@@ -174,17 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
 
-    ask = verbs.add_parser("ask", help="answer a question about an image or a video")
+    ask = verbs.add_parser("ask", help="answer a question about an image, a video or a sound")
     ask.add_argument("adapter")
-    ask.add_argument("media", help="an image, or a video for a video adapter")
+    ask.add_argument("media", help="an image, or a video or sound file for a video or audio adapter")
     ask.add_argument("question")
     _model_arguments(ask)
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
 
-    caption = verbs.add_parser("caption", help="caption images or videos (one line each: path, tab, caption)")
+    caption = verbs.add_parser("caption", help="caption images, videos or sounds (one line each: path, tab, caption)")
     caption.add_argument("adapter")
-    caption.add_argument("media", nargs="+", help="images, or videos for a video adapter")
+    caption.add_argument("media", nargs="+", help="images, or videos or sound files for a video or audio adapter")
     caption.add_argument("--batch-size", type=int, default=16)
     _model_arguments(caption)
     _generation_arguments(caption)
@@ -206,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     videos.add_argument("--n-test", type=int, default=500, help="test clips")
     videos.add_argument("--seed", type=int, default=0)
     videos.set_defaults(run=_make_videos)
+    audio = data_verbs.add_parser("make-audio", help="procedural sound scenes (tones, beeps, sweeps, noise, speech) "
+                                                     "for audio captioning and audio QA (train and test)")
+    audio.add_argument("--out", required=True, help="output folder")
+    audio.add_argument("--n-train", type=int, default=4000, help="training clips")
+    audio.add_argument("--n-test", type=int, default=500, help="test clips")
+    audio.add_argument("--seed", type=int, default=0)
+    audio.add_argument("--workers", type=int, help="concurrent sox/espeak-ng processes (default: one per CPU)")
+    audio.set_defaults(run=_make_audio)
 
     from .serve.settings import ServeSettings
 

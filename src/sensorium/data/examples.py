@@ -16,9 +16,13 @@ from ..errors import BadInputError
 
 # Data format -> "module[:function]" of sensorium.data whose function (``read`` by default) returns the examples.
 READERS = {"easy-vqa": "easyvqa", "jsonl": "jsonl", "vqav2": "vqav2", "gqa": "gqa", "coco": "coco",
-           "karpathy": "karpathy", "msrvtt-qa": "msrvtt:read_qa", "msrvtt-caption": "msrvtt:read_captions"}
+           "karpathy": "karpathy", "msrvtt-qa": "msrvtt:read_qa", "msrvtt-caption": "msrvtt:read_captions",
+           "audiocaps": "audiocaps", "clotho": "clotho", "asterisk": "asterisk:read_qa",
+           "asterisk-caption": "asterisk:read_captions"}
 # Formats written on the command line as NAME:key=value,key=value, the keys being the reader's arguments.
-KEYED_FORMATS = ("vqav2", "gqa", "coco", "karpathy", "msrvtt-qa", "msrvtt-caption")
+KEYED_FORMATS = ("vqav2", "gqa", "coco", "karpathy", "msrvtt-qa", "msrvtt-caption", "audiocaps", "clotho")
+# Formats written as NAME:SPLIT, and the split read when none is written.
+DEFAULT_SPLITS = {"easy-vqa": "test", "asterisk": "all", "asterisk-caption": "all"}
 
 
 @dataclass
@@ -58,14 +62,17 @@ def parse_data_spec(text: str) -> dict[str, Any]:
     ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``vqav2:questions=Q.json,annotations=A.json,images=DIR``,
     ``gqa:questions=Q.json,images=DIR``, ``coco:annotations=captions.json,images=DIR``,
     ``karpathy:path=dataset_coco.json,images=DIR,split=test``, ``msrvtt-qa:questions=Q.json,videos=DIR``
-    (MSVD-QA too), ``msrvtt-caption:path=videodatainfo.json,videos=DIR,split=test``, or ``scenes:DIR/SPLIT``
-    / ``videos:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes`` / ``make-videos``.
+    (MSVD-QA too), ``msrvtt-caption:path=videodatainfo.json,videos=DIR,split=test``,
+    ``audiocaps:csv=test.csv,audio=DIR``, ``clotho:csv=captions.csv,audio=DIR``, ``asterisk:SPLIT`` /
+    ``asterisk-caption:SPLIT`` (Debian's Asterisk prompts), or ``scenes:DIR/SPLIT`` / ``videos:DIR/SPLIT`` /
+    ``audio:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes`` / ``make-videos``
+    / ``make-audio``.
     """
     if text.endswith(".jsonl"):
         return {"format": "jsonl", "path": text}
     name, _, rest = text.partition(":")
-    if name == "easy-vqa":
-        return {"format": "easy-vqa", "split": rest or "test"}
+    if name in DEFAULT_SPLITS:
+        return {"format": name, "split": rest or DEFAULT_SPLITS[name]}
     if name in KEYED_FORMATS:
         spec: dict[str, Any] = {"format": name}
         for item in filter(None, rest.split(",")):
@@ -76,9 +83,12 @@ def parse_data_spec(text: str) -> dict[str, Any]:
         return _scenes_spec(text, rest)
     if name == "videos":
         return _videos_spec(text, rest)
+    if name == "audio":
+        return _audio_spec(text, rest)
     raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, vqav2:questions=..., "
                      "gqa:questions=..., coco:annotations=..., karpathy:path=..., msrvtt-qa:questions=..., "
-                     "msrvtt-caption:path=..., scenes:DIR/SPLIT or videos:DIR/SPLIT")
+                     "msrvtt-caption:path=..., audiocaps:csv=..., clotho:csv=..., asterisk:SPLIT, "
+                     "asterisk-caption:SPLIT, scenes:DIR/SPLIT, videos:DIR/SPLIT or audio:DIR/SPLIT")
 
 
 def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
@@ -104,6 +114,19 @@ def _videos_spec(text: str, rest: str) -> dict[str, Any]:
     return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
             "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "videos"),
             "file_pattern": VIDEO_PATTERN}
+
+
+def _audio_spec(text: str, rest: str) -> dict[str, Any]:
+    """The files make-audio writes for one split: VQA v2 JSON naming its clips by CLIP_PATTERN."""
+    from .sounds import CLIP_PATTERN, SPLITS
+
+    folder, _, split = rest.rpartition("/")
+    if split not in SPLITS:
+        raise ValueError(f"data spec '{text}': expected audio:DIR/SPLIT with SPLIT one of {', '.join(SPLITS)}")
+    root = Path(folder or ".")
+    return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
+            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "clips"),
+            "file_pattern": CLIP_PATTERN}
 
 
 def reader(fmt: str | None) -> Callable[..., list[Example]]:
