@@ -79,7 +79,7 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description} for status, description in [
         (400, "bad input: unreadable media, empty question, wrong task for this endpoint"),
-        (404, "unknown adapter"), (413, "upload or image too large"), (415, "unsupported media type"),
+        (404, "unknown adapter"), (413, "upload, image or sound too large"), (415, "unsupported media type"),
         (422, "missing or out-of-range field"), (500, "generation failed"), (504, "request timed out")]
 }
 
@@ -102,7 +102,8 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
     NewTokens = Annotated[int | None, Form(ge=1, le=settings.max_new_tokens,
                                            description="default: the adapter's (its task's)")]
     Beams = Annotated[int | None, Form(ge=1, le=settings.max_beams, description="1 is greedy; default: the adapter's")]
-    Media = Annotated[UploadFile, File(description="an image; its type is read from its content")]
+    Media = Annotated[UploadFile, File(description="an image or a sound (for an audio adapter); its type is read "
+                                                "from its content")]
     AdapterName = Annotated[str, Form(description="one of GET /v1/adapters")]
 
     async def answer(task: str, adapter: str, media: UploadFile, question: str,

@@ -15,10 +15,12 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from ..data import load_image
+from ..data.audio import AudioTooLongError, Waveform, load_audio
 from ..errors import BadInputError
 
 # Formats Pillow decodes safely and that cameras, browsers and screenshots produce.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+AUDIO_FORMATS = ("WAV", "FLAC", "OGG", "MP3")
 
 
 class UnsupportedMediaError(BadInputError):
@@ -33,6 +35,7 @@ class MediaTooLargeError(BadInputError):
 class MediaLimits:
     max_bytes: int = 10 * 2**20
     max_pixels: int = 40_000_000  # a decoded RGB image of this size takes 120 MB
+    max_audio_seconds: float = 600.0  # 10 MB of FLAC silence would otherwise decode to hours
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,24 @@ def read_image(data: bytes, name: str, limits: MediaLimits) -> Image.Image | Non
     return load_image(io.BytesIO(data), name=name)
 
 
-READERS = [MediaReader("image", IMAGE_FORMATS, read_image)]
+def is_audio(data: bytes) -> bool:
+    """WAV, FLAC, Ogg or MP3 by their first bytes (an MP3 starts with an ID3 tag or a frame sync)."""
+    return (data[:4] == b"RIFF" and data[8:12] == b"WAVE") or data[:4] in (b"fLaC", b"OggS") \
+        or data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0)
+
+
+def read_audio(data: bytes, name: str, limits: MediaLimits) -> Waveform | None:
+    """Mono samples at the file's own rate (the encoder resamples); longer sounds than the limit are refused
+    while decoding, before they take the memory."""
+    if not is_audio(data):
+        return None
+    try:
+        return load_audio(io.BytesIO(data), name=name, max_seconds=limits.max_audio_seconds)
+    except AudioTooLongError as error:
+        raise MediaTooLargeError(str(error)) from error
+
+
+READERS = [MediaReader("image", IMAGE_FORMATS, read_image), MediaReader("audio", AUDIO_FORMATS, read_audio)]
 
 
 def accepted_types() -> str:

@@ -15,6 +15,7 @@ class ServeSettings:
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for company
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = 40_000_000
+    max_audio_seconds: float = 600.0
     max_question_chars: int = 500
     max_new_tokens: int = 64  # the most a request may ask for
     max_beams: int = 8
@@ -22,4 +23,5 @@ class ServeSettings:
 
     @property
     def media_limits(self) -> MediaLimits:
-        return MediaLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
+        return MediaLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels,
+                           max_audio_seconds=self.max_audio_seconds)
