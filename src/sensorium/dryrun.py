@@ -36,7 +36,7 @@ from .lm import check_lm, check_lm_config
 from .recipe import Recipe, apply_override
 
 # Spec arguments that name files or folders (every reader calls them so).
-PATH_ARGUMENTS = ("path", "questions", "annotations", "images")
+PATH_ARGUMENTS = ("path", "questions", "annotations", "images", "videos", "csv", "audio")
 SPEC_OPTIONS = ("format", "limit", "seed")  # understood by read_dataset for every format
 MEDIA_SAMPLE = 200  # media files checked for existence per data section
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -80,6 +80,14 @@ PUBLISHED: dict[str, ModelFacts] = {
     "smollm2-135m": ModelFacts(134_515_008, 30, 576, 576, 192),
     # Packaged (MODELS.md): DINOv2 ViT-S/14 as encoders/dinov2_onnx.py rebuilds it: 12 layers, hidden 384.
     "dinov2-small": ModelFacts(22_056_192, 12, 384),
+    # AST paper (Gong et al. 2021) AudioSet model as MIT/ast-finetuned-audioset-10-10-0.4593's config.json
+    # describes it: ViT-Base (12 layers, hidden 768, MLP 3072, 12 heads) over 128 mel bins x 1024 frames,
+    # 16x16 patches at stride 10; as transformers' ASTModel (without the classifier) loads it.
+    "MIT/ast-finetuned-audioset-10-10-0.4593": ModelFacts(86_187_264, 12, 768),
+    # Packaged (MODELS.md): Whisper tiny.en's encoder as encoders/whisper_ct2.py rebuilds it: 4 layers, width 384.
+    "whisper-tiny": ModelFacts(8_208_384, 4, 384),
+    # Packaged (MODELS.md): YAMNet as encoders/yamnet.py rebuilds it: stem + 13 blocks, tokens padded to 1024.
+    "yamnet": ModelFacts(3_195_456, 14, 1024),
 }
 
 
@@ -367,6 +375,11 @@ def _inspect_lm(name: str, report: DryRunReport) -> ModelFacts | None:
     return facts
 
 
+def _encoder_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """What an encoder keeps of a model: the encoder of an encoder-decoder (Whisper), or the vision tower."""
+    return model.get_encoder() if model.config.is_encoder_decoder else _vision_tower(model)
+
+
 def _inspect_encoder(name: str, report: DryRunReport) -> ModelFacts | None:
     name = name.removeprefix(FRAMES_PREFIX)  # a frame-wise video encoder has its image encoder's size
     found, source = _locate(name, "encoder", name in PACKAGED, report)
@@ -376,7 +389,7 @@ def _inspect_encoder(name: str, report: DryRunReport) -> ModelFacts | None:
         return _published(name, f"encoder '{name}'", report)
     try:
         with torch.device("meta"):
-            tower = _vision_tower(AutoModel.from_config(_config(source)))
+            tower = _encoder_tower(AutoModel.from_config(_config(source)))
     except (OSError, ValueError) as error:
         report.add("models", "error", f"encoder '{name}': {error}")
         return None
