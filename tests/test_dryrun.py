@@ -10,12 +10,23 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, OPTConfig, PreTrainedModel, ViTConfig
+from transformers import (
+    ASTConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    OPTConfig,
+    PreTrainedModel,
+    ViTConfig,
+    WhisperConfig,
+)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from sensorium import AdapterConfig, PerceptualLM, dryrun, zoo
 from sensorium.cli import main
 from sensorium.dryrun import PUBLISHED, dry_run
 from sensorium.encoders.dinov2_onnx import dinov2_small_config
+from sensorium.encoders.yamnet import YamNet
 
 # Training recipes; recipes/accelerate/ holds launcher configs (accelerate config files), not recipes.
 RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
@@ -181,6 +192,13 @@ PUBLISHED_ARCHITECTURES = {
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
         vocab_size=49152, tie_word_embeddings=True)), 30, 576),
     "dinov2-small": (lambda: AutoModel.from_config(dinov2_small_config()), 12, 384),
+    "MIT/ast-finetuned-audioset-10-10-0.4593": (lambda: AutoModel.from_config(ASTConfig(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=16,
+        frequency_stride=10, time_stride=10, max_length=1024, num_mel_bins=128)), 12, 768),
+    "whisper-tiny": (lambda: WhisperEncoder(WhisperConfig(
+        d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80,
+        max_source_positions=1500)), 4, 384),
+    "yamnet": (YamNet, 14, 1024),
 }
 
 
@@ -218,3 +236,13 @@ def test_hub_ids_are_looked_up_in_the_hugging_face_cache_offline(tiny_lm_folder,
     code, out, _ = dry([write_recipe(tmp_path, values)], capsys)
     assert code == 0 and "'acme/elsewhere': not available offline; would be downloaded from the hub" in out
     assert "size unknown offline" in out and "not estimated" in out
+
+
+def test_a_converted_audio_encoder_is_sized_from_its_configuration(monkeypatch, capsys):
+    """Whisper's configuration describes encoder and decoder; the dry run sizes the encoder alone."""
+    zoo.resolve("whisper-tiny")
+    refuse_weights(monkeypatch)
+    code, out, _ = dry([str(Path(__file__).parents[1] / "recipes" / "audio-qa.yaml")], capsys)
+    assert code == 0, out
+    assert "encoder: WhisperEncoder, 8,208,384 parameters, 4 blocks of width 384" in out
+    assert "receive the tokens of 4 encoder blocks (0, 1, 2, 3)" in out
