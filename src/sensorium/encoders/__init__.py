@@ -18,8 +18,8 @@ from .hf_vision import HFVisionEncoder
 
 __all__ = ["PACKAGED", "Encoder", "FrameEncoder", "HFVideoEncoder", "HFVisionEncoder", "load_encoder"]
 
-# Packaged image encoders: name -> loader(image_size); importing their modules registered them in the zoo.
-PACKAGED: dict[str, Callable[[int | None], Encoder]] = {
+# Packaged image encoders: name -> loader(image_size, tokens); importing their modules registered them in the zoo.
+PACKAGED: dict[str, Callable[[int | None, str], Encoder]] = {
     dinov2_onnx.NAME: dinov2_onnx.load,
     efficientnet.NAME: efficientnet.load,
 }
@@ -32,28 +32,34 @@ def _unknown(name_or_path: str) -> ValueError:
                       "not an existing folder and not a reachable hub model id")
 
 
-def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: int | None = None) -> Encoder:
+def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: int | None = None,
+                 tokens: str = "cls") -> Encoder:
     """Packaged name first, then a local folder, then an 'owner/name' hub id; ``frames:NAME`` for video.
 
     ``frames:NAME`` reads a video as ``num_frames`` frames (8 by default) through the image encoder NAME.
     A transformers video model (one whose config has ``num_frames``: TimeSformer, VideoMAE, ViViT) reads
     videos by itself. Anything else fails here instead of reaching the hub, so a typo never turns into
     a download attempt. ``image_size`` overrides the encoder's default resolution where the model allows it.
+    ``tokens="patches"`` (transformers vision transformers) adds each block's patch tokens (see ``Encoder``).
     """
+    if tokens != "cls" and name_or_path.startswith(FRAMES_PREFIX):
+        raise ValueError(f"encoder '{name_or_path}': patch tokens come from image encoders only; "
+                         "video encoders give one token per block (and frame)")
     if name_or_path.startswith(FRAMES_PREFIX):
         image_encoder = load_encoder(name_or_path.removeprefix(FRAMES_PREFIX), image_size)
         return FrameEncoder(image_encoder, num_frames or DEFAULT_FRAMES)
     if name_or_path in PACKAGED:
-        encoder = PACKAGED[name_or_path](image_size)
+        encoder = PACKAGED[name_or_path](image_size, tokens)
     else:
-        encoder = _transformers_encoder(name_or_path, image_size, num_frames)
+        encoder = _transformers_encoder(name_or_path, image_size, num_frames, tokens)
     if num_frames is not None and encoder.modality == "image":
         raise ValueError(f"num_frames applies to video encoders, not to the image encoder '{name_or_path}' "
                          f"(use '{FRAMES_PREFIX}{name_or_path}' to read videos frame by frame)")
     return encoder
 
 
-def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames: int | None) -> Encoder:
+def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames: int | None,
+                          tokens: str) -> Encoder:
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         source, config = str(folder), AutoConfig.from_pretrained(folder)
@@ -65,5 +71,8 @@ def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames:
     else:
         raise _unknown(name_or_path)
     if getattr(config, "num_frames", None):
+        if tokens != "cls":
+            raise ValueError(f"encoder '{name_or_path}': patch tokens come from image encoders only; "
+                             "video encoders give one token per block")
         return HFVideoEncoder(source, num_frames=num_frames, image_size=image_size)
-    return HFVisionEncoder(source, image_size=image_size)
+    return HFVisionEncoder(source, image_size=image_size, tokens=tokens)
