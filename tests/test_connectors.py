@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -268,8 +269,6 @@ def test_patch_connectors_need_image_encoders_that_give_patches(tiny_lm_folder, 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_dry_run_counts_what_the_built_model_trains(variant, tiny_lm_folder, tiny_vit_folder, tmp_path):
-    import yaml
-
     settings = {**VARIANTS[variant][0], "lm": tiny_lm_folder("llama"), "encoder": tiny_vit_folder, "image_size": 32}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"model": settings, "data": {"train": {"format": "easy-vqa", "split": "train"}},
@@ -279,3 +278,17 @@ def test_dry_run_counts_what_the_built_model_trains(variant, tiny_lm_folder, tin
     trainable, total = model.parameter_counts()
     assert f"trainable: {trainable:,} of {total:,} parameters" in report, report
     assert f"; {model.slot_count} slot column(s)" in report
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"connector": "limber-all", "encoder": "frames:dinov2-small"}, "reads patch tokens, which only image vision"),
+    ({"connector": "mapl", "encoder": "efficientnet-lite0"}, "reads patch tokens, which only image vision"),
+    ({"connector": "limber-1", "inject_layers": [1]}, "writes its tokens into the input: inject_layers"),
+    ({"connector": "mapl", "connector_options": {"layers": 2}}, "'mapl' has no option layers"),
+    ({"connector": "limber-1", "temporal": "frames", "encoder": "frames:dinov2-small"}, "needs the epalm connector"),
+])
+def test_dry_run_reports_bad_connector_settings(settings, message, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": settings, "out": str(tmp_path / "run")}))
+    report = dry_run(recipe)
+    assert report.exit_code == 2 and message in report.format(), report.format()

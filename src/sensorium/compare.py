@@ -230,6 +230,7 @@ class Evaluator:
     lm: Any
     tokenizer: Any
     test: list[Example]
+    options: TrainingOptions  # the feature cache's batch size and workers
     batch_size: int
     latency_batch: int
     latency_repeats: int
@@ -242,7 +243,7 @@ class Evaluator:
     def features(self, model: PerceptualLM) -> tuple[list[Example], torch.Tensor, dict[str, int]]:
         from .train import cached_features
 
-        examples, features, row_of, _ = cached_features(model, self.test, TrainingOptions(), skip_bad=False)
+        examples, features, row_of, _ = cached_features(model, self.test, self.options, skip_bad=False)
         return examples, features, row_of
 
     def score(self, run: Path) -> float:
@@ -343,7 +344,7 @@ def run(comparison: Comparison) -> dict[str, Any]:
     # The LM as training holds it (bf16 on a GPU by default): latency and KV cache as the adapters would run.
     dtype = lm_dtype(base.training.lm_dtype, mixed_precision(base.training.mixed_precision), device)
     lm, tokenizer = load_lm(base.model.lm, dtype, device_map={"": device})
-    evaluator = Evaluator(lm, tokenizer, read_dataset(base.data["eval"]), base.eval_batch_size,
+    evaluator = Evaluator(lm, tokenizer, read_dataset(base.data["eval"]), base.training, base.eval_batch_size,
                           comparison.latency_batch, comparison.latency_repeats, device)
     started = time.perf_counter()
     results = with_relative([compare_method(comparison, m, data, evaluator) for m in comparison.methods],

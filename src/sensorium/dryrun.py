@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Generation
 from . import zoo
 from .connectors import CONNECTORS, ConnectorSetup, build_connector, connector_options
 from .data.examples import read_dataset, reader
-from .encoders import FRAMES_PREFIX, PACKAGED
+from .encoders import FRAMES_PREFIX, PACKAGED, PATCHLESS
 from .encoders.hf_vision import _vision_tower
 from .errors import BadInputError
 from .injection import decoder_layers, paper_layer_range, spread_blocks
@@ -185,7 +185,7 @@ def _connector_problems(model) -> list[str]:
         known = ", ".join(connector_options(model.connector)) or "none"
         problems.append(f"model.connector_options: '{model.connector}' has no option {', '.join(unknown)}; "
                         f"its options: {known}")
-    if kind.reads == "patches" and (model.encoder.startswith(FRAMES_PREFIX) or model.encoder == "efficientnet-lite0"):
+    if kind.reads == "patches" and (model.encoder.startswith(FRAMES_PREFIX) or model.encoder in PATCHLESS):
         problems.append(f"connector '{model.connector}' reads patch tokens, which only image vision transformers "
                         f"give, not '{model.encoder}'")
     if model.temporal == "frames" and not kind.keeps_frames:

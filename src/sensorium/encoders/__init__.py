@@ -16,13 +16,14 @@ from .frames import FrameEncoder
 from .hf_video import HFVideoEncoder
 from .hf_vision import HFVisionEncoder
 
-__all__ = ["PACKAGED", "Encoder", "FrameEncoder", "HFVideoEncoder", "HFVisionEncoder", "load_encoder"]
+__all__ = ["PACKAGED", "PATCHLESS", "Encoder", "FrameEncoder", "HFVideoEncoder", "HFVisionEncoder", "load_encoder"]
 
 # Packaged image encoders: name -> loader(image_size, tokens); importing their modules registered them in the zoo.
 PACKAGED: dict[str, Callable[[int | None, str], Encoder]] = {
     dinov2_onnx.NAME: dinov2_onnx.load,
     efficientnet.NAME: efficientnet.load,
 }
+PATCHLESS = (efficientnet.NAME,)  # packaged encoders that give pooled tokens only, no patch tokens
 
 _HUB_ID = re.compile(r"\w[\w.-]*/[\w.-]+")
 
