@@ -205,7 +205,7 @@ def test_transformers_audio_models_give_one_token_per_block(kind, tmp_path):
         tokens = encoder(encoder.preprocess(clips))
     assert tokens.shape == (2, 3, 32) and torch.isfinite(tokens).all()
     assert not torch.allclose(tokens[0], tokens[1])
-    with pytest.raises(ValueError, match="image_size does not apply"):
+    with pytest.raises(ValueError, match="image_size and patch tokens do not apply"):
         load_encoder(str(tmp_path), image_size=224)
     with pytest.raises(ValueError, match="num_frames applies to video encoders, not to the audio encoder"):
         load_encoder(str(tmp_path), num_frames=8)

@@ -28,8 +28,10 @@ from sensorium.dryrun import PUBLISHED, dry_run
 from sensorium.encoders.dinov2_onnx import dinov2_small_config
 from sensorium.encoders.yamnet import YamNet
 
-# Training recipes; recipes/accelerate/ holds launcher configs (accelerate config files), not recipes.
-RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
+# Training recipes; recipes/accelerate/ holds launcher configs (accelerate config files), and recipes/compare/
+# comparison files (`sensorium compare`, whose methods' recipes tests/test_compare.py dry-runs), not recipes.
+RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml")
+                 if p.parent.name not in ("accelerate", "compare"))
 
 
 def _refuse(*args, **kwargs):

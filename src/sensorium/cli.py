@@ -107,6 +107,22 @@ def _make_scenes(args: argparse.Namespace) -> None:
     print(f"evaluate with --data scenes:{args.out}/test-novel (or /train, /test)")
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import dry_run, load_comparison, run, smoke
+
+    comparison = load_comparison(args.config)
+    if args.out:
+        comparison.out = Path(args.out)
+    if args.dry_run:
+        code, text = dry_run(comparison)
+        print(text)
+        return code
+    if args.smoke:
+        comparison = smoke(comparison, Path(args.out or f"{comparison.out}-smoke"))
+    run(comparison)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> None:
     from .serve.app import serve
     from .serve.settings import ServeSettings
@@ -173,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-processes", type=int,
                        help="processes (GPUs) to size the dry run for; default: WORLD_SIZE of the environment, or 1")
     train.set_defaults(run=_train)
+
+    compare = verbs.add_parser("compare", help="train and score connectors on equal footing; table and plot of "
+                                               "score against cost (see recipes/compare/)")
+    compare.add_argument("config", help="comparison YAML: base recipe, methods, seeds, learning-rate grid")
+    compare.add_argument("--out", help="output folder (overrides the file's)")
+    compare.add_argument("--smoke", action="store_true",
+                         help="the same methods on tiny random models and data, a few steps each: a test of the path")
+    compare.add_argument("--dry-run", action="store_true",
+                         help="check every method's recipe with train --dry-run, loading no weights")
+    compare.set_defaults(run=_compare)
 
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")
     evaluate.add_argument("adapter", help="adapter folder")

@@ -32,10 +32,14 @@ class AdapterConfig:
     image_size: int | None = None  # encoder input resolution; None keeps the encoder's own
     num_frames: int | None = None  # frames sampled per video; None: 8 for frames:NAME, a video model's own
     temporal: str = "mean"  # mean | frames: see TEMPORAL
-    connector: str = "epalm"
+    connector: str = "epalm"  # epalm | epalm-patches | limber-1 | limber-all | mapl (see connectors/)
+    connector_options: dict[str, Any] = field(default_factory=dict)  # the connector's own options
+    # Injecting connectors (epalm, epalm-patches) read several blocks and feed LM layers; input connectors
+    # (limber-1, limber-all, mapl) read one block, the last unless encoder_blocks names another.
     num_blocks: int = 6  # the [CLS] of the last N encoder blocks ...
     encoder_blocks: list[int] | None = None  # ... or these 0-based blocks, shallow first
     inject_layers: list[int] | None = None  # None: the paper's relative range of LM layers
+    shared_linear: bool = True  # one linear layer for all injection layers (False: one per layer)
     prompt_length: int = 1  # trainable soft-prompt tokens at the input
     token_norm: bool = True
     task: str = "vqa"  # vqa | caption

@@ -26,12 +26,12 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationConfig
 
 from . import zoo
-from .connectors import CONNECTORS, build_connector
+from .connectors import CONNECTORS, ConnectorSetup, build_connector, connector_options
 from .data.examples import read_dataset, reader
-from .encoders import FRAMES_PREFIX, PACKAGED
+from .encoders import FRAMES_PREFIX, PACKAGED, PATCHLESS
 from .encoders.hf_vision import _vision_tower
 from .errors import BadInputError
-from .injection import decoder_layers, paper_layer_range
+from .injection import decoder_layers, paper_layer_range, spread_blocks
 from .lm import check_lm, check_lm_config
 from .recipe import Recipe, apply_override
 
@@ -63,6 +63,8 @@ class ModelFacts:
     width: int | None  # hidden width of those layers
     embedding_width: int | None = None  # LM input embeddings (OPT-350m: narrower than its layers)
     kv_width: int | None = None  # per-token width of the LM's key (and value) cache
+    patch_size: int | None = None  # a vision transformer's patch side, in pixels
+    image_size: int | None = None  # an encoder's default input resolution
 
 
 # Published architectures of the models the recipes name, for when no configuration is available
@@ -74,12 +76,12 @@ PUBLISHED: dict[str, ModelFacts] = {
     "facebook/opt-2.7b": ModelFacts(2_651_596_800, 32, 2560, 2560, 2560),
     # ViT paper (Dosovitskiy et al. 2021, Table 1) ViT-Base/16 at 224 px: 12 layers, hidden 768, MLP 3072,
     # 12 heads; as transformers' ViTModel (with its pooler) loads google/vit-base-patch16-224.
-    "google/vit-base-patch16-224": ModelFacts(86_389_248, 12, 768),
+    "google/vit-base-patch16-224": ModelFacts(86_389_248, 12, 768, patch_size=16, image_size=224),
     # Packaged (MODELS.md): SmolLM2-135M, Llama: 30 layers, hidden 576, MLP 1536, 9 heads / 3 KV heads,
     # vocabulary 49152, tied head.
     "smollm2-135m": ModelFacts(134_515_008, 30, 576, 576, 192),
     # Packaged (MODELS.md): DINOv2 ViT-S/14 as encoders/dinov2_onnx.py rebuilds it: 12 layers, hidden 384.
-    "dinov2-small": ModelFacts(22_056_192, 12, 384),
+    "dinov2-small": ModelFacts(22_056_192, 12, 384, patch_size=14, image_size=224),
     # AST paper (Gong et al. 2021) AudioSet model as MIT/ast-finetuned-audioset-10-10-0.4593's config.json
     # describes it: ViT-Base (12 layers, hidden 768, MLP 3072, 12 heads) over 128 mel bins x 1024 frames,
     # 16x16 patches at stride 10; as transformers' ASTModel (without the classifier) loads it.
@@ -140,10 +142,10 @@ def dry_run(path: str | Path, overrides: list[str] = (), num_processes: int | No
     lm = _inspect_lm(recipe.model.lm, report)
     encoder = _inspect_encoder(recipe.model.encoder, report)
     if values_valid:  # sizing needs sound numbers
-        trainable = _check_layout(recipe, lm, encoder, report)
+        sizing = _check_layout(recipe, lm, encoder, report)
         processes = _processes(num_processes, report)
         per_device = _batch_math(recipe, processes, examples.get("train"), report)
-        _memory(recipe, lm, encoder, trainable, per_device, examples.get("train"), report)
+        _memory(recipe, lm, encoder, sizing, per_device, examples.get("train"), report)
     _output(recipe, report)
     return report
 
@@ -178,14 +180,34 @@ def _check_values(recipe: Recipe, report: DryRunReport) -> bool:
     if not choices + numbers:
         report.add("recipe values", "ok", f"task {model.task}, connector {model.connector}, "
                    f"prompt length {model.prompt_length}, generation {recipe.generation}")
-    return not numbers and model.connector in CONNECTORS
+    return not numbers and not _connector_problems(model)
+
+
+def _connector_problems(model) -> list[str]:
+    """The connector's name, options, and what it needs of the encoder and the layout."""
+    if model.connector not in CONNECTORS:
+        return [f"model.connector '{model.connector}' unknown; available: {', '.join(sorted(CONNECTORS))}"]
+    kind, problems = CONNECTORS[model.connector], []
+    unknown = sorted(set(model.connector_options) - set(connector_options(model.connector)))
+    if unknown:
+        known = ", ".join(connector_options(model.connector)) or "none"
+        problems.append(f"model.connector_options: '{model.connector}' has no option {', '.join(unknown)}; "
+                        f"its options: {known}")
+    if kind.reads == "patches" and (model.encoder.startswith(FRAMES_PREFIX) or model.encoder in PATCHLESS):
+        problems.append(f"connector '{model.connector}' reads patch tokens, which only image vision transformers "
+                        f"give, not '{model.encoder}'")
+    if model.temporal == "frames" and not kind.keeps_frames:
+        problems.append(f"temporal 'frames' needs the epalm connector, not '{model.connector}'")
+    if kind.placement == "input" and model.inject_layers:
+        problems.append(f"connector '{model.connector}' writes its tokens into the input: inject_layers does not apply")
+    if kind.placement == "input" and model.encoder_blocks is not None and len(model.encoder_blocks) != 1:
+        problems.append(f"connector '{model.connector}' reads one encoder block, not {model.encoder_blocks}")
+    return problems
 
 
 def _choice_problems(recipe: Recipe) -> list[str]:
     model, options = recipe.model, recipe.training
-    problems = []
-    if model.connector not in CONNECTORS:
-        problems.append(f"model.connector '{model.connector}' unknown; available: {', '.join(sorted(CONNECTORS))}")
+    problems = _connector_problems(model)
     if options.mixed_precision not in MIXED_PRECISIONS:
         hint = ' (write "no" in quotes: YAML reads a bare no as false)' if options.mixed_precision is False else ""
         problems.append(f"training.mixed_precision '{options.mixed_precision}' not one of "
@@ -393,44 +415,92 @@ def _inspect_encoder(name: str, report: DryRunReport) -> ModelFacts | None:
     except (OSError, ValueError) as error:
         report.add("models", "error", f"encoder '{name}': {error}")
         return None
-    facts = ModelFacts(_parameter_count(tower), tower.config.num_hidden_layers, tower.config.hidden_size)
+    facts = ModelFacts(_parameter_count(tower), tower.config.num_hidden_layers, tower.config.hidden_size,
+                       patch_size=getattr(tower.config, "patch_size", None),
+                       image_size=getattr(tower.config, "image_size", None))
     report.add("models", "info", f"encoder: {type(tower).__name__}, {facts.parameters:,} parameters, "
                f"{facts.layers} blocks of width {facts.width}")
     return facts
 
 
-def _check_layout(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None,
-                  report: DryRunReport) -> int | None:
-    """Check blocks and layers against the models' sizes; the trainable parameter count."""
+@dataclass(frozen=True)
+class Sizing:
+    """What the memory estimate needs from the layout; None where unknown offline."""
+
+    trainable: int | None = None
+    columns: int = 1  # slot columns
+    feature_bytes: int | None = None  # feature-cache bytes per media file
+    features: str = ""  # what they are, e.g. "12 blocks x 384 float32"
+
+
+def _check_layout(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, report: DryRunReport) -> Sizing:
+    """Check blocks and layers against the models' sizes; the trainable count, slot columns and feature size."""
     model = recipe.model
-    if encoder and encoder.layers and model.encoder_blocks is None and model.num_blocks > encoder.layers:
+    kind = CONNECTORS[model.connector]
+    if kind.placement == "input":
+        blocks = model.encoder_blocks or ([encoder.layers - 1] if encoder and encoder.layers else [0])
+    elif encoder and encoder.layers and model.encoder_blocks is None and model.num_blocks > encoder.layers:
         report.add("models", "error", f"num_blocks={model.num_blocks} but encoder '{model.encoder}' has only "
                    f"{encoder.layers} blocks")
-        return None
-    if encoder and encoder.layers:
+        return Sizing()
+    elif encoder and encoder.layers:
         blocks = model.encoder_blocks or list(range(encoder.layers - model.num_blocks, encoder.layers))
-        if not blocks or min(blocks) < 0 or max(blocks) >= encoder.layers:
-            report.add("models", "error", f"encoder blocks {blocks} out of range 0..{encoder.layers - 1}")
-            return None
     else:
         blocks = model.encoder_blocks or list(range(model.num_blocks))
-    if lm and lm.layers:
+    if encoder and encoder.layers and (not blocks or min(blocks) < 0 or max(blocks) >= encoder.layers):
+        report.add("models", "error", f"encoder blocks {blocks} out of range 0..{encoder.layers - 1}")
+        return Sizing()
+    layers = []
+    if kind.placement == "input":
+        report.add("models", "ok", f"input: the tokens of encoder block {blocks[0]} fill the slot columns of the "
+                   "input embeddings")
+    elif lm and lm.layers:
         layers = model.inject_layers or paper_layer_range(lm.layers)
         if min(layers) < 0 or max(layers) >= lm.layers:
             report.add("models", "error", f"injection layers {layers} out of range 0..{lm.layers - 1}")
-            return None
+            return Sizing()
         report.add("models", "ok", f"injection: {len(layers)} LM layers ({', '.join(map(str, layers))}) receive the "
                    f"tokens of {len(blocks)} encoder blocks ({', '.join(map(str, blocks))}), shallow first")
-    if not (lm and encoder and lm.width and encoder.width):
-        return None
-    with torch.device("meta"):
-        connector = build_connector(model.connector, encoder.width, lm.width, token_norm=model.token_norm)
-    trainable = _parameter_count(connector) + (model.prompt_length + 1) * (lm.embedding_width or lm.width)
+    if not (lm and encoder and lm.width and encoder.width) or (kind.placement == "layers" and not layers):
+        return Sizing()
+    grid = _patch_grid(recipe, encoder)
+    if kind.reads == "patches" and grid is None:
+        report.add("models", "warning", f"encoder '{model.encoder}': patch grid unknown offline; the trainable "
+                   "count, the slot columns and the feature cache size are left out")
+        return Sizing()
+    # As cache.py stores them: every block's [CLS] in float32, or the chosen blocks' [CLS] + patches in bfloat16.
+    if kind.reads == "patches":
+        tokens = 1 + grid[0] * grid[1]
+        features = f"{len(blocks)} blocks x {tokens} tokens x {encoder.width} bfloat16"
+        feature_bytes = len(blocks) * tokens * encoder.width * 2
+    else:
+        features = f"{encoder.layers or len(blocks)} blocks x {encoder.width} float32"
+        feature_bytes = (encoder.layers or len(blocks)) * encoder.width * 4
+    width = lm.width if kind.placement == "layers" else (lm.embedding_width or lm.width)
+    setup = ConnectorSetup(encoder.width, width, len(blocks), tuple(spread_blocks(len(blocks), len(layers))),
+                           grid, None, model.token_norm, model.shared_linear)
+    try:
+        with torch.device("meta"):
+            connector = build_connector(model.connector, setup, model.connector_options)
+    except ValueError as error:
+        report.add("models", "error", str(error))
+        return Sizing()
+    slot = 0 if kind.placement == "input" else lm.embedding_width or lm.width  # injecting connectors' slot vector
+    trainable = _parameter_count(connector) + model.prompt_length * (lm.embedding_width or lm.width) + slot
     if lm.parameters and encoder.parameters:
         total = trainable + lm.parameters + encoder.parameters
         report.add("models", "info", f"trainable: {trainable:,} of {total:,} parameters "
-                   f"({100 * trainable / total:.3f}%): connector + {model.prompt_length} prompt + 1 slot vectors")
-    return trainable
+                   f"({100 * trainable / total:.3f}%): connector + {model.prompt_length} prompt vector(s)"
+                   f"{' + 1 slot vector' if slot else ''}; {connector.columns} slot column(s)")
+    return Sizing(trainable, connector.columns, feature_bytes, features)
+
+
+def _patch_grid(recipe: Recipe, encoder: ModelFacts) -> tuple[int, int] | None:
+    """Patch rows x columns at the recipe's resolution, where the encoder's patch size is known."""
+    size = recipe.model.image_size or encoder.image_size
+    if not (encoder.patch_size and size):
+        return None
+    return size // encoder.patch_size, size // encoder.patch_size
 
 
 # ---- batch arithmetic ---------------------------------------------------------------------
@@ -493,16 +563,17 @@ def _size(count: float) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
-def _memory(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, trainable: int | None,
+def _memory(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, sizing: Sizing,
             per_device: int | None, train: list | None, report: DryRunReport) -> None:
     section = "memory per GPU (estimate)"
+    trainable = sizing.trainable
     if not (lm and encoder and lm.parameters and encoder.parameters and trainable and per_device):
         report.add(section, "warning", "not estimated: model sizes or batch arithmetic unknown")
         return
     weights = (lm.parameters + encoder.parameters) * FROZEN_WEIGHT_BYTES
     optimizer = trainable * TRAINABLE_BYTES
     bits16 = recipe.training.mixed_precision != "no"  # auto picks bf16 (or fp16) on GPUs
-    prefix = 2 + recipe.model.prompt_length  # BOS (when the LM uses one) + soft prompt + slot
+    prefix = 1 + recipe.model.prompt_length + sizing.columns  # BOS (when the LM uses one), soft prompt, slot
     sequence = prefix + ASSUMED_TEXT_TOKENS
     activations = (lm.layers * ACTIVATION_BYTES_PER_ELEMENT_16BIT * sequence * per_device * lm.width
                    * (1 if bits16 else 2))
@@ -520,11 +591,10 @@ def _memory(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, t
                f"{beams} beam(s), {sequence + new_tokens} tokens, float32)")
     peak = weights + max(optimizer + activations, kv_cache)
     report.add(section, "ok", f"peak ≈ {_size(peak)} per GPU (training or evaluation, whichever is larger)")
-    if train:
+    if train and sizing.feature_bytes:
         media = len({e.media for e in train})
-        cache = media * encoder.layers * encoder.width * 4
-        report.add(section, "info", f"feature cache of the training media: {media:,} files x {encoder.layers} "
-                   f"blocks x {encoder.width} float32 = {_size(cache)} on disk and in host memory")
+        report.add(section, "info", f"feature cache of the training media: {media:,} files x {sizing.features} = "
+                   f"{_size(media * sizing.feature_bytes)} on disk and in host memory")
 
 
 def _output(recipe: Recipe, report: DryRunReport) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .cache import stored_features
 from .config import WEIGHTS_NAME, AdapterConfig
-from .connectors import build_connector
+from .connectors import ConnectorSetup, build_connector, connector_type
 from .encoders import Encoder, load_encoder
 from .injection import SlotInjector, decoder_layers, paper_layer_range, spread_blocks
 from .lm import check_lm, load_lm
@@ -21,10 +23,13 @@ class PerceptualLM(nn.Module):
     """A frozen causal LM that sees through a frozen encoder, taught by a tiny trainable connector.
 
     Input layout, identical in training and generation:
-    ``[bos?][soft prompt][slot x k][pads][question tokens][answer tokens]``. The slot is one column
-    (k = 1), or one column per video frame with ``temporal: frames``. The soft prompt and the slot
-    sit at fixed columns for every sample, so the slot index is one integer; padding goes between
-    the slot and the text and positions come from the attention mask.
+    ``[bos?][soft prompt][slot x k][pads][question tokens][answer tokens]``. The connector decides what the
+    k slot columns hold: for injecting connectors (eP-ALM) a learned slot embedding at the input, overwritten
+    inside each injection layer by that layer's tokens (k = 1, one per video frame with ``temporal: frames``,
+    or the pooled patch tokens of ``epalm-patches``); for input connectors (LiMBeR, LLaVA, MAPL) the mapped
+    tokens themselves, written into the input embeddings. The soft prompt and the slot sit at fixed columns
+    for every sample, so the slot index is one integer; padding goes between the slot and the text and
+    positions come from the attention mask.
     """
 
     def __init__(self, config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None):
@@ -34,54 +39,92 @@ class PerceptualLM(nn.Module):
             lm, tokenizer = load_lm(config.lm)
         check_lm(lm, config.lm)
         self.lm, self.tokenizer = lm, tokenizer
+        kind = connector_type(config.connector)
+        self.placement = kind.placement
         self.encoder = encoder or load_encoder(config.encoder, image_size=config.image_size,
-                                               num_frames=config.num_frames)
+                                               num_frames=config.num_frames, tokens=kind.reads)
+        if self.encoder.tokens != kind.reads:
+            raise ValueError(f"connector '{config.connector}' reads {kind.reads} tokens; encoder "
+                             f"'{self.encoder.name}' gives {self.encoder.tokens}")
         self.encoder.freeze()
-        self.slot_count = self._slot_count(config, self.encoder)
-        if config.encoder_blocks is None and config.num_blocks > self.encoder.num_blocks:
-            raise ValueError(f"num_blocks={config.num_blocks} but encoder '{config.encoder}' has only "
-                             f"{self.encoder.num_blocks} blocks")
-        self.blocks = config.encoder_blocks or list(
-            range(self.encoder.num_blocks - config.num_blocks, self.encoder.num_blocks)
-        )
-        if not self.blocks or min(self.blocks) < 0 or max(self.blocks) >= self.encoder.num_blocks:
-            raise ValueError(f"encoder blocks {self.blocks} out of range 0..{self.encoder.num_blocks - 1}")
-        num_layers = len(decoder_layers(lm))
-        layers = config.inject_layers or paper_layer_range(num_layers)
-        if min(layers) < 0 or max(layers) >= num_layers:
-            raise ValueError(f"injection layers {layers} out of range 0..{num_layers - 1}")
-        self.layer_tokens = spread_blocks(len(self.blocks), len(layers))
+        frames = self._frames(config, self.encoder)
+        if frames and not kind.keeps_frames:
+            raise ValueError(f"temporal '{config.temporal}': connector '{config.connector}' cannot keep frames "
+                             "apart; use temporal: mean, or the epalm connector")
+        self.blocks = self._chosen_blocks(config, self.encoder)
+        # Patch tokens are large: features hold only the chosen blocks' (see cache.py); [CLS] features hold all.
+        self.feature_blocks = self.blocks if kind.reads == "patches" else None
+        self._feature_rows = self.blocks if self.feature_blocks is None else list(range(len(self.blocks)))
+        layers = self._injection_layers(config, lm)
+        self.layer_tokens = spread_blocks(len(self.blocks), len(layers)) if layers else []
 
         # Injected tokens live in the decoder layers' width, which can differ from the embedding
-        # width (OPT-350m projects 512-d embeddings to 1024-d layers).
-        width = lm.config.get_text_config().hidden_size
-        frames = self.slot_count if config.temporal == "frames" else None
-        self.connector = build_connector(config.connector, self.encoder.dim, width, token_norm=config.token_norm,
-                                         num_frames=frames)
+        # width (OPT-350m projects 512-d embeddings to 1024-d layers); input tokens in the embeddings'.
+        embeddings = lm.get_input_embeddings()
+        width = lm.config.get_text_config().hidden_size if layers else embeddings.weight.shape[1]
+        setup = ConnectorSetup(self.encoder.dim, width, len(self.blocks), tuple(self.layer_tokens),
+                               self.encoder.patch_grid, frames, config.token_norm, config.shared_linear)
+        self.connector = build_connector(config.connector, setup, config.connector_options)
+        self.slot_count = self.connector.columns
         # Start the learned input vectors among real token embeddings, as the embedding layer outputs
         # them: the right scale for any LM, Gemma's sqrt(hidden) embedding scaling included, because
         # the prefix replaces that layer's output and never passes through it again.
-        embeddings = lm.get_input_embeddings()
         generator = torch.Generator().manual_seed(0)
         picks = torch.randint(0, embeddings.weight.shape[0], (config.prompt_length + 1,), generator=generator)
         with torch.no_grad():
             start = embeddings(picks.to(embeddings.weight.device)).float().cpu()
         self.prompt = nn.Parameter(start[:-1].clone())
-        self.slot_embedding = nn.Parameter(start[-1].clone())  # one vector, repeated in every slot column
+        # One vector, repeated in every slot column until the first injection layer overwrites them;
+        # input connectors fill the slot themselves.
+        self.slot_embedding = nn.Parameter(start[-1].clone()) if layers else None
         self.bos = self._leading_bos(tokenizer)
         self.slot_index = len(self.bos) + config.prompt_length
         self.prefix_length = self.slot_index + self.slot_count  # columns before the padding
-        self.injector = SlotInjector(lm, layers, self.slot_index, self.slot_count)
+        self.injector = SlotInjector(lm, layers, self.slot_index, self.slot_count) if layers else None
+
+    @property
+    def layout(self) -> tuple:
+        """What adapters sharing one generate() call must agree on: placement, injection layers, slot columns."""
+        layers = tuple(self.injector.layers) if self.injector else ()
+        return self.placement, layers, self.slot_index, self.slot_count
 
     @staticmethod
-    def _slot_count(config: AdapterConfig, encoder: Encoder) -> int:
-        """Slot columns: one token per injection layer, or one per frame when the frames keep their order."""
+    def _frames(config: AdapterConfig, encoder: Encoder) -> int | None:
+        """Frames kept apart in time order (``temporal: frames``), or None when they are averaged (or an image)."""
         if config.temporal == "mean":
-            return 1
+            return None
         if encoder.num_tokens is None:
             raise ValueError(f"temporal '{config.temporal}' needs an encoder with one token per frame "
                              f"('frames:NAME'); '{encoder.name}' gives one token per block")
         return encoder.num_tokens
+
+    def _chosen_blocks(self, config: AdapterConfig, encoder: Encoder) -> list[int]:
+        """Injecting connectors: the last ``num_blocks`` blocks or ``encoder_blocks``; input connectors: one block."""
+        if self.placement == "input":
+            blocks = config.encoder_blocks or [encoder.num_blocks - 1]
+            if len(blocks) != 1:
+                raise ValueError(f"connector '{config.connector}' reads one encoder block, not {blocks}")
+        elif config.encoder_blocks is None and config.num_blocks > encoder.num_blocks:
+            raise ValueError(f"num_blocks={config.num_blocks} but encoder '{config.encoder}' has only "
+                             f"{encoder.num_blocks} blocks")
+        else:
+            blocks = config.encoder_blocks or list(range(encoder.num_blocks - config.num_blocks, encoder.num_blocks))
+        if not blocks or min(blocks) < 0 or max(blocks) >= encoder.num_blocks:
+            raise ValueError(f"encoder blocks {blocks} out of range 0..{encoder.num_blocks - 1}")
+        return blocks
+
+    def _injection_layers(self, config: AdapterConfig, lm) -> list[int]:
+        """The LM layers whose slot the connector's tokens overwrite; none for input connectors."""
+        if self.placement == "input":
+            if config.inject_layers:
+                raise ValueError(f"connector '{config.connector}' writes its tokens into the input; "
+                                 "inject_layers applies to injecting connectors (epalm, epalm-patches)")
+            return []
+        num_layers = len(decoder_layers(lm))
+        layers = config.inject_layers or paper_layer_range(num_layers)
+        if min(layers) < 0 or max(layers) >= num_layers:
+            raise ValueError(f"injection layers {layers} out of range 0..{num_layers - 1}")
+        return layers
 
     @staticmethod
     def _leading_bos(tokenizer) -> list[int]:
@@ -108,24 +151,44 @@ class PerceptualLM(nn.Module):
     # ---- encode -> map ----------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, media: list[Any]) -> torch.Tensor:
-        """Per-block encoder tokens [batch, encoder blocks, (frames,) dim] (what the feature cache stores).
+        """Encoder tokens as the feature cache stores them for this model.
 
-        ``media`` are file paths, read by the encoder (images, videos, sounds), or media it has already read.
+        [batch, encoder blocks, (frames,) dim] for [CLS] tokens; [batch, chosen blocks, 1 + patches, dim]
+        (bfloat16) for patch tokens. ``media`` are file paths, read by the encoder (images, videos, sounds),
+        or media it has already read.
         """
         loaded = [self.encoder.load(item) if isinstance(item, (str, Path)) else item for item in media]
         device = next(self.encoder.parameters()).device
-        return self.encoder(self.encoder.preprocess(loaded).to(device)).float()
+        return stored_features(self.encoder, self.encoder(self.encoder.preprocess(loaded).to(device)),
+                               self.feature_blocks)
 
     def map_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Encoder tokens of all blocks -> the LM-width tokens of each injection layer.
+        """Encoder tokens (as ``encode`` gives them) -> the connector's LM-width tokens.
 
-        [batch, layers, width], or [batch, layers, frames, width] when the frames keep their order.
-        ``temporal: mean`` averages per-frame features over time first, into exactly an image's features.
+        Injecting connectors: [batch, layers, width], or [batch, layers, k, width] with k slot columns;
+        input connectors: [batch, k, width]. ``temporal: mean`` averages per-frame features over time
+        first, into exactly an image's features.
         """
-        chosen = features[:, self.blocks].to(self.prompt.device)
-        if chosen.ndim == 4 and self.config.temporal == "mean":
+        chosen = features[:, self._feature_rows].to(self.prompt.device, torch.float32)
+        if self.encoder.num_tokens is not None and self.config.temporal == "mean":
             chosen = chosen.mean(dim=2)
-        return self.connector(chosen)[:, self.layer_tokens]
+        return self.connector(chosen)
+
+    def perceive(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the features become: the learned input prefix and the injection layers' tokens.
+
+        The prefix is [batch or 1, prompt + slot columns, embedding width]: the soft prompt, then the slot
+        embedding (injecting connectors, whose layer tokens come second) or the mapped tokens themselves
+        (input connectors, which have no layer tokens).
+        """
+        mapped = self.map_features(features)
+        if self.injector is None:
+            prompt = self.prompt.expand(len(mapped), -1, -1)
+            return torch.cat([prompt, mapped.to(prompt.dtype)], dim=1), None
+        return self.learned_prefix()[None], mapped
+
+    def _injecting(self, layer_tokens: torch.Tensor | None) -> AbstractContextManager:
+        return nullcontext() if layer_tokens is None else self.injector.injecting(layer_tokens)
 
     # ---- inputs -----------------------------------------------------------------------------
     def _token_ids(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,20 +202,25 @@ class PerceptualLM(nn.Module):
         return ids, mask
 
     def learned_prefix(self) -> torch.Tensor:
-        """The soft prompt and the slot embedding in each slot column, [prompt length + slot columns, width]."""
+        """Injecting connectors: the soft prompt and the slot embedding in each slot column, [prompt + slot, width]."""
         return torch.cat([self.prompt, self.slot_embedding.expand(self.slot_count, -1)])
 
     def _with_learned_prefix(self, embeds: torch.Tensor, learned: torch.Tensor | None = None) -> torch.Tensor:
-        """Input embeddings with learned vectors ([batch or 1, prompt + slot, width]) written into their columns."""
+        """Input embeddings with learned vectors ([batch or 1, prompt + slot, width]) written into their columns.
+
+        Without ``learned``: an injecting connector's soft prompt and slot embedding.
+        """
         learned = self.learned_prefix()[None] if learned is None else learned
+        if learned.shape[0] not in (1, embeds.shape[0]):  # beam search / sampling expand the batch
+            learned = learned.repeat_interleave(embeds.shape[0] // learned.shape[0], dim=0)
         start = len(self.bos)
         return torch.cat([embeds[:, :start], learned.to(embeds.dtype).expand(embeds.shape[0], -1, -1),
                           embeds[:, self.prefix_length:]], 1)
 
-    def _embed(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs_embeds and attention mask for token lists, right-aligned after the fixed prefix."""
+    def _embed(self, texts: list[list[int]], learned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs_embeds and attention mask for token lists, right-aligned after the fixed learned prefix."""
         ids, mask = self._token_ids(texts)
-        return self._with_learned_prefix(self.lm.get_input_embeddings()(ids)), mask
+        return self._with_learned_prefix(self.lm.get_input_embeddings()(ids), learned), mask
 
     def prompt_ids(self, questions: list[str]) -> list[list[int]]:
         texts = [self.config.template.format(question=q) for q in questions]
@@ -170,10 +238,11 @@ class PerceptualLM(nn.Module):
     def forward(self, features: torch.Tensor, questions: list[str], targets: list[str]) -> torch.Tensor:
         """Mean cross-entropy on the target tokens only (question tokens carry no loss)."""
         prompts, answers = self.prompt_ids(questions), self.target_ids(targets)
-        embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)])
+        learned, layer_tokens = self.perceive(features)
+        embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)], learned)
         span = max(len(a) for a in answers)
         labels = torch.tensor([[-100] * (span - len(a)) + a for a in answers], device=embeds.device)
-        with self.injector.injecting(self.map_features(features)):
+        with self._injecting(layer_tokens):
             # Logits only where a target token is predicted: the LM head over every position would
             # cost more than the rest of the step for a short answer.
             logits = self.lm(
@@ -194,9 +263,10 @@ class PerceptualLM(nn.Module):
     @torch.inference_mode()
     def generate(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
         """Answers (captions when the questions are empty) decoded by generate() with the KV cache on."""
-        embeds, mask = self._embed(self.prompt_ids(questions))
+        learned, layer_tokens = self.perceive(features)
+        embeds, mask = self._embed(self.prompt_ids(questions), learned)
         options = self.generation_options(**options)
-        with self.injector.injecting(self.map_features(features)):
+        with self._injecting(layer_tokens):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options))
 
     @torch.inference_mode()
@@ -210,10 +280,11 @@ class PerceptualLM(nn.Module):
         """
         ids, mask = self._token_ids(self.prompt_ids(questions))
         options = {**self.generation_options(**options), "use_cache": False}
+        learned, layer_tokens = self.perceive(features)
         hook = self.lm.get_input_embeddings().register_forward_hook(
-            lambda module, args, output: self._with_learned_prefix(output))
+            lambda module, args, output: self._with_learned_prefix(output, learned))
         try:
-            with self.injector.injecting(self.map_features(features)):
+            with self._injecting(layer_tokens):
                 output = self.lm.generate(input_ids=ids, attention_mask=mask, **options)
         finally:
             hook.remove()
@@ -271,22 +342,20 @@ class PerceptualLM(nn.Module):
 def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **options) -> list[str]:
     """One generate() call for samples of different adapters over one shared frozen LM.
 
-    Each sample is (adapter, its encoder tokens [blocks, (frames,) dim], question); each brings its own
+    Each sample is (adapter, its encoder tokens as ``encode`` gives them, question); each brings its own
     soft prompt, slot embedding and connector. Adapters must share the LM object and the layout (same
-    injection layers and slot columns), which holds for adapters trained on the same base LM with the
-    same prompt length and slot width; ``options`` apply to the whole batch.
+    placement, injection layers and slot columns), which holds for adapters trained on the same base LM
+    with the same prompt length and connector layout; ``options`` apply to the whole batch.
     """
     lead = samples[0][0]
     for model, _, _ in samples:
-        if model.lm is not lead.lm or model.injector.layers != lead.injector.layers \
-                or (model.slot_index, model.slot_count) != (lead.slot_index, lead.slot_count):
-            raise ValueError("generate_mixed needs adapters sharing one LM, injection layers, prompt length "
-                             "and slot width")
+        if model.lm is not lead.lm or model.layout != lead.layout:
+            raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
+                             "length and slot width")
     ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
-    learned = torch.stack([model.learned_prefix() for model, _, _ in samples])
-    embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), learned)
-    tokens = torch.cat([model.map_features(features[None]) for model, features, _ in samples])
-    with lead.injector.injecting(tokens):
+    learned, tokens = zip(*(model.perceive(features[None]) for model, features, _ in samples), strict=True)
+    embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), torch.cat(learned))
+    with lead._injecting(None if lead.injector is None else torch.cat(tokens)):
         return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
                                              **lead.generation_options(**options)))
 
@@ -305,5 +374,6 @@ def load(folder: str | Path, dtype: torch.dtype = torch.float32, device_map: str
         model.encoder.to(device)
         model.connector.to(device)
         for parameter in (model.prompt, model.slot_embedding):
-            parameter.data = parameter.data.to(device)
+            if parameter is not None:
+                parameter.data = parameter.data.to(device)
     return model

@@ -85,7 +85,7 @@ def cached_features(model: PerceptualLM, examples: list[Example], options: Train
                     skip_bad: bool) -> tuple[list[Example], torch.Tensor, dict[str, int], float]:
     """Features for the examples' media (encoder run only for files not cached yet)."""
     started = time.perf_counter()
-    cache = FeatureCache(model.encoder)
+    cache = FeatureCache(model.encoder, blocks=model.feature_blocks)
     features, row_of, errors = cache.features([e.media for e in examples], options.cache_batch_size,
                                               options.cache_workers, skip_bad)
     if errors:
@@ -146,7 +146,7 @@ def save_checkpoint(model: PerceptualLM, optimizer, scheduler, step: int, out: P
 def build_optimizer(model: PerceptualLM, options: TrainingOptions) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters only: frozen weights get no optimizer state."""
     connector = [p for p in model.connector.parameters() if p.requires_grad]
-    prompt = [model.prompt, model.slot_embedding]
+    prompt = [p for p in (model.prompt, model.slot_embedding) if p is not None]
     return torch.optim.AdamW([
         {"params": connector, "lr": options.lr, "weight_decay": options.weight_decay},
         {"params": prompt, "lr": options.prompt_lr, "weight_decay": 0.0},

@@ -1,15 +1,49 @@
-"""Trainable connectors: the only part of the model that learns, besides the soft prompt."""
+"""Trainable connectors: the only part of the model that learns, besides the soft prompt.
+
+One file per connector; ``AdapterConfig.connector`` names one and ``AdapterConfig.connector_options`` sets the
+keyword options of its constructor.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+import inspect
+from typing import Any
 
+from .base import PLACEMENTS, Connector, ConnectorSetup
 from .epalm import EPALMConnector
+from .epalm_patches import EPALMPatchesConnector
+from .limber_all import LimberAllConnector
+from .limber_one import LimberOneConnector
+from .mapl import MAPLConnector
 
-CONNECTORS: dict[str, type[nn.Module]] = {"epalm": EPALMConnector}
+__all__ = ["CONNECTORS", "PLACEMENTS", "Connector", "ConnectorSetup", "build_connector", "connector_options",
+           "connector_type"]
+
+CONNECTORS: dict[str, type[Connector]] = {
+    "epalm": EPALMConnector,
+    "epalm-patches": EPALMPatchesConnector,
+    "limber-1": LimberOneConnector,
+    "limber-all": LimberAllConnector,
+    "mapl": MAPLConnector,
+}
 
 
-def build_connector(name: str, encoder_dim: int, lm_dim: int, **options) -> nn.Module:
+def connector_type(name: str) -> type[Connector]:
     if name not in CONNECTORS:
         raise ValueError(f"unknown connector '{name}'; available: {', '.join(sorted(CONNECTORS))}")
-    return CONNECTORS[name](encoder_dim, lm_dim, **options)
+    return CONNECTORS[name]
+
+
+def connector_options(name: str) -> list[str]:
+    """The keyword options a connector takes besides its setup."""
+    parameters = inspect.signature(connector_type(name).__init__).parameters
+    return [option for option in parameters if option not in ("self", "setup")]
+
+
+def build_connector(name: str, setup: ConnectorSetup, options: dict[str, Any] | None = None) -> Connector:
+    options = options or {}
+    unknown = sorted(set(options) - set(connector_options(name)))
+    if unknown:
+        known = ", ".join(connector_options(name)) or "none"
+        raise ValueError(f"connector '{name}' has no option {', '.join(unknown)}; its options: {known}")
+    return connector_type(name)(setup, **options)

@@ -18,16 +18,17 @@ from .hf_audio import HFAudioEncoder, is_audio_config
 from .hf_video import HFVideoEncoder
 from .hf_vision import HFVisionEncoder
 
-__all__ = ["PACKAGED", "AudioEncoder", "Encoder", "FrameEncoder", "HFAudioEncoder", "HFVideoEncoder",
+__all__ = ["PACKAGED", "PATCHLESS", "AudioEncoder", "Encoder", "FrameEncoder", "HFAudioEncoder", "HFVideoEncoder",
            "HFVisionEncoder", "load_encoder"]
 
-# Packaged encoders: name -> loader(image_size); importing their modules registered them in the zoo.
-PACKAGED: dict[str, Callable[[int | None], Encoder]] = {
+# Packaged encoders: name -> loader(image_size, tokens); importing their modules registered them in the zoo.
+PACKAGED: dict[str, Callable[[int | None, str], Encoder]] = {
     dinov2_onnx.NAME: dinov2_onnx.load,
     efficientnet.NAME: efficientnet.load,
     whisper_ct2.NAME: whisper_ct2.load,
     yamnet.NAME: yamnet.load,
 }
+PATCHLESS = (efficientnet.NAME,)  # packaged encoders that give pooled tokens only, no patch tokens
 
 _HUB_ID = re.compile(r"\w[\w.-]*/[\w.-]+")
 
@@ -37,7 +38,8 @@ def _unknown(name_or_path: str) -> ValueError:
                       "not an existing folder and not a reachable hub model id")
 
 
-def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: int | None = None) -> Encoder:
+def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: int | None = None,
+                 tokens: str = "cls") -> Encoder:
     """Packaged name first, then a local folder, then an 'owner/name' hub id; ``frames:NAME`` for video.
 
     ``frames:NAME`` reads a video as ``num_frames`` frames (8 by default) through the image encoder NAME.
@@ -45,14 +47,18 @@ def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: i
     videos by itself, and a transformers audio model (AST, Whisper, wav2vec2, HuBERT, ...) sound files.
     Anything else fails here instead of reaching the hub, so a typo never turns into a download attempt.
     ``image_size`` overrides the encoder's default resolution where the model allows it.
+    ``tokens="patches"`` (transformers vision transformers) adds each block's patch tokens (see ``Encoder``).
     """
+    if tokens != "cls" and name_or_path.startswith(FRAMES_PREFIX):
+        raise ValueError(f"encoder '{name_or_path}': patch tokens come from image encoders only; "
+                         "video encoders give one token per block (and frame)")
     if name_or_path.startswith(FRAMES_PREFIX):
         image_encoder = load_encoder(name_or_path.removeprefix(FRAMES_PREFIX), image_size)
         return FrameEncoder(image_encoder, num_frames or DEFAULT_FRAMES)
     if name_or_path in PACKAGED:
-        encoder = PACKAGED[name_or_path](image_size)
+        encoder = PACKAGED[name_or_path](image_size, tokens)
     else:
-        encoder = _transformers_encoder(name_or_path, image_size, num_frames)
+        encoder = _transformers_encoder(name_or_path, image_size, num_frames, tokens)
     if num_frames is not None and encoder.modality != "video":
         hint = f" (use '{FRAMES_PREFIX}{name_or_path}' to read videos frame by frame)" \
             if encoder.modality == "image" else ""
@@ -61,7 +67,8 @@ def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: i
     return encoder
 
 
-def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames: int | None) -> Encoder:
+def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames: int | None,
+                          tokens: str) -> Encoder:
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         source, config = str(folder), AutoConfig.from_pretrained(folder)
@@ -73,9 +80,12 @@ def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames:
     else:
         raise _unknown(name_or_path)
     if getattr(config, "num_frames", None):
+        if tokens != "cls":
+            raise ValueError(f"encoder '{name_or_path}': patch tokens come from image encoders only; "
+                             "video encoders give one token per block")
         return HFVideoEncoder(source, num_frames=num_frames, image_size=image_size)
     if is_audio_config(config):
-        if image_size is not None:
-            raise ValueError(f"image_size does not apply to the audio encoder '{name_or_path}'")
+        if image_size is not None or tokens != "cls":
+            raise ValueError(f"image_size and patch tokens do not apply to the audio encoder '{name_or_path}'")
         return HFAudioEncoder(source)
-    return HFVisionEncoder(source, image_size=image_size)
+    return HFVisionEncoder(source, image_size=image_size, tokens=tokens)

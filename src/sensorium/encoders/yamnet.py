@@ -231,10 +231,10 @@ class YamNetEncoder(AudioEncoder):
                 f":patch-{PATCH_FRAMES}x{PATCH_HOP_FRAMES}:block-mean-zeropad{self.dim}:{self.audio_fingerprint()}")
 
 
-def load(image_size: int | None = None) -> YamNetEncoder:
+def load(image_size: int | None = None, tokens: str = "cls") -> YamNetEncoder:
     """The packaged encoder, converted on first use."""
-    if image_size is not None:
-        raise ValueError(f"image_size does not apply to the audio encoder {NAME}")
+    if image_size is not None or tokens != "cls":
+        raise ValueError(f"image_size and patch tokens do not apply to the audio encoder {NAME}")
     return YamNetEncoder(resolve(NAME))
 
 

@@ -1,8 +1,8 @@
 """The adapters a server hosts, over ONE copy of each frozen LM and encoder.
 
 An adapter is a few MB; its frozen LM and encoder are hundreds. Adapters naming the same LM share
-one LM object (and tokenizer), those naming the same encoder at the same resolution share one
-encoder, so hosting one more adapter costs only its own weights.
+one LM object (and tokenizer), those naming the same encoder at the same resolution (and reading the same
+tokens: [CLS] or patches) share one encoder, so hosting one more adapter costs only its own weights.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WEIGHTS_NAME, AdapterConfig
+from ..connectors import connector_type
 from ..encoders import Encoder, load_encoder
 from ..lm import load_lm
 from ..model import PerceptualLM
@@ -45,7 +46,7 @@ class HostedAdapter:
     @property
     def batch_key(self) -> tuple:
         """Adapters with equal keys can share one generate() call (see ``model.generate_mixed``)."""
-        return _source_key(self.model.config.lm), tuple(self.model.injector.layers), self.model.slot_index
+        return _source_key(self.model.config.lm), self.model.layout
 
     def describe(self) -> dict[str, Any]:
         config = self.model.config
@@ -62,7 +63,7 @@ class AdapterRegistry:
         self.device = device
         self.adapters: dict[str, HostedAdapter] = {}
         self._lms: dict[str, tuple[Any, Any]] = {}
-        self._encoders: dict[tuple[str, int | None], Encoder] = {}
+        self._encoders: dict[tuple[str, int | None, str], Encoder] = {}
 
     def add(self, name: str, folder: str | Path) -> HostedAdapter:
         if name in self.adapters:
@@ -72,9 +73,10 @@ class AdapterRegistry:
         lm_key = _source_key(config.lm)
         if lm_key not in self._lms:
             self._lms[lm_key] = load_lm(config.lm)
-        encoder_key = (_source_key(config.encoder), config.image_size)
+        tokens = connector_type(config.connector).reads
+        encoder_key = (_source_key(config.encoder), config.image_size, tokens)
         if encoder_key not in self._encoders:
-            self._encoders[encoder_key] = load_encoder(config.encoder, image_size=config.image_size)
+            self._encoders[encoder_key] = load_encoder(config.encoder, image_size=config.image_size, tokens=tokens)
         lm, tokenizer = self._lms[lm_key]
         model = PerceptualLM.from_pretrained(folder, lm=lm, tokenizer=tokenizer, encoder=self._encoders[encoder_key])
         self.adapters[name] = HostedAdapter(name, folder, model.to(self.device).eval())

@@ -138,11 +138,12 @@ class Batcher:
 
     @staticmethod
     def _encode(group: list[_Job]) -> list[torch.Tensor]:
-        """Encoder tokens per job, one forward per shared encoder."""
+        """Encoder tokens per job, one forward per shared encoder and choice of stored blocks."""
         features: list[torch.Tensor | None] = [None] * len(group)
-        rows_of: dict[int, list[int]] = {}
+        rows_of: dict[tuple, list[int]] = {}
         for row, job in enumerate(group):
-            rows_of.setdefault(id(job.adapter.model.encoder), []).append(row)
+            model = job.adapter.model
+            rows_of.setdefault((id(model.encoder), tuple(model.feature_blocks or ())), []).append(row)
         for rows in rows_of.values():
             encoded = group[rows[0]].adapter.model.encode([group[row].media for row in rows])
             for row, tokens in zip(rows, encoded, strict=True):

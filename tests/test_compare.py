@@ -1,0 +1,164 @@
+"""`sensorium compare`: comparison files, the validation split, reuse of finished runs, and the smoke run end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from test_dryrun import refuse_weights
+
+from sensorium import compare, dryrun
+from sensorium.cli import main
+from sensorium.data import Example
+
+COMPARISONS = sorted((Path(__file__).parents[1] / "recipes" / "compare").glob("*.yaml"))
+EASY_VQA = Path(__file__).parents[1] / "recipes" / "compare" / "easy-vqa.yaml"
+SCENES = Path(__file__).parents[1] / "recipes" / "compare" / "scenes-caption.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The easy-vqa comparison with --smoke, run once for the tests that read its output."""
+    out = tmp_path_factory.mktemp("smoke")
+    assert main(["compare", str(EASY_VQA), "--smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_writes_the_table_the_json_and_the_plot(smoke_run, capsys):
+    methods = list(yaml.safe_load(EASY_VQA.read_text())["methods"])
+    summary = json.loads((smoke_run / "comparison.json").read_text())
+    assert [m["name"] for m in summary["methods"]] == methods
+    assert (summary["metric"], summary["baseline"], summary["seeds"]) == ("accuracy", "epalm", [0, 1])
+    by_name = {m["name"]: m for m in summary["methods"]}
+    for result in summary["methods"]:
+        # Two rates tried on validation with the first seed; the best one trained with every seed.
+        assert list(result["validation_by_lr"]) == ["0.0003", "0.001"]
+        assert result["validation_by_lr"][f"{result['chosen_lr']:g}"] == max(result["validation_by_lr"].values())
+        assert [run["seed"] for run in result["runs"]] == [0, 1]
+        assert all(Path(run["folder"], "adapter", "adapter.safetensors").is_file() for run in result["runs"])
+        assert all(0 <= run["test"] <= 100 for run in result["runs"])
+        assert result["latency_ms_per_sample"] > 0 and result["trainable_parameters"] > 0
+    assert all(value == 1 for value in by_name["epalm"]["relative"].values() if value != 0)
+    assert by_name["epalm"]["relative"]["score_delta"] == 0
+    # The smoke LM has 30 layers of 2 heads, one key/value head of width 8, float32: 1,920 bytes a position.
+    assert by_name["epalm"]["kv_bytes_per_sample"] % 1920 == 0
+    columns = {name: result["slot_columns"] for name, result in by_name.items()}
+    assert columns == {"epalm": 1, "epalm-patches": 4, "epalm-patches-attention": 4, "limber-1": 1, "limber-all": 16,
+                       "llava-1.5-mlp": 16, "mapl": 32}
+    kv = {name: result["kv_bytes_per_sample"] for name, result in by_name.items()}
+    assert kv["epalm"] == kv["limber-1"] < kv["epalm-patches"] < kv["limber-all"] == kv["llava-1.5-mlp"] < kv["mapl"]
+    assert by_name["epalm-patches"]["trainable_parameters"] == by_name["epalm"]["trainable_parameters"]
+    assert by_name["llava-1.5-mlp"]["trainable_parameters"] > by_name["limber-all"]["trainable_parameters"]
+
+    table = (smoke_run / "comparison.md").read_text()
+    assert table.startswith("| method | lr (grid) | accuracy (mean ± std, 2 seeds) | vs epalm |")
+    assert all(f"| {name} | **" in table for name in methods)
+    with Image.open(smoke_run / "comparison.png") as plot:
+        assert plot.format == "PNG" and plot.width > 500
+
+
+def test_a_second_run_reuses_every_finished_run(smoke_run, monkeypatch, capsys):
+    first = json.loads((smoke_run / "comparison.json").read_text())
+    monkeypatch.setattr("sensorium.train.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    comparison = compare.smoke(compare.load_comparison(EASY_VQA), smoke_run)
+    comparison = replace(comparison, methods=comparison.methods[:2])
+    second = compare.run(comparison)
+    for before, after in zip(first["methods"][:2], second["methods"], strict=True):
+        assert after["runs"] == before["runs"] and after["chosen_lr"] == before["chosen_lr"]
+
+
+def test_a_run_is_reused_only_with_the_recipe_it_was_trained_with(tmp_path, monkeypatch):
+    recipe = compare.Recipe.from_dict({"out": str(tmp_path / "run")})
+    monkeypatch.setattr("sensorium.train.train", lambda recipe: {"trained": recipe.training.max_steps})
+    assert compare.trained(recipe) == {"trained": 1000}
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"from": "the folder"}))  # as train() writes it
+    assert compare.trained(recipe) == {"from": "the folder"}
+    (tmp_path / "run" / compare.TEST_RESULT).write_text(json.dumps({"score": 1.0}))
+    recipe.training.max_steps = 10
+    assert compare.trained(recipe) == {"trained": 10}
+    assert not (tmp_path / "run" / compare.TEST_RESULT).exists(), "a test score of the old run would be reused"
+
+
+def test_caption_comparisons_score_cider(tmp_path, monkeypatch):
+    monkeypatch.setattr("sensorium.metrics.captions.shutil.which", lambda name: None)  # no Java start-ups: seconds
+    comparison = compare.smoke(compare.load_comparison(SCENES), tmp_path)
+    comparison = replace(comparison, methods=[m for m in comparison.methods if m.name in ("epalm", "limber-all")],
+                         seeds=[0])
+    summary = compare.run(comparison)
+    assert (summary["metric"], summary["task"]) == ("CIDEr", "caption")
+    assert "| CIDEr (mean ± std, 1 seeds) |" in (tmp_path / "comparison.md").read_text()
+    # Captions are decoded with 3 beams: the KV cache per sample counts every beam.
+    epalm, limber = summary["methods"]
+    assert limber["kv_bytes_per_sample"] - epalm["kv_bytes_per_sample"] == 3 * 15 * 1920
+
+
+@pytest.mark.parametrize("path", COMPARISONS, ids=[p.name for p in COMPARISONS])
+def test_every_method_of_every_comparison_passes_the_dry_run(path, monkeypatch, tmp_path, capsys):
+    refuse_weights(monkeypatch)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(dryrun, "default_config_file", str(tmp_path / "no-accelerate-config.yaml"))
+    assert main(["compare", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    methods = yaml.safe_load(path.read_text())["methods"]
+    assert out.count("recipe valid") == len(methods) and "INVALID" not in out
+
+
+def test_the_ablations_are_the_papers(capsys):
+    comparison = compare.load_comparison(COMPARISONS[0].with_name("easy-vqa-ablations.yaml"))
+    models = {m.name: m.overrides.get("model", {}) for m in comparison.methods}
+    assert models["last-block-only"] == {"num_blocks": 1}
+    assert models["first-layers"] == {"inject_layers": list(range(11))}  # as many layers as the paper's 17..27
+    assert models["linear-per-layer"] == {"shared_linear": False}
+
+
+def test_validation_holds_out_whole_media_files():
+    examples = [Example(f"{i // 3}.png", f"question {i}", ["yes"]) for i in range(30)]  # 10 images, 3 questions
+    training, validation = compare.split_validation(examples, 7)
+    assert len(validation) == 9 and len(training) == 21  # three images: the first that reach 7 questions
+    assert not {e.media for e in training} & {e.media for e in validation}
+    assert compare.split_validation(examples, 7) == (training, validation)  # seeded
+    with pytest.raises(ValueError, match="no training data"):
+        compare.split_validation(examples, 30)
+
+
+def test_method_recipes_keep_the_data_and_scale_the_prompt_rate():
+    base = {"model": {"connector": "epalm"}, "training": {"lr": 1e-3, "prompt_lr": 2e-3},
+            "data": {"train": {"format": "easy-vqa", "split": "train"}}}
+    merged = compare.merge_recipe(base, {"data": {"train": {"format": "jsonl", "path": "x.jsonl"}}})
+    assert merged["data"]["train"] == {"format": "jsonl", "path": "x.jsonl"}  # a data spec is replaced whole
+    comparison = compare.Comparison(base, [compare.Method("mapl", {"model": {"connector": "mapl"}}, [3e-4])], "mapl")
+    recipe = compare.method_recipe(comparison, comparison.methods[0], 3e-4, 5, {"train": {"format": "x"}}, Path("o"))
+    assert (recipe.model.connector, recipe.training.lr, recipe.training.prompt_lr) == ("mapl", 3e-4, 6e-4)
+    assert (recipe.training.seed, recipe.data, recipe.out) == (5, {"train": {"format": "x"}}, "o")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": 1}, "unknown setting"),
+    ({"methods": {"a": {"data": {}}}, "baseline": "a"}, "may change only model, training"),
+    ({"methods": {"a": {"training": {"max_steps": 9}}}, "baseline": "a"}, "changes training.max_steps, which every"),
+    ({"baseline": "nope"}, "baseline 'nope' is not one of the methods"),
+    ({"methods": {"a": {"model": {"connector": "nope"}}}, "baseline": "a"}, "unknown connector 'nope'"),
+    ({"methods": {"a": {"model": {"connector": "mapl", "connector_options": {"layers": 2}}}}, "baseline": "a"},
+     "connector 'mapl' has no option layers"),
+    ({"methods": {"a": {"model": {"colour": 1}}}, "baseline": "a"}, "unknown adapter setting"),
+])
+def test_bad_comparison_files_are_refused_before_training(change, message, tmp_path):
+    values = {**yaml.safe_load(EASY_VQA.read_text()), "recipe": str(EASY_VQA.parent.parent / "easy-vqa.yaml"),
+              **change}
+    path = tmp_path / "comparison.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ValueError, match=message):
+        compare.load_comparison(path)
