@@ -17,6 +17,7 @@ from transformers import (
     LlamaConfig,
     OPTConfig,
     PreTrainedModel,
+    TimesformerConfig,
     ViTConfig,
     WhisperConfig,
 )
@@ -197,6 +198,9 @@ PUBLISHED_ARCHITECTURES = {
     "MIT/ast-finetuned-audioset-10-10-0.4593": (lambda: AutoModel.from_config(ASTConfig(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=16,
         frequency_stride=10, time_stride=10, max_length=1024, num_mel_bins=128)), 12, 768),
+    "facebook/timesformer-base-finetuned-k600": (lambda: AutoModel.from_config(TimesformerConfig(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224,
+        patch_size=16, num_frames=8)), 12, 768),
     "whisper-tiny": (lambda: WhisperEncoder(WhisperConfig(
         d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80,
         max_source_positions=1500)), 4, 384),

@@ -86,6 +86,10 @@ PUBLISHED: dict[str, ModelFacts] = {
     # describes it: ViT-Base (12 layers, hidden 768, MLP 3072, 12 heads) over 128 mel bins x 1024 frames,
     # 16x16 patches at stride 10; as transformers' ASTModel (without the classifier) loads it.
     "MIT/ast-finetuned-audioset-10-10-0.4593": ModelFacts(86_187_264, 12, 768),
+    # TimeSformer paper (Bertasius et al. 2021), divided space-time attention on ViT-Base (12 layers, hidden
+    # 768, MLP 3072, 12 heads, 16x16 patches), 8 frames of 224 px as facebook/timesformer-base-finetuned-k600
+    # describes it; as transformers' TimesformerModel (without the classifier) loads it.
+    "facebook/timesformer-base-finetuned-k600": ModelFacts(121_258_752, 12, 768, patch_size=16, image_size=224),
     # Packaged (MODELS.md): Whisper tiny.en's encoder as encoders/whisper_ct2.py rebuilds it: 4 layers, width 384.
     "whisper-tiny": ModelFacts(8_208_384, 4, 384),
     # Packaged (MODELS.md): YAMNet as encoders/yamnet.py rebuilds it: stem + 13 blocks, tokens padded to 1024.
