@@ -8,21 +8,15 @@ trained on nor scored.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import Example
+from .examples import Example, load_json
 
 
 def _load(path: str) -> dict:
     file = Path(path)
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError as error:
-        raise BadInputError(f"{file}: file not found") from error
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
+    data = load_json(file)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise BadInputError(f"{file}: expected an object with an 'images' list")
     if not isinstance(data.get("annotations", []), list):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,16 @@ def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Im
     except (OSError, SyntaxError, ValueError) as error:
         raise BadInputError(f"{name}: unreadable image ({error})") from error
 
+
+def load_json(path: str | Path) -> Any:
+    """The content of a user's JSON file, or a BadInputError naming the file; readers check its shape."""
+    file = Path(path)
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError as error:
+        raise BadInputError(f"{file}: file not found") from error
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
 
 
 def parse_data_spec(text: str) -> dict[str, Any]:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import Example
+from .examples import Example, load_json
 
 
 def _load_questions(path: str) -> dict[str, dict]:
     file = Path(path)
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError as error:
-        raise BadInputError(f"{file}: file not found") from error
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
+    data = load_json(file)
     if not isinstance(data, dict):
         raise BadInputError(f"{file}: expected an object mapping question ids to questions")
     return data

@@ -6,11 +6,10 @@ how the split is used in practice (113k training images). Any other split is rea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import Example
+from .examples import Example, load_json
 
 # Splits whose images a requested split also takes.
 _INCLUDED = {"train": {"train", "restval"}}
@@ -18,12 +17,7 @@ _INCLUDED = {"train": {"train", "restval"}}
 
 def _load_images(path: str) -> list:
     file = Path(path)
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError as error:
-        raise BadInputError(f"{file}: file not found") from error
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
+    data = load_json(file)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise BadInputError(f"{file}: expected an object with an 'images' list")
     return data["images"]

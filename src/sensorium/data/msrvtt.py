@@ -11,28 +11,16 @@ example with all its captions as references.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from ..errors import BadInputError
-from .examples import Example
+from .examples import Example, load_json
 from .video import VIDEO_EXTENSIONS
 
 # MSRVTT-QA and MSVD-QA report accuracy per question word.
 QUESTION_WORDS = ("what", "who", "how", "when", "where")
 _ID_NAMES = ("video{}", "vid{}", "{}")
-
-
-def _load(path: str) -> Any:
-    file = Path(path)
-    try:
-        return json.loads(file.read_text())
-    except FileNotFoundError as error:
-        raise BadInputError(f"{file}: file not found") from error
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
 
 
 class VideoFolder:
@@ -75,7 +63,7 @@ def read_qa(questions: str, videos: str) -> list[Example]:
     A video missing from the folder keeps its expected path, so training reports it (or skips it with
     ``--skip-bad``); a folder holding none of the videos is an error here.
     """
-    entries = _load(questions)
+    entries = load_json(questions)
     if not isinstance(entries, list):
         raise BadInputError(f"{questions}: expected a JSON list of questions")
     folder = VideoFolder(videos)
@@ -106,7 +94,7 @@ def read_captions(path: str, videos: str, split: str | None = None) -> list[Exam
     A file without ``sentences`` gives every video with no references, so captions can still be generated;
     when sentences are present, a video none of them mentions is left out.
     """
-    data = _load(path)
+    data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("videos"), list):
         raise BadInputError(f"{path}: expected an object with a 'videos' list")
     captions: dict[str, list[str]] = {}

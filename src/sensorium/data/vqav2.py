@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import Example
+from .examples import Example, load_json
 
 
-def _load_json(path: str, key: str) -> tuple[list[dict], dict]:
+def _load_with_list(path: str, key: str) -> tuple[list[dict], dict]:
     file = Path(path)
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError as error:
-        raise BadInputError(f"{file}: file not found") from error
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
+    data = load_json(file)
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise BadInputError(f"{file}: expected an object with a '{key}' list")
     return data[key], data
@@ -34,11 +28,11 @@ def image_path(folder: Path, subtype: str, image_id: int, pattern: str = COCO_PA
 def read(questions: str, images: str, annotations: str | None = None,
          file_pattern: str = COCO_PATTERN) -> list[Example]:
     """Questions with their ten answers; ``file_pattern`` names media that are not COCO images (videos)."""
-    question_list, question_file = _load_json(questions, "questions")
+    question_list, question_file = _load_with_list(questions, "questions")
     subtype = question_file.get("data_subtype", "")
     answers_by_id: dict[int, dict] = {}
     if annotations:
-        annotation_list, _ = _load_json(annotations, "annotations")
+        annotation_list, _ = _load_with_list(annotations, "annotations")
         answers_by_id = {a["question_id"]: a for a in annotation_list}
     examples = []
     for q in question_list:
