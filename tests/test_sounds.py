@@ -160,9 +160,9 @@ def test_speech_is_there_exactly_when_espeak_said_it(monkeypatch, tmp_path):
     for index in range(12):
         commands.clear()
         record = sound_scenes.make_clip(tmp_path, "train", index, seed=7)
-        speech = {kind: answer for kind, _, answer in record["questions"]}["speech"]
+        speech = {kind: answer for kind, _, answer in record.questions}["speech"]
         assert ("espeak-ng" in commands) == (speech == "yes")
-        assert commands.count("sox") == sum(event["kind"] != "speech" for event in record["events"])
+        assert commands.count("sox") == sum(event["kind"] != "speech" for event in record.plan["events"])
 
 
 def test_captions_name_every_sound_in_order(scenes):

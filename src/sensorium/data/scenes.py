@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass
 from itertools import permutations
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from .synthetic import Benchmark, Item, write_split
 from .vqav2 import image_path
 
 GENERATOR_VERSION = 1
@@ -42,6 +42,8 @@ SIZE_JITTER = 2  # +- pixels, so that sizes are not two exact values
 # seen in training, only never together.
 HELD_OUT = (("red", "triangle"), ("blue", "star"), ("green", "square"), ("yellow", "circle"), ("purple", "heart"))
 QUESTION_TYPES = ("existence", "count", "color", "shape", "position", "comparison")
+BENCHMARK = Benchmark(description="shapes scenes", version=GENERATOR_VERSION, data_type="scenes", plans="scenes",
+                      question_types=QUESTION_TYPES)
 CAPTIONS_PER_IMAGE = 5
 MAX_OBJECTS = 4
 STRIPED_PROBABILITY = 0.25
@@ -415,49 +417,27 @@ def make_scenes(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str
         "held_out": [list(c) for c in HELD_OUT], "splits": {},
     }
     for split in SPLITS:
-        meta["splits"][split] = _write_split(out, split, counts[split], seed)
+        drawn = (make_image(out, split, index, seed)
+                 for index in tqdm(range(counts[split]), desc=f"drawing {split}", unit="image"))
+        meta["splits"][split] = {"images": counts[split], **write_split(out, BENCHMARK, split, seed, drawn)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def _write_split(out: Path, split: str, count: int, seed: int) -> dict[str, Any]:
-    subtype = f"scenes-{split}"
+def make_image(out: Path, split: str, index: int, seed: int) -> Item:
+    """Plan, draw and write one image; its item (captions file entry, scene graph, captions, questions)."""
+    rng = random.Random(f"{seed}/{split}/{index}")
+    image_id = index + 1
     seen = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]
     novel = split == "test-novel"
-    images, caption_rows, question_rows, answer_rows, graphs = [], [], [], [], []
-    for index in tqdm(range(count), desc=f"drawing {split}", unit="image"):
-        rng = random.Random(f"{seed}/{split}/{index}")
-        image_id = index + 1
-        objects = sample_scene(rng, [*seen, *HELD_OUT] if novel else seen, list(HELD_OUT) if novel else None)
-        focus = [o for o in objects if (o.color, o.shape) in HELD_OUT] if novel else objects
-        present = {(o.color, o.shape) for o in objects}
-        absent = [c for c in (HELD_OUT if novel else seen) if c not in present]
-        file = image_path(out / "images", subtype, image_id)
-        draw(objects, rng).save(file, quality=95)
-        images.append({"id": image_id, "file_name": file.name, "width": IMAGE_SIZE, "height": IMAGE_SIZE})
-        graphs.append({"image_id": image_id, "file_name": file.name, "objects": [o.to_json() for o in objects]})
-        caption_rows += [{"id": image_id * 10 + k, "image_id": image_id, "caption": text}
-                         for k, text in enumerate(captions(objects, focus, rng))]
-        for k, (kind, question, answer) in enumerate(questions(objects, focus, absent, rng)):
-            question_id = image_id * 1000 + k
-            question_rows.append({"image_id": image_id, "question": question, "question_id": question_id})
-            answer_rows.append({
-                "question_id": question_id, "image_id": image_id, "question_type": kind, "answer_type": kind,
-                "multiple_choice_answer": answer,
-                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)],
-            })
-    info = {"description": f"shapes scenes, {split} split", "version": str(GENERATOR_VERSION),
-            "contributor": "sensorium", "seed": seed}
-    _write_json(out / f"captions_{split}.json", {"info": info, "images": images, "annotations": caption_rows})
-    _write_json(out / f"questions_{split}.json", {"info": info, "task_type": "Open-Ended", "data_type": "scenes",
-                                                   "data_subtype": subtype, "questions": question_rows})
-    _write_json(out / f"annotations_{split}.json", {"info": info, "data_type": "scenes", "data_subtype": subtype,
-                                                     "annotations": answer_rows})
-    _write_json(out / f"scenes_{split}.json", {"info": info, "scenes": graphs})
-    types = Counter(row["answer_type"] for row in answer_rows)
-    return {"images": count, "captions": len(caption_rows), "questions": len(question_rows),
-            "question_types": {kind: types[kind] for kind in QUESTION_TYPES}}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, separators=(",", ":")))
+    objects = sample_scene(rng, [*seen, *HELD_OUT] if novel else seen, list(HELD_OUT) if novel else None)
+    focus = [o for o in objects if (o.color, o.shape) in HELD_OUT] if novel else objects
+    present = {(o.color, o.shape) for o in objects}
+    absent = [c for c in (HELD_OUT if novel else seen) if c not in present]
+    file = image_path(out / "images", BENCHMARK.subtype(split), image_id)
+    draw(objects, rng).save(file, quality=95)
+    written = captions(objects, focus, rng)
+    asked = questions(objects, focus, absent, rng)
+    return Item(media={"id": image_id, "file_name": file.name, "width": IMAGE_SIZE, "height": IMAGE_SIZE},
+                plan={"image_id": image_id, "file_name": file.name, "objects": [o.to_json() for o in objects]},
+                captions=written, questions=asked)

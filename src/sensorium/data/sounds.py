@@ -21,9 +21,9 @@ import os
 import random
 import shutil
 import subprocess
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .audio import Waveform
 from .scenes import NUMBER_WORDS, _join
+from .synthetic import Benchmark, Item, write_split
 from .vqav2 import image_path
 
 GENERATOR_VERSION = 1
@@ -42,6 +43,8 @@ SPLITS = ("train", "test")
 CLIP_PATTERN = "{subtype}_{image_id:06d}.wav"  # vqav2.image_path pattern of the clips
 KINDS = ("speech", "beeps", "tone", "sweep", "noise")
 QUESTION_TYPES = ("speech", "words", "count", "direction", "pitch")
+BENCHMARK = Benchmark(description="sound scenes", version=GENERATOR_VERSION, data_type="audio", plans="clips",
+                      question_types=QUESTION_TYPES)
 CAPTIONS_PER_CLIP = 5
 SPEECH_SHARE = 0.5  # of clips: "is there speech?" is answered yes and no equally often
 NO_BEEPS_COUNT_SHARE = 0.25  # of clips without beeps that are asked how many beeps there are ("0")
@@ -308,59 +311,26 @@ def make_audio(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int
     }
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for split, count in (("train", n_train), ("test", n_test)):
-            meta["splits"][split] = _write_split(out, split, count, seed, pool)
+            jobs = pool.map(partial(make_clip, out, split, seed=seed), range(count))
+            synthesised = tqdm(jobs, total=count, desc=f"synthesising {split}", unit="clip")
+            meta["splits"][split] = {"clips": count, **write_split(out, BENCHMARK, split, seed, synthesised)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def make_clip(out: Path, split: str, index: int, seed: int) -> dict[str, Any]:
-    """Plan, synthesise and write one clip; its record (file, plan, captions, questions)."""
+def make_clip(out: Path, split: str, index: int, seed: int) -> Item:
+    """Plan, synthesise and write one clip; its item (captions file entry, plan, captions, questions)."""
     rng = random.Random(f"{seed}/{split}/{index}")
     clip_id = index + 1
     events = sample_clip(rng)
     written = captions(events, rng)
     asked = questions(events, rng)
     samples, spans = render(events, rng)
-    file = image_path(out / "clips", f"audio-{split}", clip_id, CLIP_PATTERN)
+    file = image_path(out / "clips", BENCHMARK.subtype(split), clip_id, CLIP_PATTERN)
     soundfile.write(file, samples, SAMPLE_RATE, subtype="PCM_16")
+    seconds = round(len(samples) / SAMPLE_RATE, 4)
     plan = [{**event.to_json(), "start": round(start, 4), "end": round(end, 4)}
             for event, (start, end) in zip(events, spans, strict=True)]
-    return {"id": clip_id, "file_name": file.name, "seconds": round(len(samples) / SAMPLE_RATE, 4), "events": plan,
-            "captions": written, "questions": asked}
-
-
-def _write_split(out: Path, split: str, count: int, seed: int, pool: ThreadPoolExecutor) -> dict[str, Any]:
-    subtype = f"audio-{split}"
-    jobs = pool.map(lambda index: make_clip(out, split, index, seed), range(count))
-    clips, caption_rows, question_rows, answer_rows, plans = [], [], [], [], []
-    for record in tqdm(jobs, total=count, desc=f"synthesising {split}", unit="clip"):
-        clip_id = record["id"]
-        clips.append({"id": clip_id, "file_name": record["file_name"], "seconds": record["seconds"],
-                      "sampling_rate": SAMPLE_RATE})
-        plans.append({"image_id": clip_id, "file_name": record["file_name"], "seconds": record["seconds"],
-                      "events": record["events"]})
-        caption_rows += [{"id": clip_id * 10 + k, "image_id": clip_id, "caption": text}
-                         for k, text in enumerate(record["captions"])]
-        for k, (kind, question, answer) in enumerate(record["questions"]):
-            question_id = clip_id * 1000 + k
-            question_rows.append({"image_id": clip_id, "question": question, "question_id": question_id})
-            answer_rows.append({
-                "question_id": question_id, "image_id": clip_id, "question_type": kind, "answer_type": kind,
-                "multiple_choice_answer": answer,
-                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)],
-            })
-    info = {"description": f"sound scenes, {split} split", "version": str(GENERATOR_VERSION),
-            "contributor": "sensorium", "seed": seed}
-    _write_json(out / f"captions_{split}.json", {"info": info, "images": clips, "annotations": caption_rows})
-    _write_json(out / f"questions_{split}.json", {"info": info, "task_type": "Open-Ended", "data_type": "audio",
-                                                   "data_subtype": subtype, "questions": question_rows})
-    _write_json(out / f"annotations_{split}.json", {"info": info, "data_type": "audio", "data_subtype": subtype,
-                                                     "annotations": answer_rows})
-    _write_json(out / f"clips_{split}.json", {"info": info, "clips": plans})
-    types = Counter(row["answer_type"] for row in answer_rows)
-    return {"clips": count, "captions": len(caption_rows), "questions": len(question_rows),
-            "question_types": {kind: types[kind] for kind in QUESTION_TYPES}}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, separators=(",", ":")))
+    return Item(media={"id": clip_id, "file_name": file.name, "seconds": seconds, "sampling_rate": SAMPLE_RATE},
+                plan={"image_id": clip_id, "file_name": file.name, "seconds": seconds, "events": plan},
+                captions=written, questions=asked)

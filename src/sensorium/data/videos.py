@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .scenes import COLORS, NUMBER_WORDS, OUTLINES, _join, _with_article
+from .synthetic import Benchmark, Item, write_split
 from .vqav2 import image_path
 
 GENERATOR_VERSION = 1
@@ -42,6 +42,8 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 ACTION_KINDS = (("move", 3, tuple(DIRECTIONS)), ("size", 2, ("grow", "shrink")), ("color", 2, ("recolor",)),
                 ("visibility", 2, ("appear", "disappear")), ("still", 1, ("still",)))
 QUESTION_TYPES = ("direction", "color", "count", "size")
+BENCHMARK = Benchmark(description="moving shapes", version=GENERATOR_VERSION, data_type="videos", plans="clips",
+                      question_types=QUESTION_TYPES)
 CAPTIONS_PER_CLIP = 5
 MAX_OBJECTS = 3
 SIDE = (18, 26)  # side of a shape's bounding square in pixels; growing doubles it, shrinking halves it
@@ -341,47 +343,25 @@ def make_videos(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str
         "colors": list(PALETTE), "actions": [a for _, _, actions in ACTION_KINDS for a in actions], "splits": {},
     }
     for split, count in (("train", n_train), ("test", n_test)):
-        meta["splits"][split] = _write_split(out, split, count, seed)
+        rendered = (make_clip(out, split, index, seed)
+                    for index in tqdm(range(count), desc=f"rendering {split}", unit="clip"))
+        meta["splits"][split] = {"clips": count, **write_split(out, BENCHMARK, split, seed, rendered)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def _write_split(out: Path, split: str, count: int, seed: int) -> dict[str, Any]:
-    subtype = f"videos-{split}"
-    clips, caption_rows, question_rows, answer_rows, plans = [], [], [], [], []
-    for index in tqdm(range(count), desc=f"rendering {split}", unit="clip"):
-        rng = random.Random(f"{seed}/{split}/{index}")
-        clip_id = index + 1
-        tracks = sample_clip(rng)
-        frames = round(rng.uniform(*DURATION) * FPS)
-        file = image_path(out / "videos", subtype, clip_id, VIDEO_PATTERN)
-        write_clip(tracks, frames, rng, file)
-        clips.append({"id": clip_id, "file_name": file.name, "width": FRAME_SIZE, "height": FRAME_SIZE,
-                      "frames": frames, "fps": FPS})
-        plans.append({"image_id": clip_id, "file_name": file.name, "frames": frames,
-                      "objects": [t.to_json() for t in tracks]})
-        caption_rows += [{"id": clip_id * 10 + k, "image_id": clip_id, "caption": text}
-                         for k, text in enumerate(captions(tracks, rng))]
-        for k, (kind, question, answer) in enumerate(questions(tracks, rng)):
-            question_id = clip_id * 1000 + k
-            question_rows.append({"image_id": clip_id, "question": question, "question_id": question_id})
-            answer_rows.append({
-                "question_id": question_id, "image_id": clip_id, "question_type": kind, "answer_type": kind,
-                "multiple_choice_answer": answer,
-                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)],
-            })
-    info = {"description": f"moving shapes, {split} split", "version": str(GENERATOR_VERSION),
-            "contributor": "sensorium", "seed": seed}
-    _write_json(out / f"captions_{split}.json", {"info": info, "images": clips, "annotations": caption_rows})
-    _write_json(out / f"questions_{split}.json", {"info": info, "task_type": "Open-Ended", "data_type": "videos",
-                                                   "data_subtype": subtype, "questions": question_rows})
-    _write_json(out / f"annotations_{split}.json", {"info": info, "data_type": "videos", "data_subtype": subtype,
-                                                     "annotations": answer_rows})
-    _write_json(out / f"clips_{split}.json", {"info": info, "clips": plans})
-    types = Counter(row["answer_type"] for row in answer_rows)
-    return {"clips": count, "captions": len(caption_rows), "questions": len(question_rows),
-            "question_types": {kind: types[kind] for kind in QUESTION_TYPES}}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, separators=(",", ":")))
+def make_clip(out: Path, split: str, index: int, seed: int) -> Item:
+    """Plan, render and write one clip; its item (captions file entry, plan, captions, questions)."""
+    rng = random.Random(f"{seed}/{split}/{index}")
+    clip_id = index + 1
+    tracks = sample_clip(rng)
+    frames = round(rng.uniform(*DURATION) * FPS)
+    file = image_path(out / "videos", BENCHMARK.subtype(split), clip_id, VIDEO_PATTERN)
+    write_clip(tracks, frames, rng, file)
+    written = captions(tracks, rng)
+    asked = questions(tracks, rng)
+    return Item(media={"id": clip_id, "file_name": file.name, "width": FRAME_SIZE, "height": FRAME_SIZE,
+                       "frames": frames, "fps": FPS},
+                plan={"image_id": clip_id, "file_name": file.name, "frames": frames,
+                      "objects": [t.to_json() for t in tracks]},
+                captions=written, questions=asked)

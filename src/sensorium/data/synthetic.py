@@ -1,0 +1,83 @@
+"""The files of one split of a procedural benchmark (shapes scenes, moving shapes, sound scenes).
+
+The generators differ only in their media; each split is written in the formats users already have:
+COCO captions JSON, VQA v2 questions + annotations JSON (the question type is the annotation's
+``answer_type``), and a plan file keeping what every medium was generated from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ANSWERS_PER_QUESTION = 10  # VQA v2 has ten human answers per question; here all ten are the one true answer
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What a generator's files say about it."""
+
+    description: str  # every file's info reads "{description}, {split} split"
+    version: int
+    data_type: str  # of the VQA files; a split's data_subtype is "{data_type}-{split}"
+    plans: str  # the plan file "{plans}_{split}.json" lists the plans under this key
+    question_types: tuple[str, ...]  # counted in the summary, in this order
+
+    def subtype(self, split: str) -> str:
+        """The split's VQA ``data_subtype``, which also names its media files."""
+        return f"{self.data_type}-{split}"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One generated medium and the references written from its plan."""
+
+    media: dict[str, Any]  # its entry in the captions file's "images": "id", "file_name", size or length
+    plan: dict[str, Any]  # its entry in the plan file
+    captions: list[str]
+    questions: list[tuple[str, str, str]]  # (type, question, answer)
+
+
+def write_split(out: Path, benchmark: Benchmark, split: str, seed: int, items: Iterable[Item]) -> dict[str, Any]:
+    """Write the split's captions, questions, annotations and plan files; the numbers of captions and questions.
+
+    The k-th caption of medium ``id`` has id ``id * 10 + k``, its k-th question ``id * 1000 + k``.
+    """
+    subtype = benchmark.subtype(split)
+    media, plans, caption_rows, question_rows, answer_rows = [], [], [], [], []
+    for item in items:
+        media_id = item.media["id"]
+        media.append(item.media)
+        plans.append(item.plan)
+        caption_rows += [{"id": media_id * 10 + k, "image_id": media_id, "caption": text}
+                         for k, text in enumerate(item.captions)]
+        for k, (kind, question, answer) in enumerate(item.questions):
+            question_id = media_id * 1000 + k
+            question_rows.append({"image_id": media_id, "question": question, "question_id": question_id})
+            answer_rows.append({
+                "question_id": question_id, "image_id": media_id, "question_type": kind, "answer_type": kind,
+                "multiple_choice_answer": answer,
+                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1}
+                            for i in range(ANSWERS_PER_QUESTION)],
+            })
+    info = {"description": f"{benchmark.description}, {split} split", "version": str(benchmark.version),
+            "contributor": "sensorium", "seed": seed}
+    _write_json(out / f"captions_{split}.json", {"info": info, "images": media, "annotations": caption_rows})
+    _write_json(out / f"questions_{split}.json", {"info": info, "task_type": "Open-Ended",
+                                                   "data_type": benchmark.data_type, "data_subtype": subtype,
+                                                   "questions": question_rows})
+    _write_json(out / f"annotations_{split}.json", {"info": info, "data_type": benchmark.data_type,
+                                                     "data_subtype": subtype, "annotations": answer_rows})
+    _write_json(out / f"{benchmark.plans}_{split}.json", {"info": info, benchmark.plans: plans})
+    types = Counter(row["answer_type"] for row in answer_rows)
+    return {"captions": len(caption_rows), "questions": len(question_rows),
+            "question_types": {kind: types[kind] for kind in benchmark.question_types}}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Compact, as the official COCO and VQA v2 files are."""
+    path.write_text(json.dumps(data, separators=(",", ":")))
