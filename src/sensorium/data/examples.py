@@ -9,6 +9,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
@@ -24,6 +25,9 @@ READERS = {"easy-vqa": "easyvqa", "jsonl": "jsonl", "vqav2": "vqav2", "gqa": "gq
 KEYED_FORMATS = ("vqav2", "gqa", "coco", "karpathy", "msrvtt-qa", "msrvtt-caption", "audiocaps", "clotho")
 # Formats written as NAME:SPLIT, and the split read when none is written.
 DEFAULT_SPLITS = {"easy-vqa": "test", "asterisk": "all", "asterisk-caption": "all"}
+# Generated benchmarks: NAME of ``sensorium data make-NAME`` and of the data spec NAME:DIR/SPLIT -> the module of
+# sensorium.data with their BENCHMARK and make_NAME function.
+GENERATORS = {"scenes": "scenes", "videos": "videos", "audio": "sounds"}
 
 
 @dataclass
@@ -90,54 +94,30 @@ def parse_data_spec(text: str) -> dict[str, Any]:
             key, _, value = item.partition("=")
             spec[key] = value
         return spec
-    if name == "scenes":
-        return _scenes_spec(text, rest)
-    if name == "videos":
-        return _videos_spec(text, rest)
-    if name == "audio":
-        return _audio_spec(text, rest)
+    if name in GENERATORS:
+        return _generated_spec(text, name, rest)
     raise ValueError(f"unknown data spec '{text}': use easy-vqa:SPLIT, a .jsonl manifest, vqav2:questions=..., "
                      "gqa:questions=..., coco:annotations=..., karpathy:path=..., msrvtt-qa:questions=..., "
                      "msrvtt-caption:path=..., audiocaps:csv=..., clotho:csv=..., asterisk:SPLIT, "
                      "asterisk-caption:SPLIT, scenes:DIR/SPLIT, videos:DIR/SPLIT or audio:DIR/SPLIT")
 
 
-def _scenes_spec(text: str, rest: str) -> dict[str, Any]:
-    """The files make-scenes writes for one split, in the VQA v2 layout."""
-    from .scenes import SPLITS
-
+def _generated_spec(text: str, name: str, rest: str) -> dict[str, Any]:
+    """The VQA v2 files ``sensorium data make-NAME`` writes for one split, and the folder and names of its media."""
+    benchmark = generator(name).BENCHMARK
     folder, _, split = rest.rpartition("/")
-    if split not in SPLITS:
-        raise ValueError(f"data spec '{text}': expected scenes:DIR/SPLIT with SPLIT one of {', '.join(SPLITS)}")
+    if split not in benchmark.splits:
+        raise ValueError(f"data spec '{text}': expected {name}:DIR/SPLIT with SPLIT one of "
+                         f"{', '.join(benchmark.splits)}")
     root = Path(folder or ".")
     return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
-            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "images")}
+            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / benchmark.media),
+            "file_pattern": benchmark.file_pattern}
 
 
-def _videos_spec(text: str, rest: str) -> dict[str, Any]:
-    """The files make-videos writes for one split: VQA v2 JSON naming its clips by VIDEO_PATTERN."""
-    from .videos import SPLITS, VIDEO_PATTERN
-
-    folder, _, split = rest.rpartition("/")
-    if split not in SPLITS:
-        raise ValueError(f"data spec '{text}': expected videos:DIR/SPLIT with SPLIT one of {', '.join(SPLITS)}")
-    root = Path(folder or ".")
-    return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
-            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "videos"),
-            "file_pattern": VIDEO_PATTERN}
-
-
-def _audio_spec(text: str, rest: str) -> dict[str, Any]:
-    """The files make-audio writes for one split: VQA v2 JSON naming its clips by CLIP_PATTERN."""
-    from .sounds import CLIP_PATTERN, SPLITS
-
-    folder, _, split = rest.rpartition("/")
-    if split not in SPLITS:
-        raise ValueError(f"data spec '{text}': expected audio:DIR/SPLIT with SPLIT one of {', '.join(SPLITS)}")
-    root = Path(folder or ".")
-    return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
-            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / "clips"),
-            "file_pattern": CLIP_PATTERN}
+def generator(name: str) -> ModuleType:
+    """The module making a generated benchmark (imported on demand: generators import this module)."""
+    return importlib.import_module(f"{__package__}.{GENERATORS[name]}")
 
 
 def reader(fmt: str | None) -> Callable[..., list[Example]]:

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .synthetic import Benchmark, Item, write_split
-from .vqav2 import image_path
+from .vqav2 import COCO_PATTERN
 
 GENERATOR_VERSION = 1
 IMAGE_SIZE = 224
@@ -42,8 +42,8 @@ SIZE_JITTER = 2  # +- pixels, so that sizes are not two exact values
 # seen in training, only never together.
 HELD_OUT = (("red", "triangle"), ("blue", "star"), ("green", "square"), ("yellow", "circle"), ("purple", "heart"))
 QUESTION_TYPES = ("existence", "count", "color", "shape", "position", "comparison")
-BENCHMARK = Benchmark(description="shapes scenes", version=GENERATOR_VERSION, data_type="scenes", plans="scenes",
-                      question_types=QUESTION_TYPES)
+BENCHMARK = Benchmark(description="shapes scenes", version=GENERATOR_VERSION, splits=SPLITS, media="images",
+                      file_pattern=COCO_PATTERN, data_type="scenes", plans="scenes", question_types=QUESTION_TYPES)
 CAPTIONS_PER_IMAGE = 5
 MAX_OBJECTS = 4
 STRIPED_PROBABILITY = 0.25
@@ -409,7 +409,7 @@ def make_scenes(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str
         if count < 1:
             raise ValueError(f"the number of {what} images must be at least 1, got {count}")
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, "test": n_test, "test-novel": n_test}
     meta: dict[str, Any] = {
         "generator": "sensorium shapes scenes", "version": GENERATOR_VERSION, "seed": seed,
@@ -434,7 +434,7 @@ def make_image(out: Path, split: str, index: int, seed: int) -> Item:
     focus = [o for o in objects if (o.color, o.shape) in HELD_OUT] if novel else objects
     present = {(o.color, o.shape) for o in objects}
     absent = [c for c in (HELD_OUT if novel else seen) if c not in present]
-    file = image_path(out / "images", BENCHMARK.subtype(split), image_id)
+    file = BENCHMARK.media_path(out, split, image_id)
     draw(objects, rng).save(file, quality=95)
     written = captions(objects, focus, rng)
     asked = questions(objects, focus, absent, rng)

@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 from .audio import Waveform
 from .scenes import NUMBER_WORDS, _join
 from .synthetic import Benchmark, Item, write_split
-from .vqav2 import image_path
 
 GENERATOR_VERSION = 1
 SAMPLE_RATE = 16_000
@@ -43,8 +42,8 @@ SPLITS = ("train", "test")
 CLIP_PATTERN = "{subtype}_{image_id:06d}.wav"  # vqav2.image_path pattern of the clips
 KINDS = ("speech", "beeps", "tone", "sweep", "noise")
 QUESTION_TYPES = ("speech", "words", "count", "direction", "pitch")
-BENCHMARK = Benchmark(description="sound scenes", version=GENERATOR_VERSION, data_type="audio", plans="clips",
-                      question_types=QUESTION_TYPES)
+BENCHMARK = Benchmark(description="sound scenes", version=GENERATOR_VERSION, splits=SPLITS, media="clips",
+                      file_pattern=CLIP_PATTERN, data_type="audio", plans="clips", question_types=QUESTION_TYPES)
 CAPTIONS_PER_CLIP = 5
 SPEECH_SHARE = 0.5  # of clips: "is there speech?" is answered yes and no equally often
 NO_BEEPS_COUNT_SHARE = 0.25  # of clips without beeps that are asked how many beeps there are ("0")
@@ -303,7 +302,7 @@ def make_audio(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int
         if count < 1:
             raise ValueError(f"the number of {what} clips must be at least 1, got {count}")
     out = Path(out)
-    (out / "clips").mkdir(parents=True, exist_ok=True)
+    (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "generator": "sensorium sound scenes", "version": GENERATOR_VERSION, "seed": seed,
         "sampling_rate": SAMPLE_RATE, "duration": list(DURATION), "kinds": list(KINDS), "words": list(WORDS),
@@ -326,7 +325,7 @@ def make_clip(out: Path, split: str, index: int, seed: int) -> Item:
     written = captions(events, rng)
     asked = questions(events, rng)
     samples, spans = render(events, rng)
-    file = image_path(out / "clips", BENCHMARK.subtype(split), clip_id, CLIP_PATTERN)
+    file = BENCHMARK.media_path(out, split, clip_id)
     soundfile.write(file, samples, SAMPLE_RATE, subtype="PCM_16")
     seconds = round(len(samples) / SAMPLE_RATE, 4)
     plan = [{**event.to_json(), "start": round(start, 4), "end": round(end, 4)}

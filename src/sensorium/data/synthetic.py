@@ -14,15 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .vqav2 import image_path
+
 ANSWERS_PER_QUESTION = 10  # VQA v2 has ten human answers per question; here all ten are the one true answer
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """What a generator's files say about it."""
+    """What a generator writes where, and what its files say about it."""
 
     description: str  # every file's info reads "{description}, {split} split"
     version: int
+    splits: tuple[str, ...]
+    media: str  # the folder of the media files, named by ``file_pattern`` (a ``vqav2.image_path`` pattern)
+    file_pattern: str
     data_type: str  # of the VQA files; a split's data_subtype is "{data_type}-{split}"
     plans: str  # the plan file "{plans}_{split}.json" lists the plans under this key
     question_types: tuple[str, ...]  # counted in the summary, in this order
@@ -30,6 +35,10 @@ class Benchmark:
     def subtype(self, split: str) -> str:
         """The split's VQA ``data_subtype``, which also names its media files."""
         return f"{self.data_type}-{split}"
+
+    def media_path(self, out: Path, split: str, media_id: int) -> Path:
+        """Where a medium is written, so that the VQA v2 reader finds it from the questions file."""
+        return image_path(out / self.media, self.subtype(split), media_id, self.file_pattern)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from .scenes import COLORS, NUMBER_WORDS, OUTLINES, _join, _with_article
 from .synthetic import Benchmark, Item, write_split
-from .vqav2 import image_path
 
 GENERATOR_VERSION = 1
 FRAME_SIZE = 112
@@ -42,8 +41,8 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 ACTION_KINDS = (("move", 3, tuple(DIRECTIONS)), ("size", 2, ("grow", "shrink")), ("color", 2, ("recolor",)),
                 ("visibility", 2, ("appear", "disappear")), ("still", 1, ("still",)))
 QUESTION_TYPES = ("direction", "color", "count", "size")
-BENCHMARK = Benchmark(description="moving shapes", version=GENERATOR_VERSION, data_type="videos", plans="clips",
-                      question_types=QUESTION_TYPES)
+BENCHMARK = Benchmark(description="moving shapes", version=GENERATOR_VERSION, splits=SPLITS, media="videos",
+                      file_pattern=VIDEO_PATTERN, data_type="videos", plans="clips", question_types=QUESTION_TYPES)
 CAPTIONS_PER_CLIP = 5
 MAX_OBJECTS = 3
 SIDE = (18, 26)  # side of a shape's bounding square in pixels; growing doubles it, shrinking halves it
@@ -336,7 +335,7 @@ def make_videos(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str
         if count < 1:
             raise ValueError(f"the number of {what} clips must be at least 1, got {count}")
     out = Path(out)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
+    (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "generator": "sensorium moving shapes", "version": GENERATOR_VERSION, "seed": seed,
         "frame_size": FRAME_SIZE, "fps": FPS, "duration": list(DURATION), "shapes": list(SHAPES),
@@ -356,7 +355,7 @@ def make_clip(out: Path, split: str, index: int, seed: int) -> Item:
     clip_id = index + 1
     tracks = sample_clip(rng)
     frames = round(rng.uniform(*DURATION) * FPS)
-    file = image_path(out / "videos", BENCHMARK.subtype(split), clip_id, VIDEO_PATTERN)
+    file = BENCHMARK.media_path(out, split, clip_id)
     write_clip(tracks, frames, rng, file)
     written = captions(tracks, rng)
     asked = questions(tracks, rng)
