@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import BadInputError
 
@@ -91,22 +91,6 @@ def _caption(args: argparse.Namespace) -> None:
             print(f"{path}\t{caption}" if len(args.media) > 1 else caption)
 
 
-def _make_scenes(args: argparse.Namespace) -> None:
-    from .data.scenes import make_scenes
-
-    start = time.perf_counter()
-    summary = make_scenes(Path(args.out), args.n_train, args.n_test, args.seed)
-    seconds = time.perf_counter() - start
-    images = sum(split["images"] for split in summary["splits"].values())
-    print(f"shapes scenes (seed {args.seed}) written to {args.out}")
-    for name, split in summary["splits"].items():
-        print(f"  {name:<11}: {split['images']:,} images, {split['captions']:,} captions, "
-              f"{split['questions']:,} questions")
-    print(f"held out of train: {', '.join(' '.join(pair) for pair in summary['held_out'])}")
-    print(f"{images:,} images in {seconds:.1f} s ({images / seconds:.0f} images/s)")
-    print(f"evaluate with --data scenes:{args.out}/test-novel (or /train, /test)")
-
-
 def _compare(args: argparse.Namespace) -> int:
     from .compare import dry_run, load_comparison, run, smoke
 
@@ -142,36 +126,48 @@ def adapter_spec(text: str) -> tuple[str, str]:
     return name, folder
 
 
-def _make_videos(args: argparse.Namespace) -> None:
-    from .data.videos import make_videos
+class MakeCommand(NamedTuple):
+    """``sensorium data make-NAME``: what it writes, and how its output is evaluated."""
 
+    help: str
+    unit: str  # what it makes and its summary counts: "images" or "clips"
+    n_test: str  # help of --n-test
+    evaluate: str  # the data specs of its output, {out} standing for the folder
+
+
+MAKE_COMMANDS = {
+    "scenes": MakeCommand("procedural shapes scenes for captioning and VQA (train, test and a compositional "
+                          "test-novel split)", "images", "images in each of test and test-novel",
+                          "--data scenes:{out}/test-novel (or /train, /test)"),
+    "videos": MakeCommand("procedural moving-shapes clips for video captioning and video QA (train and test)", "clips",
+                          "test clips", "--data videos:{out}/test (questions) or "
+                          "coco:annotations={out}/captions_test.json,images={out}/videos (captions)"),
+    "audio": MakeCommand("procedural sound scenes (tones, beeps, sweeps, noise, speech) for audio captioning and "
+                         "audio QA (train and test)", "clips", "test clips", "--data audio:{out}/test (questions) or "
+                         "coco:annotations={out}/captions_test.json,images={out}/clips (captions)"),
+}
+
+
+def _make_data(args: argparse.Namespace) -> None:
+    from .data.examples import generator
+
+    command, module = MAKE_COMMANDS[args.generator], generator(args.generator)
+    make = getattr(module, f"make_{args.generator}")
+    options = {"workers": args.workers} if "workers" in args else {}  # make-audio's concurrent processes
     start = time.perf_counter()
-    summary = make_videos(Path(args.out), args.n_train, args.n_test, args.seed)
+    summary = make(Path(args.out), args.n_train, args.n_test, args.seed, **options)
     seconds = time.perf_counter() - start
-    clips = sum(split["clips"] for split in summary["splits"].values())
-    print(f"moving shapes (seed {args.seed}) written to {args.out}")
+    unit = command.unit
+    total = sum(split[unit] for split in summary["splits"].values())
+    width = max(map(len, summary["splits"]))
+    print(f"{module.BENCHMARK.description} (seed {args.seed}) written to {args.out}")
     for name, split in summary["splits"].items():
-        print(f"  {name:<5}: {split['clips']:,} clips, {split['captions']:,} captions, "
+        print(f"  {name:<{width}}: {split[unit]:,} {unit}, {split['captions']:,} captions, "
               f"{split['questions']:,} questions")
-    print(f"{clips:,} clips in {seconds:.1f} s ({clips / seconds:.0f} clips/s)")
-    print(f"evaluate with --data videos:{args.out}/test (questions) or "
-          f"coco:annotations={args.out}/captions_test.json,images={args.out}/videos (captions)")
-
-
-def _make_audio(args: argparse.Namespace) -> None:
-    from .data.sounds import make_audio
-
-    start = time.perf_counter()
-    summary = make_audio(Path(args.out), args.n_train, args.n_test, args.seed, args.workers)
-    seconds = time.perf_counter() - start
-    clips = sum(split["clips"] for split in summary["splits"].values())
-    print(f"sound scenes (seed {args.seed}) written to {args.out}")
-    for name, split in summary["splits"].items():
-        print(f"  {name:<5}: {split['clips']:,} clips, {split['captions']:,} captions, "
-              f"{split['questions']:,} questions")
-    print(f"{clips:,} clips in {seconds:.1f} s ({clips / seconds:.0f} clips/s)")
-    print(f"evaluate with --data audio:{args.out}/test (questions) or "
-          f"coco:annotations={args.out}/captions_test.json,images={args.out}/clips (captions)")
+    if "held_out" in summary:
+        print(f"held out of train: {', '.join(' '.join(pair) for pair in summary['held_out'])}")
+    print(f"{total:,} {unit} in {seconds:.1f} s ({total / seconds:.0f} {unit}/s)")
+    print(f"evaluate with {command.evaluate.format(out=args.out)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,28 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = verbs.add_parser("data", help="make data sets")
     data_verbs = data.add_subparsers(dest="data_verb", required=True)
-    scenes = data_verbs.add_parser("make-scenes", help="procedural shapes scenes for captioning and VQA "
-                                                       "(train, test and a compositional test-novel split)")
-    scenes.add_argument("--out", required=True, help="output folder")
-    scenes.add_argument("--n-train", type=int, default=4000, help="training images")
-    scenes.add_argument("--n-test", type=int, default=500, help="images in each of test and test-novel")
-    scenes.add_argument("--seed", type=int, default=0)
-    scenes.set_defaults(run=_make_scenes)
-    videos = data_verbs.add_parser("make-videos", help="procedural moving-shapes clips for video captioning "
-                                                       "and video QA (train and test)")
-    videos.add_argument("--out", required=True, help="output folder")
-    videos.add_argument("--n-train", type=int, default=4000, help="training clips")
-    videos.add_argument("--n-test", type=int, default=500, help="test clips")
-    videos.add_argument("--seed", type=int, default=0)
-    videos.set_defaults(run=_make_videos)
-    audio = data_verbs.add_parser("make-audio", help="procedural sound scenes (tones, beeps, sweeps, noise, speech) "
-                                                     "for audio captioning and audio QA (train and test)")
-    audio.add_argument("--out", required=True, help="output folder")
-    audio.add_argument("--n-train", type=int, default=4000, help="training clips")
-    audio.add_argument("--n-test", type=int, default=500, help="test clips")
-    audio.add_argument("--seed", type=int, default=0)
-    audio.add_argument("--workers", type=int, help="concurrent sox/espeak-ng processes (default: one per CPU)")
-    audio.set_defaults(run=_make_audio)
+    for name, command in MAKE_COMMANDS.items():
+        maker = data_verbs.add_parser(f"make-{name}", help=command.help)
+        maker.add_argument("--out", required=True, help="output folder")
+        maker.add_argument("--n-train", type=int, default=4000, help=f"training {command.unit}")
+        maker.add_argument("--n-test", type=int, default=500, help=command.n_test)
+        maker.add_argument("--seed", type=int, default=0)
+        maker.set_defaults(run=_make_data, generator=name)
+        if name == "audio":
+            maker.add_argument("--workers", type=int, help="concurrent sox/espeak-ng processes (default: one per CPU)")
 
     from .serve.settings import ServeSettings
 
