@@ -6,18 +6,8 @@ import json
 import math
 
 import pytest
-import torch
 
 from sensorium.bench.__main__ import main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and on a busy machine spinning threads slow them 100-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

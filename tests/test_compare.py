@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 from test_dryrun import refuse_weights
@@ -19,14 +18,6 @@ from sensorium.data import Example
 COMPARISONS = sorted((Path(__file__).parents[1] / "recipes" / "compare").glob("*.yaml"))
 EASY_VQA = Path(__file__).parents[1] / "recipes" / "compare" / "easy-vqa.yaml"
 SCENES = Path(__file__).parents[1] / "recipes" / "compare" / "scenes-caption.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

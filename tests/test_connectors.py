@@ -37,14 +37,6 @@ ARCHS = ["llama", "opt", "opt_proj", "gpt2", "qwen2", "gpt_neox", "phi", "gemma3
 PATCHES = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(variant: str, tiny_lm_folder, tiny_vit_folder, arch: str = "llama", **overrides) -> PerceptualLM:
     settings, projection = VARIANTS[variant]
     config = AdapterConfig(lm=tiny_lm_folder(arch), encoder=tiny_vit_folder, **{**settings, **overrides})

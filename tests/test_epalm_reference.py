@@ -25,15 +25,6 @@ QUESTIONS = ["what is the shape ?", "is there a red circle in the image ?", "col
 TARGETS = ["circle", "yes", "red"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The recording used one thread: a different split of a reduction may round differently."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def restore(case: str, tiny_vit_folder: str) -> PerceptualLM:
     folder = REFERENCE / case
     lm, tokenizer = load_lm(str(folder / "lm"))

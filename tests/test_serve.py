@@ -25,15 +25,6 @@ from sensorium.serve.settings import ServeSettings
 STATIC = Path(app_module.__file__).parent / "static"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and on a busy machine spinning threads slow them 100-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def picture(seed: int, size: int = 40) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
