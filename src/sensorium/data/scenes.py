@@ -12,7 +12,6 @@ VQA v2 questions + annotations JSON (the question category is the annotation's `
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .synthetic import Benchmark, Item, write_split
+from .synthetic import Benchmark, Item, check_counts, write_meta, write_split
 from .vqav2 import COCO_PATTERN
 
 GENERATOR_VERSION = 1
@@ -405,9 +404,7 @@ def make_scenes(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str
     seeded from (seed, split, index), so a split does not change when another split's size does, and
     the same seed gives byte-identical files.
     """
-    for what, count in (("train", n_train), ("test", n_test)):
-        if count < 1:
-            raise ValueError(f"the number of {what} images must be at least 1, got {count}")
+    check_counts("images", n_train, n_test)
     out = Path(out)
     (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, "test": n_test, "test-novel": n_test}
@@ -420,7 +417,7 @@ def make_scenes(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str
         drawn = (make_image(out, split, index, seed)
                  for index in tqdm(range(counts[split]), desc=f"drawing {split}", unit="image"))
         meta["splits"][split] = {"images": counts[split], **write_split(out, BENCHMARK, split, seed, drawn)}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(out, meta)
     return meta
 
 

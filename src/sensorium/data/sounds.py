@@ -16,7 +16,6 @@ plan with the start and end of every event.
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import shutil
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .audio import Waveform
 from .scenes import NUMBER_WORDS, _join
-from .synthetic import Benchmark, Item, write_split
+from .synthetic import Benchmark, Item, check_counts, write_meta, write_split
 
 GENERATOR_VERSION = 1
 SAMPLE_RATE = 16_000
@@ -298,9 +297,7 @@ def make_audio(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int
         if shutil.which(program) is None:
             raise FileNotFoundError(f"'{program}' not found: the sound scenes are synthesised with it "
                                     f"(apt-get install {package})")
-    for what, count in (("train", n_train), ("test", n_test)):
-        if count < 1:
-            raise ValueError(f"the number of {what} clips must be at least 1, got {count}")
+    check_counts("clips", n_train, n_test)
     out = Path(out)
     (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
@@ -313,7 +310,7 @@ def make_audio(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int
             jobs = pool.map(partial(make_clip, out, split, seed=seed), range(count))
             synthesised = tqdm(jobs, total=count, desc=f"synthesising {split}", unit="clip")
             meta["splits"][split] = {"clips": count, **write_split(out, BENCHMARK, split, seed, synthesised)}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(out, meta)
     return meta
 
 

@@ -51,6 +51,18 @@ class Item:
     questions: list[tuple[str, str, str]]  # (type, question, answer)
 
 
+def check_counts(unit: str, n_train: int, n_test: int) -> None:
+    """Every split needs at least one medium: an empty one could be neither trained on nor scored."""
+    for what, count in (("train", n_train), ("test", n_test)):
+        if count < 1:
+            raise ValueError(f"the number of {what} {unit} must be at least 1, got {count}")
+
+
+def write_meta(out: Path, meta: dict[str, Any]) -> None:
+    """The generator's summary beside its splits, readable by people."""
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def write_split(out: Path, benchmark: Benchmark, split: str, seed: int, items: Iterable[Item]) -> dict[str, Any]:
     """Write the split's captions, questions, annotations and plan files; the numbers of captions and questions.
 

@@ -13,7 +13,6 @@ annotation's ``answer_type``); ``videos:DIR/SPLIT`` reads the questions of a spl
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .scenes import COLORS, NUMBER_WORDS, OUTLINES, _join, _with_article
-from .synthetic import Benchmark, Item, write_split
+from .synthetic import Benchmark, Item, check_counts, write_meta, write_split
 
 GENERATOR_VERSION = 1
 FRAME_SIZE = 112
@@ -331,9 +330,7 @@ def make_videos(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str
     Every clip has its own random stream seeded from (seed, split, index), so a split does not change
     when another split's size does, and the same seed gives byte-identical files.
     """
-    for what, count in (("train", n_train), ("test", n_test)):
-        if count < 1:
-            raise ValueError(f"the number of {what} clips must be at least 1, got {count}")
+    check_counts("clips", n_train, n_test)
     out = Path(out)
     (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
@@ -345,7 +342,7 @@ def make_videos(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str
         rendered = (make_clip(out, split, index, seed)
                     for index in tqdm(range(count), desc=f"rendering {split}", unit="clip"))
         meta["splits"][split] = {"clips": count, **write_split(out, BENCHMARK, split, seed, rendered)}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(out, meta)
     return meta
 
 
