@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +90,26 @@ def tiny_config(arch: str, vocab: int):
     raise ValueError(arch)
 
 
+def read_split(out: Path, kind: str, split: str) -> dict:
+    """A generated benchmark's ``{kind}_{split}.json`` (captions, questions, annotations or plans)."""
+    return json.loads((out / f"{kind}_{split}.json").read_text())
+
+
+def qa_by_media(out: Path, split: str) -> dict[int, list[tuple[str, str, str]]]:
+    """A generated split's (question, answer, type) triples by media id, joined from its two VQA files."""
+    answers = {a["question_id"]: a for a in read_split(out, "annotations", split)["annotations"]}
+    joined: dict[int, list[tuple[str, str, str]]] = {}
+    for q in read_split(out, "questions", split)["questions"]:
+        a = answers[q["question_id"]]
+        joined.setdefault(q["image_id"], []).append((q["question"], a["multiple_choice_answer"], a["answer_type"]))
+    return joined
+
+
+def file_bytes(folder: Path) -> dict[Path, bytes]:
+    """Every file under a folder by its relative path: two folders are equal when their files are byte-identical."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models gain nothing from more threads, and on a busy machine spinning threads slow them 100-fold.
@@ -134,23 +156,42 @@ def tiny_vit_folder(tmp_path_factory):
     return str(folder)
 
 
+def save_steered_adapter(config, seed: int, folder: Path) -> str:
+    """Save a new adapter whose strong random connector and prompt make the media and the adapter visibly
+    change the words; its folder."""
+    from sensorium import PerceptualLM
+
+    torch.manual_seed(seed)
+    model = PerceptualLM(config)
+    with torch.no_grad():
+        model.connector.linear.weight.normal_(0, 2.0)
+        model.prompt.normal_(0, 1.0)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_training_recipe(model: dict, manifest: Path, out: Path, max_new_tokens: int):
+    """Two training steps on a JSONL manifest, evaluated on the same manifest."""
+    from sensorium.recipe import Recipe
+
+    return Recipe.from_dict({
+        "model": model,
+        "data": {"train": {"format": "jsonl", "path": str(manifest)},
+                 "eval": {"format": "jsonl", "path": str(manifest)}},
+        "training": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1, "mixed_precision": "no",
+                     "cache_workers": 0},
+        "generation": {"max_new_tokens": max_new_tokens}, "out": str(out),
+    })
+
+
 @pytest.fixture(scope="session")
 def tiny_adapter_folders(tiny_lm_folder, tiny_vit_folder, tmp_path_factory) -> dict[str, str]:
-    """Two saved adapters over the same tiny LM and ViT: "shapes" answers questions, "captions" captions.
-
-    Strong random connectors and prompts make the image and the adapter visibly change the words.
-    """
-    from sensorium import AdapterConfig, PerceptualLM
+    """Two saved adapters over the same tiny LM and ViT: "shapes" answers questions, "captions" captions."""
+    from sensorium import AdapterConfig
 
     folders = {}
     for seed, (name, task) in enumerate([("shapes", "vqa"), ("captions", "caption")], start=1):
         config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=3,
                                inject_layers=[1, 2, 3], task=task)
-        torch.manual_seed(seed)
-        model = PerceptualLM(config)
-        with torch.no_grad():
-            model.connector.linear.weight.normal_(0, 2.0)
-            model.prompt.normal_(0, 1.0)
-        folders[name] = str(tmp_path_factory.mktemp(f"adapter-{name}"))
-        model.save_pretrained(folders[name])
+        folders[name] = save_steered_adapter(config, seed, tmp_path_factory.mktemp(f"adapter-{name}"))
     return folders

@@ -16,6 +16,7 @@ import onnxruntime
 import pytest
 import soundfile
 import torch
+from conftest import save_steered_adapter, tiny_training_recipe
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load_file
@@ -30,7 +31,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from sensorium import AdapterConfig, PerceptualLM, load
+from sensorium import AdapterConfig, load
 from sensorium import train as training
 from sensorium.cache import FeatureCache
 from sensorium.cli import main
@@ -38,7 +39,6 @@ from sensorium.data.audio import AudioTooLongError, Waveform, load_audio
 from sensorium.encoders import HFAudioEncoder, load_encoder, yamnet
 from sensorium.encoders.whisper_ct2 import read_ct2
 from sensorium.errors import BadInputError
-from sensorium.recipe import Recipe
 from sensorium.serve.app import create_app, load_registry
 from sensorium.serve.media import MediaLimits, MediaTooLargeError, UnsupportedMediaError, read_media
 from sensorium.zoo import package_file, resolve
@@ -372,13 +372,8 @@ def audio_adapters(tiny_lm_folder, audio_models, tmp_path_factory) -> dict[str, 
     """A VQA adapter over tiny wav2vec2 and a captioning adapter over tiny AST, with strong random weights."""
     folders = {}
     for seed, (task, kind) in enumerate([("vqa", "wav2vec2"), ("caption", "ast")], start=1):
-        torch.manual_seed(seed)
-        model = PerceptualLM(audio_config(tiny_lm_folder, audio_models[kind], task))
-        with torch.no_grad():
-            model.connector.linear.weight.normal_(0, 2.0)
-            model.prompt.normal_(0, 1.0)
-        folders[task] = str(tmp_path_factory.mktemp(f"audio-{task}"))
-        model.save_pretrained(folders[task])
+        config = audio_config(tiny_lm_folder, audio_models[kind], task)
+        folders[task] = save_steered_adapter(config, seed, tmp_path_factory.mktemp(f"audio-{task}"))
     return folders
 
 
@@ -414,15 +409,8 @@ def test_training_on_sound_files(tiny_lm_folder, audio_models, tmp_path):
         lines.append({"media": f"{name}.wav", "question": "is it high ?", "answers": [answer]})
     manifest = tmp_path / "sounds.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    recipe = Recipe.from_dict({
-        "model": {"lm": tiny_lm_folder("llama"), "encoder": audio_models["ast"], "num_blocks": 2,
-                  "inject_layers": [2, 3]},
-        "data": {"train": {"format": "jsonl", "path": str(manifest)},
-                 "eval": {"format": "jsonl", "path": str(manifest)}},
-        "training": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1, "mixed_precision": "no",
-                     "cache_workers": 0},
-        "generation": {"max_new_tokens": 2}, "out": str(tmp_path / "run"),
-    })
+    model = {"lm": tiny_lm_folder("llama"), "encoder": audio_models["ast"], "num_blocks": 2, "inject_layers": [2, 3]}
+    recipe = tiny_training_recipe(model, manifest, tmp_path / "run", max_new_tokens=2)
     summary = training.train(recipe)
     assert summary["eval_questions"] == 2
     assert load(tmp_path / "run" / "adapter").encoder.modality == "audio"

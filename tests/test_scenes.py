@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import file_bytes, qa_by_media, read_split
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -27,22 +28,8 @@ def scenes(tmp_path_factory):
     return out, summary
 
 
-def load(out, kind, split):
-    return json.loads((out / f"{kind}_{split}.json").read_text())
-
-
-def qa_by_image(out, split):
-    """image id -> list of (question, answer, type), joined from the two VQA files."""
-    answers = {a["question_id"]: a for a in load(out, "annotations", split)["annotations"]}
-    joined: dict[int, list[tuple[str, str, str]]] = {}
-    for q in load(out, "questions", split)["questions"]:
-        a = answers[q["question_id"]]
-        joined.setdefault(q["image_id"], []).append((q["question"], a["multiple_choice_answer"], a["answer_type"]))
-    return joined
-
-
 def graphs(out, split):
-    return {scene["image_id"]: scene["objects"] for scene in load(out, "scenes", split)["scenes"]}
+    return {scene["image_id"]: scene["objects"] for scene in read_split(out, "scenes", split)["scenes"]}
 
 
 def names(objects):
@@ -67,30 +54,26 @@ def find(objects, name):
     return match
 
 
-def files(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
     first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     make_scenes(first, n_train=5, n_test=3, seed=1)
     make_scenes(again, n_train=5, n_test=3, seed=1)
     make_scenes(other, n_train=5, n_test=3, seed=2)
-    written = files(first)
+    written = file_bytes(first)
     assert len(written) == 5 + 3 + 3 + 13  # images, then 4 JSON files per split and meta.json
-    assert written == files(again)
-    different = files(other)
+    assert written == file_bytes(again)
+    different = file_bytes(other)
     assert written.keys() == different.keys()
     image = Path("images/COCO_scenes-train_000000000001.jpg")
     assert written[image] != different[image]
-    assert load(first, "questions", "train") != load(other, "questions", "train")
+    assert read_split(first, "questions", "train") != read_split(other, "questions", "train")
 
 
 def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
     make_scenes(tmp_path / "small", n_train=2, n_test=3, seed=1)
     make_scenes(tmp_path / "large", n_train=9, n_test=3, seed=1)
     for kind in ("captions", "questions", "scenes"):
-        assert load(tmp_path / "small", kind, "test-novel") == load(tmp_path / "large", kind, "test-novel")
+        assert read_split(tmp_path / "small", kind, "test-novel") == read_split(tmp_path / "large", kind, "test-novel")
 
 
 def test_summary_and_meta_name_the_held_out_combinations(scenes):
@@ -108,15 +91,15 @@ def test_held_out_combinations_never_appear_in_train_and_test(scenes):
     out, _ = scenes
     for split in ("train", "test"):
         assert not any(names(objects) & HELD_OUT_NAMES for objects in graphs(out, split).values())
-        text = [c["caption"] for c in load(out, "captions", split)["annotations"]]
-        text += [q for qa in qa_by_image(out, split).values() for q, _, _ in qa]
+        text = [c["caption"] for c in read_split(out, "captions", split)["annotations"]]
+        text += [q for qa in qa_by_media(out, split).values() for q, _, _ in qa]
         assert not any(set(NAME.findall(line)) & set(HELD_OUT) for line in text)
 
 
 def test_every_test_novel_image_holds_a_held_out_combination_and_is_asked_about_it(scenes):
     out, _ = scenes
-    scenes_novel, qa = graphs(out, "test-novel"), qa_by_image(out, "test-novel")
-    captions = load(out, "captions", "test-novel")["annotations"]
+    scenes_novel, qa = graphs(out, "test-novel"), qa_by_media(out, "test-novel")
+    captions = read_split(out, "captions", "test-novel")["annotations"]
     for image_id, objects in scenes_novel.items():
         novel = [o for o in objects if f"{o['color']} {o['shape']}" in HELD_OUT_NAMES]
         assert novel
@@ -134,8 +117,8 @@ def test_every_test_novel_image_holds_a_held_out_combination_and_is_asked_about_
 def test_captions_and_questions_are_true_to_the_scene(scenes):
     out, _ = scenes
     for split in SPLITS:
-        scene_of, qa = graphs(out, split), qa_by_image(out, split)
-        for caption in load(out, "captions", split)["annotations"]:
+        scene_of, qa = graphs(out, split), qa_by_media(out, split)
+        for caption in read_split(out, "captions", split)["annotations"]:
             objects = scene_of[caption["image_id"]]
             assert {" ".join(pair) for pair in NAME.findall(caption["caption"])} <= names(objects)
             if match := re.match(r"(two|three|four) shapes", caption["caption"]):
@@ -193,7 +176,7 @@ def check_answer(objects, question, answer, kind):
 
 def test_existence_answers_are_balanced(scenes):
     out, _ = scenes
-    answers = [a for qa in qa_by_image(out, "train").values() for _, a, kind in qa if kind == "existence"]
+    answers = [a for qa in qa_by_media(out, "train").values() for _, a, kind in qa if kind == "existence"]
     assert answers.count("yes") == answers.count("no") == 60
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from conftest import file_bytes, qa_by_media, read_split
 from pycocotools.coco import COCO
 
 from sensorium.cli import main
@@ -25,28 +26,17 @@ def scenes(tmp_path_factory):
     return out, make_audio(out, n_train=48, n_test=12, seed=3, workers=2)
 
 
-def load(out, kind, split):
-    return json.loads((out / f"{kind}_{split}.json").read_text())
-
-
 def clips(out, split) -> list[dict]:
-    return load(out, "clips", split)["clips"]
+    return read_split(out, "clips", split)["clips"]
 
 
 def qa_by_clip(out, split) -> dict[int, dict[str, str]]:
     """Each clip's answers by question type (one question per type and clip)."""
-    answers = {a["question_id"]: a for a in load(out, "annotations", split)["annotations"]}
     joined: dict[int, dict[str, str]] = {}
-    for q in load(out, "questions", split)["questions"]:
-        answer = answers[q["question_id"]]
-        by_type = joined.setdefault(q["image_id"], {})
-        assert answer["answer_type"] not in by_type
-        by_type[answer["answer_type"]] = answer["multiple_choice_answer"]
+    for clip_id, asked in qa_by_media(out, split).items():
+        joined[clip_id] = {kind: answer for _, answer, kind in asked}
+        assert len(joined[clip_id]) == len(asked)
     return joined
-
-
-def files(folder: Path) -> dict[Path, bytes]:
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def segment(out: Path, clip: dict, event: dict) -> np.ndarray:
@@ -70,18 +60,18 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
     first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for folder, seed, workers in ((first, 1, 1), (again, 1, 3), (other, 2, 2)):
         make_audio(folder, n_train=5, n_test=2, seed=seed, workers=workers)
-    written = files(first)
+    written = file_bytes(first)
     assert len(written) == 5 + 2 + 9  # clips, then 4 JSON files per split and meta.json
-    assert written == files(again)  # whatever the number of concurrent synthesisers
+    assert written == file_bytes(again)  # whatever the number of concurrent synthesisers
     clip = Path("clips/audio-train_000001.wav")
-    assert written[clip] != files(other)[clip]
+    assert written[clip] != file_bytes(other)[clip]
 
 
 def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
     make_audio(tmp_path / "small", n_train=2, n_test=3, seed=1)
     make_audio(tmp_path / "large", n_train=6, n_test=3, seed=1)
     for kind in ("captions", "questions", "clips"):
-        assert load(tmp_path / "small", kind, "test") == load(tmp_path / "large", kind, "test")
+        assert read_split(tmp_path / "small", kind, "test") == read_split(tmp_path / "large", kind, "test")
 
 
 def test_summary_counts_and_every_question_type_occurs(scenes):
@@ -168,7 +158,7 @@ def test_speech_is_there_exactly_when_espeak_said_it(monkeypatch, tmp_path):
 def test_captions_name_every_sound_in_order(scenes):
     out, _ = scenes
     captions: dict[int, list[str]] = {}
-    for row in load(out, "captions", "train")["annotations"]:
+    for row in read_split(out, "captions", "train")["annotations"]:
         captions.setdefault(row["image_id"], []).append(row["caption"])
     for clip in clips(out, "train"):
         texts = captions[clip["image_id"]]

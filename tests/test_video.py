@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_training_recipe
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, TimesformerConfig, VideoMAEConfig
@@ -24,7 +25,6 @@ from sensorium.data import video as video_io
 from sensorium.data.video import sample_times, upright
 from sensorium.encoders import FrameEncoder, HFVideoEncoder, load_encoder
 from sensorium.errors import BadInputError
-from sensorium.recipe import Recipe
 
 LEVEL = 8  # frame i is a flat grey of brightness LEVEL * i, so a decoded frame tells its index
 
@@ -331,15 +331,9 @@ def clip_manifest(tmp_path):
 
 
 def test_training_with_frames_saves_an_order_aware_adapter(tiny_lm_folder, tiny_vit_folder, clip_manifest, tmp_path):
-    recipe = Recipe.from_dict({
-        "model": {"lm": tiny_lm_folder("llama"), "encoder": f"frames:{tiny_vit_folder}", "num_frames": 3,
-                  "temporal": "frames", "num_blocks": 2, "inject_layers": [2, 3]},
-        "data": {"train": {"format": "jsonl", "path": str(clip_manifest)},
-                 "eval": {"format": "jsonl", "path": str(clip_manifest)}},
-        "training": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1, "mixed_precision": "no",
-                     "cache_workers": 0},
-        "generation": {"max_new_tokens": 3}, "out": str(tmp_path / "run"),
-    })
+    model = {"lm": tiny_lm_folder("llama"), "encoder": f"frames:{tiny_vit_folder}", "num_frames": 3,
+             "temporal": "frames", "num_blocks": 2, "inject_layers": [2, 3]}
+    recipe = tiny_training_recipe(model, clip_manifest, tmp_path / "run", max_new_tokens=3)
     summary = training.train(recipe)
     assert summary["eval_questions"] == 2
     adapter = tmp_path / "run" / "adapter"

@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import file_bytes, qa_by_media, read_split
 from pycocotools.coco import COCO
 
 from sensorium.cli import main
@@ -35,43 +36,26 @@ def videos(tmp_path_factory):
     return out, make_videos(out, n_train=40, n_test=12, seed=3)
 
 
-def load(out, kind, split):
-    return json.loads((out / f"{kind}_{split}.json").read_text())
-
-
 def plans(out, split) -> dict[int, list[dict]]:
-    return {clip["image_id"]: clip["objects"] for clip in load(out, "clips", split)["clips"]}
-
-
-def qa_by_clip(out, split) -> dict[int, list[tuple[str, str, str]]]:
-    answers = {a["question_id"]: a for a in load(out, "annotations", split)["annotations"]}
-    joined: dict[int, list[tuple[str, str, str]]] = {}
-    for q in load(out, "questions", split)["questions"]:
-        a = answers[q["question_id"]]
-        joined.setdefault(q["image_id"], []).append((q["question"], a["multiple_choice_answer"], a["answer_type"]))
-    return joined
-
-
-def files(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {clip["image_id"]: clip["objects"] for clip in read_split(out, "clips", split)["clips"]}
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
     first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for folder, seed in ((first, 1), (again, 1), (other, 2)):
         make_videos(folder, n_train=4, n_test=2, seed=seed)
-    written = files(first)
+    written = file_bytes(first)
     assert len(written) == 4 + 2 + 9  # clips, then 4 JSON files per split and meta.json
-    assert written == files(again)
+    assert written == file_bytes(again)
     clip = Path("videos/videos-train_000001.mp4")
-    assert written[clip] != files(other)[clip]
+    assert written[clip] != file_bytes(other)[clip]
 
 
 def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
     make_videos(tmp_path / "small", n_train=2, n_test=3, seed=1)
     make_videos(tmp_path / "large", n_train=7, n_test=3, seed=1)
     for kind in ("captions", "questions", "clips"):
-        assert load(tmp_path / "small", kind, "test") == load(tmp_path / "large", kind, "test")
+        assert read_split(tmp_path / "small", kind, "test") == read_split(tmp_path / "large", kind, "test")
 
 
 def test_summary_counts_and_every_question_type_occurs(videos):
@@ -85,7 +69,7 @@ def test_summary_counts_and_every_question_type_occurs(videos):
 
 def test_clips_are_short_h264_mp4s_of_the_stated_size(videos):
     out, _ = videos
-    for clip in load(out, "captions", "test")["images"]:
+    for clip in read_split(out, "captions", "test")["images"]:
         with av.open(str(out / "videos" / clip["file_name"])) as container:
             stream = container.streams.video[0]
             frames = sum(1 for _ in container.decode(stream))
@@ -126,10 +110,10 @@ def test_questions_and_captions_are_true_to_the_plan(videos):
     out, _ = videos
     for split in SPLITS:
         plan = plans(out, split)
-        for clip_id, asked in qa_by_clip(out, split).items():
+        for clip_id, asked in qa_by_media(out, split).items():
             for question, answer, kind in asked:
                 check_answer(plan[clip_id], question, answer, kind)
-        for caption in load(out, "captions", split)["annotations"]:
+        for caption in read_split(out, "captions", split)["annotations"]:
             objects = plan[caption["image_id"]]
             names = {f"{o['color']} {o['shape']}" for o in objects}
             assert {" ".join(pair) for pair in NAME.findall(caption["caption"])} <= names, caption
@@ -143,7 +127,7 @@ def test_captions_say_what_each_shape_does(videos):
              "shrink": "(shrink|smaller)", "appear": r"(appear|shows up|showing up|into view)",
              "disappear": "(disappear|vanish)", "still": "(still|not move|not moving|in place)"}
     plan = plans(out, "train")
-    for caption in load(out, "captions", "train")["annotations"]:
+    for caption in read_split(out, "captions", "train")["annotations"]:
         for thing in plan[caption["image_id"]]:
             # The clause about this shape runs from its name to the next shape's name.
             after = caption["caption"].split(f"{thing['color']} {thing['shape']}", 1)[1]
@@ -163,8 +147,8 @@ def test_the_pixels_show_what_the_answers_say(videos):
     checked = set()
     for split in SPLITS:
         plan = plans(out, split)
-        names = {clip["id"]: clip["file_name"] for clip in load(out, "captions", split)["images"]}
-        for clip_id, asked in qa_by_clip(out, split).items():
+        names = {clip["id"]: clip["file_name"] for clip in read_split(out, "captions", split)["images"]}
+        for clip_id, asked in qa_by_media(out, split).items():
             first, last = load_video(out / "videos" / names[clip_id], 8)[::7]
             for question, answer, kind in asked:
                 if kind not in ("direction", "size"):
@@ -190,7 +174,7 @@ def test_the_pixels_show_what_the_answers_say(videos):
 
 def test_colour_changes_are_visible(videos):
     out, _ = videos
-    clips = load(out, "clips", "train")["clips"]
+    clips = read_split(out, "clips", "train")["clips"]
     changing = [(clip, o) for clip in clips for o in clip["objects"] if o["action"] == "recolor"]
     assert changing
     for clip, thing in changing[:4]:
