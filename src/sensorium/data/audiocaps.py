@@ -9,14 +9,13 @@ validation and test files) become one captioning example with every caption as a
 
 from __future__ import annotations
 
-import os
 from csv import DictReader
 from csv import Error as CSVError
 from pathlib import Path
 
 from ..errors import BadInputError
 from .audio import AUDIO_EXTENSIONS
-from .examples import Example
+from .examples import Example, MediaFolder
 from .video import VIDEO_EXTENSIONS
 
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
@@ -38,28 +37,6 @@ def read_csv(path: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
         raise BadInputError(f"{file}: file not found") from error
     except (CSVError, UnicodeDecodeError) as error:
         raise BadInputError(f"{file}: malformed CSV ({error})") from error
-
-
-class AudioFolder:
-    """Finds a clip by any of several file names (without extension) in one folder, listed once."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise BadInputError(f"{self.folder}: audio folder not found")
-        by_stem: dict[str, str] = {}
-        for name in sorted(os.listdir(self.folder)):
-            stem, extension = os.path.splitext(name)
-            if extension.lower() in AUDIO_EXTENSIONS + VIDEO_EXTENSIONS:
-                by_stem.setdefault(stem, name)
-        self.by_stem = by_stem
-
-    def path(self, stems: list[str]) -> tuple[Path, bool]:
-        """(the first stem's file, whether it exists); a missing clip gets a .wav path, to be reported."""
-        for stem in stems:
-            if stem in self.by_stem:
-                return self.folder / self.by_stem[stem], True
-        return self.folder / f"{stems[0]}.wav", False
 
 
 def _stems(youtube_id: str, start_time: str, audiocap_ids: list[str]) -> list[str]:
@@ -84,10 +61,10 @@ def read(csv: str, audio: str) -> list[Example]:
     starts_per_video: dict[str, int] = {}
     for youtube_id, _ in clips:
         starts_per_video[youtube_id] = starts_per_video.get(youtube_id, 0) + 1
-    folder = AudioFolder(audio)
+    folder = MediaFolder(audio, AUDIO_EXTENSIONS + VIDEO_EXTENSIONS, "audio", ".wav")
     examples, found = [], 0
     for (youtube_id, start_time), rows in clips.items():
-        path, exists = folder.path(_stems(youtube_id, start_time, [row["audiocap_id"].strip() for row in rows]))
+        path, exists = folder.find(_stems(youtube_id, start_time, [row["audiocap_id"].strip() for row in rows]))
         clip_id = youtube_id if starts_per_video[youtube_id] == 1 else f"{youtube_id}_{start_time}"
         examples.append(Example(media=str(path), question="", answers=[row["caption"].strip() for row in rows],
                                 answer_type="caption", question_id=clip_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,3 +143,29 @@ def read_dataset(spec: dict[str, Any]) -> list[Example]:
     if limit is not None and limit < len(examples):
         examples = random.Random(seed).sample(examples, limit)
     return examples
+
+
+class MediaFolder:
+    """Finds a media file by any of several names (without extension) in one folder, listed once.
+
+    Data sets name a file by an id and leave the extension open (``video7010.mp4``, ``Y<id>.wav``); a
+    folder may hold thousands of files, so it is listed once rather than probed per example.
+    """
+
+    def __init__(self, folder: str, extensions: tuple[str, ...], kind: str, fallback_extension: str) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise BadInputError(f"{self.folder}: {kind} folder not found")
+        self.extensions, self.fallback_extension = extensions, fallback_extension
+        self.by_stem: dict[str, str] = {}
+        for name in sorted(os.listdir(self.folder)):
+            stem, extension = os.path.splitext(name)
+            if extension.lower() in extensions:
+                self.by_stem.setdefault(stem, name)
+
+    def find(self, stems: list[str]) -> tuple[Path, bool]:
+        """(the first stem's file, whether it exists); a missing file gets its most likely path, to be reported."""
+        for stem in stems:
+            if stem in self.by_stem:
+                return self.folder / self.by_stem[stem], True
+        return self.folder / f"{stems[0]}{self.fallback_extension}", False

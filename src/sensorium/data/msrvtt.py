@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import Example, load_json
+from .examples import Example, MediaFolder, load_json
 from .video import VIDEO_EXTENSIONS
 
 # MSRVTT-QA and MSVD-QA report accuracy per question word.
@@ -23,32 +23,14 @@ QUESTION_WORDS = ("what", "who", "how", "when", "where")
 _ID_NAMES = ("video{}", "vid{}", "{}")
 
 
-class VideoFolder:
-    """Finds a video by name or id in one folder, listed once (a folder may hold 10,000 videos)."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise BadInputError(f"{self.folder}: video folder not found")
-        by_stem: dict[str, str] = {}
-        for name in sorted(os.listdir(self.folder)):
-            stem, extension = os.path.splitext(name)
-            if extension.lower() in VIDEO_EXTENSIONS:
-                by_stem.setdefault(stem, name)
-        self.by_stem = by_stem
-
-    def path(self, name: str | None = None, video_id: object = None) -> tuple[Path, bool]:
-        """(the video's path, whether it exists); a missing video gets its most likely path, to be reported."""
-        if name is not None:
-            stems = [os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS else name]
-            if (self.folder / name).is_file():
-                return self.folder / name, True
-        else:
-            stems = [pattern.format(video_id) for pattern in _ID_NAMES]
-        for stem in stems:
-            if stem in self.by_stem:
-                return self.folder / self.by_stem[stem], True
-        return self.folder / f"{stems[0]}.mp4", False
+def find_video(folder: MediaFolder, name: str | None = None, video_id: object = None) -> tuple[Path, bool]:
+    """(the video's path, whether it exists), by file name (extension optional) or by id."""
+    if name is None:
+        return folder.find([pattern.format(video_id) for pattern in _ID_NAMES])
+    if (folder.folder / name).is_file():
+        return folder.folder / name, True
+    stem, extension = os.path.splitext(name)
+    return folder.find([stem if extension.lower() in VIDEO_EXTENSIONS else name])
 
 
 def question_type(question: str) -> str:
@@ -66,13 +48,13 @@ def read_qa(questions: str, videos: str) -> list[Example]:
     entries = load_json(questions)
     if not isinstance(entries, list):
         raise BadInputError(f"{questions}: expected a JSON list of questions")
-    folder = VideoFolder(videos)
+    folder = MediaFolder(videos, VIDEO_EXTENSIONS, "video", ".mp4")
     examples, found = [], 0
     for number, entry in enumerate(entries):
         try:
             if entry.get("video") is None and entry.get("video_id") is None:
                 raise KeyError("'video_id' or 'video'")
-            path, exists = folder.path(name=entry.get("video"), video_id=entry.get("video_id"))
+            path, exists = find_video(folder, entry.get("video"), entry.get("video_id"))
             question = str(entry["question"]).strip()
             examples.append(Example(
                 media=str(path), question=question, answers=[str(entry["answer"]).strip()],
@@ -103,7 +85,7 @@ def read_captions(path: str, videos: str, split: str | None = None) -> list[Exam
             captions.setdefault(str(sentence["video_id"]), []).append(str(sentence["caption"]).strip())
         except (KeyError, TypeError) as error:
             raise BadInputError(f"{path}: malformed sentence {sentence!r:.80} ({error!r})") from error
-    folder = VideoFolder(videos)
+    folder = MediaFolder(videos, VIDEO_EXTENSIONS, "video", ".mp4")
     examples, splits = [], set()
     for video in data["videos"]:
         try:
@@ -112,7 +94,7 @@ def read_captions(path: str, videos: str, split: str | None = None) -> list[Exam
             raise BadInputError(f"{path}: malformed video entry {video!r:.80} ({error!r})") from error
         splits.add(str(video_split))
         if (split is None or video_split == split) and (video_id in captions or "sentences" not in data):
-            examples.append(Example(media=str(folder.path(name=video_id)[0]), question="",
+            examples.append(Example(media=str(find_video(folder, video_id)[0]), question="",
                                     answers=captions.get(video_id, []), answer_type="caption",
                                     question_id=video_id))
     if not examples:
