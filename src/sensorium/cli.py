@@ -103,7 +103,7 @@ def _compare(args: argparse.Namespace) -> int:
         return code
     if args.smoke:
         comparison = smoke(comparison, Path(args.out or f"{comparison.out}-smoke"))
-    run(comparison)
+    run(comparison, jobs=args.jobs)
     return 0
 
 
@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the same methods on tiny random models and data, a few steps each: a test of the path")
     compare.add_argument("--dry-run", action="store_true",
                          help="check every method's recipe with train --dry-run, loading no weights")
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="methods trained at once, one worker process each (spread over the GPUs); "
+                              "costs are measured afterwards in one process (default 1)")
     compare.set_defaults(run=_compare)
 
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")

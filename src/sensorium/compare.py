@@ -10,20 +10,25 @@ training time, generation latency per sample (same process, same batch, answers 
 KV-cache bytes per sample (from the layout length and the LM's configuration).
 
 Finished runs are reused when the comparison is run again with the same settings (their folder holds the
-recipe they were trained with), so an interrupted comparison continues where it stopped. It runs in one
-process, on the GPU when there is one. ``--smoke`` runs the same methods end to end in seconds on tiny
-random models and data, as a test of the whole path.
+recipe they were trained with), so an interrupted comparison continues where it stopped. It runs on the GPU
+when there is one. With ``jobs`` > 1, methods train in that many worker processes at once (spread over the
+GPUs when there are several): small frozen models leave one GPU mostly idle between kernel launches, so a
+few processes share it well. The costs are then measured afterwards in the main process alone, so that no
+worker's load skews a latency. ``--smoke`` runs the same methods end to end in seconds on tiny random
+models and data, as a test of the whole path.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import random
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -290,7 +295,7 @@ def kv_bytes_per_token(lm) -> int:
     return 2 * text.num_hidden_layers * kv_heads * head_dim * next(lm.parameters()).element_size()
 
 
-def compare_method(comparison: Comparison, method: Method, data: dict[str, dict], evaluator: Evaluator) -> dict:
+def score_method(comparison: Comparison, method: Method, data: dict[str, dict], evaluator: Evaluator) -> dict:
     """Tune the rate on validation (first seed), train the other seeds at it, score all on the test set."""
     task, first = comparison.task, comparison.seeds[0]
     grid = {}
@@ -312,8 +317,13 @@ def compare_method(comparison: Comparison, method: Method, data: dict[str, dict]
     return {"name": method.name, "overrides": method.overrides, "lr_grid": method.lr_grid,
             "validation_by_lr": {f"{lr:g}": score for lr, score in grid.items()}, "chosen_lr": chosen, "runs": runs,
             "score_mean": statistics.mean(scores), "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-            "train_seconds": statistics.mean(run["train_seconds"] for run in runs),
-            **evaluator.costs(Path(runs[0]["folder"]))}
+            "train_seconds": statistics.mean(run["train_seconds"] for run in runs)}
+
+
+def compare_method(comparison: Comparison, method: Method, data: dict[str, dict], evaluator: Evaluator) -> dict:
+    """The method's scores, then its inference costs, measured on its first seed's adapter."""
+    result = score_method(comparison, method, data, evaluator)
+    return {**result, **evaluator.costs(Path(result["runs"][0]["folder"]))}
 
 
 RELATIVE = ("trainable_parameters", "adapter_bytes", "train_seconds", "latency_ms_per_sample", "kv_bytes_per_sample")
@@ -328,10 +338,52 @@ def with_relative(results: list[dict[str, Any]], baseline: str) -> list[dict[str
     return results
 
 
-def run(comparison: Comparison) -> dict[str, Any]:
+def evaluator_for(comparison: Comparison) -> Evaluator:
+    """The test set and the frozen LM as training holds it (bf16 on a GPU by default), loaded once, so that
+    latency and KV cache are measured as the adapters would run."""
+    from .train import lm_dtype, mixed_precision
+
+    base = Recipe.from_dict(comparison.recipe)
+    device = PartialState().device
+    dtype = lm_dtype(base.training.lm_dtype, mixed_precision(base.training.mixed_precision), device)
+    lm, tokenizer = load_lm(base.model.lm, dtype, device_map={"": device})
+    return Evaluator(lm, tokenizer, read_dataset(base.data["eval"]), base.training, base.eval_batch_size,
+                     comparison.latency_batch, comparison.latency_repeats, device)
+
+
+def _claim_gpu(gpus: Any) -> None:
+    """Worker start-up: take the next GPU of the queue (round robin), before anything touches CUDA."""
+    import os
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+
+
+def _score_in_worker(comparison: Comparison, method: Method, data: dict[str, dict]) -> str:
+    score_method(comparison, method, data, evaluator_for(comparison))
+    return method.name
+
+
+def score_in_parallel(comparison: Comparison, data: dict[str, dict], jobs: int) -> None:
+    """Train and score the methods in ``jobs`` worker processes; their runs and test scores stay in their folders."""
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    gpus = context.Queue()
+    count = torch.cuda.device_count()
+    for worker in range(jobs):
+        gpus.put(worker % count if count else "")
+    log(f"training {len(comparison.methods)} methods in {jobs} worker processes"
+        + (f" over {count} GPU(s)" if count else ""))
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_claim_gpu, initargs=(gpus,)) as pool:
+        futures = {pool.submit(_score_in_worker, comparison, m, data): m.name for m in comparison.methods}
+        for future in futures:
+            try:
+                future.result()
+            except Exception as error:
+                raise RuntimeError(f"method '{futures[future]}' failed in its worker: {error}") from error
+
+
+def run(comparison: Comparison, jobs: int = 1) -> dict[str, Any]:
     """Train and score every method; write comparison.md, comparison.json and comparison.png in ``out``."""
     from .bench.common import machine
-    from .train import lm_dtype, mixed_precision
 
     base = Recipe.from_dict(comparison.recipe)
     labelled = [e for e in read_dataset(base.data["train"]) if e.answers]
@@ -340,20 +392,17 @@ def run(comparison: Comparison) -> dict[str, Any]:
             "eval": write_manifest(validation, comparison.out / "data" / "validation.jsonl")}
     log(f"data: {len(training):,} training and {len(validation):,} validation examples "
         f"(held out by media file); the test set is {base.data['eval']}")
-    device = PartialState().device
-    # The LM as training holds it (bf16 on a GPU by default): latency and KV cache as the adapters would run.
-    dtype = lm_dtype(base.training.lm_dtype, mixed_precision(base.training.mixed_precision), device)
-    lm, tokenizer = load_lm(base.model.lm, dtype, device_map={"": device})
-    evaluator = Evaluator(lm, tokenizer, read_dataset(base.data["eval"]), base.training, base.eval_batch_size,
-                          comparison.latency_batch, comparison.latency_repeats, device)
     started = time.perf_counter()
+    if jobs > 1:
+        score_in_parallel(comparison, data, jobs)
+    evaluator = evaluator_for(comparison)
     results = with_relative([compare_method(comparison, m, data, evaluator) for m in comparison.methods],
                             comparison.baseline)
     metric = "CIDEr" if comparison.task == "caption" else "accuracy"
     summary = {"task": comparison.task, "metric": metric, "baseline": comparison.baseline,
                "seeds": comparison.seeds, "validation_examples": len(validation), "training_examples": len(training),
-               "test": base.data["eval"], "seconds": round(time.perf_counter() - started, 1),
-               "machine": machine(str(device)), "methods": results}
+               "test": base.data["eval"], "seconds": round(time.perf_counter() - started, 1), "jobs": jobs,
+               "machine": machine(str(evaluator.device)), "methods": results}
     comparison.out.mkdir(parents=True, exist_ok=True)
     (comparison.out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown_table(summary)
