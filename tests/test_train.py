@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +99,27 @@ def test_encoder_runs_once_per_distinct_image(tiny_vit_folder, manifest, tmp_pat
     assert not calls, "cached features were recomputed"
     for path in paths:
         torch.testing.assert_close(again[rows_again[path]], first[rows[path]])
+
+
+def _encode_twice_with_decoding_workers(vit_folder: str, paths: list[str], root: str) -> tuple[int, ...]:
+    from sensorium.encoders import load_encoder
+
+    cache = FeatureCache(load_encoder(vit_folder), root=Path(root))
+    cache.features(paths[:1], batch_size=1, workers=1)
+    features, _, _ = cache.features(paths, batch_size=1, workers=1)  # the encoder has run: hooks installed
+    return tuple(features.shape)
+
+
+def test_decoding_workers_start_inside_a_spawned_process(tiny_vit_folder, manifest, tmp_path):
+    """`compare --jobs` trains in spawned processes, where worker processes are spawned by default too; a
+    transformers encoder that has run once holds hooks that cannot be pickled into such a worker."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    paths = [str(manifest.parent / f"{c}.png") for c in COLORS]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shape = pool.submit(_encode_twice_with_decoding_workers, tiny_vit_folder, paths, str(tmp_path)).result()
+    assert shape[0] == len(paths)
 
 
 def test_cache_key_follows_preprocessing(tiny_vit_folder, tmp_path):

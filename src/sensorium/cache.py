@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import uuid
 from pathlib import Path
@@ -86,6 +87,14 @@ def stored_features(encoder: Encoder, tokens: torch.Tensor, blocks: list[int] | 
     return tokens.to(torch.bfloat16 if encoder.tokens == "patches" else torch.float32)
 
 
+def _decoder_start(workers: int) -> str | None:
+    """Decoding workers are forked wherever the platform can fork. A spawned worker would need the encoder
+    pickled, and after its first forward a transformers model holds output-capturing hooks that cannot be
+    pickled; spawn is also the default inside a process that was itself spawned (``compare --jobs``). The
+    decoders never touch the GPU, so forking a process that uses CUDA is safe for them."""
+    return "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+
+
 class FeatureCache:
     """Features of ``encoder`` for media files; with ``blocks``, only those blocks (see ``stored_features``)."""
 
@@ -147,7 +156,8 @@ class FeatureCache:
                  skip_bad: bool, show_progress: bool) -> list[str]:
         if not paths:
             return []
-        loader = DataLoader(paths, batch_size=batch_size, num_workers=workers, collate_fn=_Decode(self.encoder))
+        loader = DataLoader(paths, batch_size=batch_size, num_workers=workers, collate_fn=_Decode(self.encoder),
+                            multiprocessing_context=_decoder_start(workers))
         device = next(self.encoder.parameters()).device
         done_keys, chunks, errors = [], [], []
         with tqdm(total=len(paths), desc="encoding (feature cache)", unit="file",
