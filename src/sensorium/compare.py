@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -353,8 +354,6 @@ def evaluator_for(comparison: Comparison) -> Evaluator:
 
 def _claim_gpu(gpus: Any) -> None:
     """Worker start-up: take the next GPU of the queue (round robin), before anything touches CUDA."""
-    import os
-
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
