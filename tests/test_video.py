@@ -274,6 +274,22 @@ def test_frames_aggregation_keeps_the_order(tiny_lm_folder, tiny_vit_folder):
         model.map_features(features.mean(dim=2))
 
 
+def test_change_aggregation_gives_the_mean_and_the_change_over_the_clip(tiny_lm_folder, tiny_vit_folder):
+    model = PerceptualLM(video_config(tiny_lm_folder, tiny_vit_folder, "change"))
+    assert model.slot_count == 2 and model.connector.frame_position.shape == (2, 32)
+    with torch.no_grad():
+        model.connector.frame_position.normal_()
+    features = torch.randn(2, 4, 3, 32)
+    tokens = model.map_features(features)
+    assert tokens.shape == (2, 2, 2, 32)  # [batch, layers, mean and change, width]
+    chosen = features[:, model.blocks]
+    expected = torch.stack([chosen.mean(dim=2), chosen[:, :, 2] - chosen[:, :, 0]], dim=2)
+    torch.testing.assert_close(tokens, model.connector(expected))
+    reversed_tokens = model.map_features(features.flip(2))  # same mean, the opposite change
+    torch.testing.assert_close(reversed_tokens[:, :, 0], tokens[:, :, 0])
+    assert not torch.allclose(reversed_tokens[:, :, 1], tokens[:, :, 1])
+
+
 def test_adapters_saved_before_video_load_as_they_were(tiny_lm_folder, tiny_vit_folder, tmp_path):
     """An adapter_config.json without the video settings rebuilds the same one-column model."""
     model = PerceptualLM(AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2,

@@ -19,8 +19,10 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 # How a video encoder's per-frame tokens reach the LM: averaged into one token per block, exactly like an
-# image's, or one token per frame in time order (the slot then spans one column per frame).
-TEMPORAL = ("mean", "frames")
+# image's; one token per frame in time order (the slot then spans one column per frame); or two tokens,
+# the mean and the change from the first frame to the last (what moved, grew or turned, as one vector the
+# shared linear layer can map to a word, where ``frames`` leaves the comparison of frames to the frozen LM).
+TEMPORAL = ("mean", "frames", "change")
 
 
 @dataclass
@@ -31,7 +33,7 @@ class AdapterConfig:
     encoder: str = "dinov2-small"
     image_size: int | None = None  # encoder input resolution; None keeps the encoder's own
     num_frames: int | None = None  # frames sampled per video; None: 8 for frames:NAME, a video model's own
-    temporal: str = "mean"  # mean | frames: see TEMPORAL
+    temporal: str = "mean"  # mean | frames | change: see TEMPORAL
     connector: str = "epalm"  # epalm | epalm-patches | limber-1 | limber-all | mapl (see connectors/)
     connector_options: dict[str, Any] = field(default_factory=dict)  # the connector's own options
     # Injecting connectors (epalm, epalm-patches) read several blocks and feed LM layers; input connectors

@@ -200,8 +200,8 @@ def _connector_problems(model) -> list[str]:
     if kind.reads == "patches" and (model.encoder.startswith(FRAMES_PREFIX) or model.encoder in PATCHLESS):
         problems.append(f"connector '{model.connector}' reads patch tokens, which only image vision transformers "
                         f"give, not '{model.encoder}'")
-    if model.temporal == "frames" and not kind.keeps_frames:
-        problems.append(f"temporal 'frames' needs the epalm connector, not '{model.connector}'")
+    if model.temporal != "mean" and not kind.keeps_frames:
+        problems.append(f"temporal '{model.temporal}' needs the epalm connector, not '{model.connector}'")
     if kind.placement == "input" and model.inject_layers:
         problems.append(f"connector '{model.connector}' writes its tokens into the input: inject_layers does not apply")
     if kind.placement == "input" and model.encoder_blocks is not None and len(model.encoder_blocks) != 1:

@@ -19,6 +19,17 @@ from .injection import SlotInjector, decoder_layers, paper_layer_range, spread_b
 from .lm import check_lm, load_lm
 
 
+def aggregate_time(features: torch.Tensor, temporal: str) -> torch.Tensor:
+    """Per-frame features [batch, blocks, frames, dim] as the connector reads them (see config.TEMPORAL):
+    ``mean`` gives exactly an image's [batch, blocks, dim]; ``frames`` keeps them; ``change`` gives
+    [batch, blocks, 2, dim], the mean and the last frame minus the first."""
+    if temporal == "mean":
+        return features.mean(dim=2)
+    if temporal == "change":
+        return torch.stack([features.mean(dim=2), features[:, :, -1] - features[:, :, 0]], dim=2)
+    return features
+
+
 class PerceptualLM(nn.Module):
     """A frozen causal LM that sees through a frozen encoder, taught by a tiny trainable connector.
 
@@ -26,10 +37,10 @@ class PerceptualLM(nn.Module):
     ``[bos?][soft prompt][slot x k][pads][question tokens][answer tokens]``. The connector decides what the
     k slot columns hold: for injecting connectors (eP-ALM) a learned slot embedding at the input, overwritten
     inside each injection layer by that layer's tokens (k = 1, one per video frame with ``temporal: frames``,
-    or the pooled patch tokens of ``epalm-patches``); for input connectors (LiMBeR, LLaVA, MAPL) the mapped
-    tokens themselves, written into the input embeddings. The soft prompt and the slot sit at fixed columns
-    for every sample, so the slot index is one integer; padding goes between the slot and the text and
-    positions come from the attention mask.
+    two with ``change``, or the pooled patch tokens of ``epalm-patches``); for input connectors (LiMBeR,
+    LLaVA, MAPL) the mapped tokens themselves, written into the input embeddings. The soft prompt and the
+    slot sit at fixed columns for every sample, so the slot index is one integer; padding goes between the
+    slot and the text and positions come from the attention mask.
     """
 
     def __init__(self, config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None):
@@ -90,13 +101,14 @@ class PerceptualLM(nn.Module):
 
     @staticmethod
     def _frames(config: AdapterConfig, encoder: Encoder) -> int | None:
-        """Frames kept apart in time order (``temporal: frames``), or None when they are averaged (or an image)."""
+        """Time steps the connector sees per block: every frame (``frames``), mean and change (``change``: 2),
+        or None when the frames are averaged (or the media is an image)."""
         if config.temporal == "mean":
             return None
         if encoder.num_tokens is None:
             raise ValueError(f"temporal '{config.temporal}' needs an encoder with one token per frame "
                              f"('frames:NAME'); '{encoder.name}' gives one token per block")
-        return encoder.num_tokens
+        return 2 if config.temporal == "change" else encoder.num_tokens
 
     def _chosen_blocks(self, config: AdapterConfig, encoder: Encoder) -> list[int]:
         """Injecting connectors: the last ``num_blocks`` blocks or ``encoder_blocks``; input connectors: one block."""
@@ -166,12 +178,12 @@ class PerceptualLM(nn.Module):
         """Encoder tokens (as ``encode`` gives them) -> the connector's LM-width tokens.
 
         Injecting connectors: [batch, layers, width], or [batch, layers, k, width] with k slot columns;
-        input connectors: [batch, k, width]. ``temporal: mean`` averages per-frame features over time
-        first, into exactly an image's features.
+        input connectors: [batch, k, width]. Per-frame features are first aggregated over time (see
+        ``aggregate_time``).
         """
         chosen = features[:, self._feature_rows].to(self.prompt.device, torch.float32)
-        if self.encoder.num_tokens is not None and self.config.temporal == "mean":
-            chosen = chosen.mean(dim=2)
+        if self.encoder.num_tokens is not None:
+            chosen = aggregate_time(chosen, self.config.temporal)
         return self.connector(chosen)
 
     def perceive(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -3,7 +3,8 @@
 No video model ships in a package, while good image encoders do; eP-ALM's video results come from a
 video transformer, but a frame-wise image encoder plus a temporal aggregation in the model is the
 common, cheaper alternative. The per-frame tokens are kept in time order; the adapter decides whether
-to average them (``temporal: mean``) or to give the LM one token per frame (``temporal: frames``).
+to average them (``temporal: mean``), to give the LM one token per frame (``temporal: frames``), or the
+mean and the change from first to last frame (``temporal: change``).
 """
 
 from __future__ import annotations
