@@ -357,9 +357,8 @@ def _claim_gpu(gpus: Any) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
-def _score_in_worker(comparison: Comparison, method: Method, data: dict[str, dict]) -> str:
+def _score_in_worker(comparison: Comparison, method: Method, data: dict[str, dict]) -> None:
     score_method(comparison, method, data, evaluator_for(comparison))
-    return method.name
 
 
 def score_in_parallel(comparison: Comparison, data: dict[str, dict], jobs: int) -> None:
