@@ -35,8 +35,8 @@ def test_smoke_writes_the_table_the_json_and_the_plot(smoke_run, capsys):
     assert (summary["metric"], summary["baseline"], summary["seeds"]) == ("accuracy", "epalm", [0, 1])
     by_name = {m["name"]: m for m in summary["methods"]}
     for result in summary["methods"]:
-        # Two rates tried on validation with the first seed; the best one trained with every seed.
-        assert list(result["validation_by_lr"]) == ["0.0003", "0.001"]
+        # The grid's first two rates tried on validation with the first seed; the best one trained with every seed.
+        assert list(result["validation_by_lr"]) == ["0.001", "0.003"]
         assert result["validation_by_lr"][f"{result['chosen_lr']:g}"] == max(result["validation_by_lr"].values())
         assert [run["seed"] for run in result["runs"]] == [0, 1]
         assert all(Path(run["folder"], "adapter", "adapter.safetensors").is_file() for run in result["runs"])
@@ -59,6 +59,20 @@ def test_smoke_writes_the_table_the_json_and_the_plot(smoke_run, capsys):
     assert all(f"| {name} | **" in table for name in methods)
     with Image.open(smoke_run / "comparison.png") as plot:
         assert plot.format == "PNG" and plot.width > 500
+
+
+@pytest.mark.parametrize(("limits", "labelled", "blank"), [
+    ((2000, 20000), [2000, 3000, 5000, 10000, 20000], [4000, 6000, 7000, 9000]),  # a decade: 1, 2, 3, 5 only
+    ((13, 22), [14, 16, 18, 20], []),  # under half a decade: every tick
+])
+def test_log_axes_are_labelled_in_plain_numbers_that_do_not_overlap(limits, labelled, blank):
+    from matplotlib.figure import Figure
+
+    axes = Figure().subplots()
+    axes.set(xscale="log", xlim=limits)
+    label = compare._log_tick_label(axes)
+    assert [label(value, 0) for value in labelled] == [f"{value:g}" for value in labelled]
+    assert all(label(value, 0) == "" for value in blank)
 
 
 def test_a_second_run_reuses_every_finished_run(smoke_run, monkeypatch, capsys):

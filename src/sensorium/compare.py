@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -449,7 +450,6 @@ def markdown_table(summary: dict[str, Any]) -> str:
 def plot(summary: dict[str, Any], path: Path) -> None:
     """Score against inference cost (latency and KV cache per sample), one marker per method."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg: no display, no pyplot state
-    from matplotlib.ticker import ScalarFormatter
 
     figure = Figure(figsize=(12, 4.5), layout="constrained")
     panels = figure.subplots(1, 2, sharey=True)
@@ -460,13 +460,26 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             axes.errorbar(result[key] * scale, result["score_mean"], yerr=result["score_std"], capsize=3,
                           marker="osD^v<>ph*"[index % 10], linestyle="none", label=result["name"])
         axes.set(xlabel=label, xscale="log")
-        for ticks in (axes.xaxis.set_major_formatter, axes.xaxis.set_minor_formatter):
-            ticks(ScalarFormatter())  # plain numbers, not powers of ten
+        axes.xaxis.set_major_formatter(_log_tick_label(axes))
+        axes.xaxis.set_minor_formatter(_log_tick_label(axes))
         axes.grid(alpha=0.3)
     panels[0].set_ylabel(f"{summary['metric']} (mean ± std over {len(summary['seeds'])} seeds)")
     panels[1].legend(loc="best", fontsize="small")
     figure.suptitle(f"{summary['metric']} against inference cost")
     figure.savefig(path, dpi=100)
+
+
+def _log_tick_label(axes):
+    """Plain numbers on a log axis (not powers of ten); over more than half a decade only the ticks at
+    1, 2, 3 and 5 times a power of ten, so that the labels of 6..9 do not run into each other."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(value: float, _position: int) -> str:
+        low, high = axes.get_xlim()
+        leading = round(value / 10 ** math.floor(math.log10(value)))
+        return f"{value:g}" if math.log10(high / low) <= 0.5 or leading in (1, 2, 3, 5) else ""
+
+    return FuncFormatter(label)
 
 
 # ---- dry run ----------------------------------------------------------------------------------
