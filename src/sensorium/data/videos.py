@@ -194,10 +194,15 @@ def draw_frame(tracks: list[Track], u: float, background: Image.Image) -> Image.
 
 
 def write_clip(tracks: list[Track], frames: int, rng: random.Random, path: Path) -> None:
-    """H.264 MP4 at FPS frames per second; one encoder thread, so the bytes depend on the seed alone."""
+    """H.264 MP4 at FPS frames per second whose bytes depend on the seed alone.
+
+    One encoder thread, and no macroblock-tree rate control: with mbtree, x264's coding choices for some
+    clips differed between two renders of identical frames, so the same seed gave different files.
+    """
     background = _background(rng)
+    options = {"crf": "18", "preset": "veryfast", "x264-params": "mbtree=0"}
     with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"crf": "18", "preset": "veryfast"})
+        stream = container.add_stream("libx264", rate=FPS, options=options)
         stream.width = stream.height = FRAME_SIZE
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
