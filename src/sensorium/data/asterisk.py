@@ -4,7 +4,7 @@
 ``asterisk-core-sounds-en`` their transcripts. Each recording whose transcript is speech (not a tone or
 silence) becomes a "what is said?" question answered by the transcript (``asterisk:SPLIT``), or a
 captioning example whose caption is the transcript (``asterisk-caption:SPLIT``). The split is fixed by a
-hash of the recording's name: about one in ten is in ``test``.
+hash of the recording's name, one name in ten on average: 79 of the 553 spoken recordings are in ``test``.
 """
 
 from __future__ import annotations
