@@ -30,6 +30,12 @@ test: $(BIN)/sensorium
 clean:
 	rm -rf $(VENV) runs data
 
+# $(call with-blind,RECIPES): train each recipe, then its blind baseline (same recipe, perception zeroed).
+with-blind = for run in $(1); do \
+	  $(BIN)/sensorium train recipes/$$run.yaml && \
+	  $(BIN)/sensorium train recipes/$$run.yaml training.blind=true --out runs/$$run-blind || exit 1; \
+	done
+
 # Shapes scenes: captioning and VQA against their blind baselines, both test splits (README table).
 SCENES := data/scenes/meta.json
 NOVEL_CAPTIONS := coco:annotations=data/scenes/captions_test-novel.json,images=data/scenes/images
@@ -40,10 +46,7 @@ $(SCENES): $(BIN)/sensorium
 scenes-data: $(SCENES)
 
 scenes: $(SCENES)
-	for run in scenes-caption scenes-vqa; do \
-	  $(BIN)/sensorium train recipes/$$run.yaml && \
-	  $(BIN)/sensorium train recipes/$$run.yaml training.blind=true --out runs/$$run-blind || exit 1; \
-	done
+	$(call with-blind,scenes-caption scenes-vqa)
 	for run in scenes-caption scenes-caption-blind; do \
 	  $(BIN)/sensorium eval runs/$$run/adapter --data $(NOVEL_CAPTIONS) \
 	    --predictions runs/$$run/test-novel_results.json > runs/$$run/test-novel.txt || exit 1; \
@@ -83,7 +86,4 @@ audio-data: $(AUDIO)
 # Audio QA, audio captioning and Asterisk speech (README table), each beside its blind baseline. Whisper's
 # encoder reads 30 s windows: caching the 4,500 sound scenes takes about 20 minutes on 2 cores, once.
 audio: $(AUDIO)
-	for run in audio-qa audio-caption asterisk-speech; do \
-	  $(BIN)/sensorium train recipes/$$run.yaml && \
-	  $(BIN)/sensorium train recipes/$$run.yaml training.blind=true --out runs/$$run-blind || exit 1; \
-	done
+	$(call with-blind,audio-qa audio-caption asterisk-speech)
