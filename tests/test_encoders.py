@@ -133,7 +133,8 @@ def _onnx_block_outputs(pixels: torch.Tensor) -> torch.Tensor:
     import onnxruntime
 
     entry = zoo.REGISTRY["dinov2-small"]
-    model = onnx.load(str(zoo.package_file(entry.package, entry.file, entry.pip_name)))
+    part, = entry.parts
+    model = onnx.load(str(zoo.package_file(part.package, part.file, part.pip_name)))
     names = [f"/backbone/encoder/layer.{i}/Add_1_output_0" for i in range(12)]
     del model.graph.output[:]
     outputs = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names]

