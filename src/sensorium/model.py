@@ -34,13 +34,14 @@ class PerceptualLM(nn.Module):
     """A frozen causal LM that sees through a frozen encoder, taught by a tiny trainable connector.
 
     Input layout, identical in training and generation:
-    ``[bos?][soft prompt][slot x k][pads][question tokens][answer tokens]``. The connector decides what the
+    ``[pads][bos?][soft prompt][slot x k][question tokens][answer tokens]``. The connector decides what the
     k slot columns hold: for injecting connectors (eP-ALM) a learned slot embedding at the input, overwritten
     inside each injection layer by that layer's tokens (k = 1, one per video frame with ``temporal: frames``,
     two with ``change``, or the pooled patch tokens of ``epalm-patches``); for input connectors (LiMBeR,
-    LLaVA, MAPL) the mapped tokens themselves, written into the input embeddings. The soft prompt and the
-    slot sit at fixed columns for every sample, so the slot index is one integer; padding goes between the
-    slot and the text and positions come from the attention mask.
+    LLaVA, MAPL) the mapped tokens themselves, written into the input embeddings. Padding comes first, as
+    in any left-padded batch, so the slot lies a sample's own text length before its end: an LM with sliding
+    window attention (Gemma3) sees the slot from every text token however much the batch pads; the slot's
+    column is then ``slot_index`` after each row's padding, and positions come from the attention mask.
     """
 
     def __init__(self, config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None):
@@ -89,9 +90,9 @@ class PerceptualLM(nn.Module):
         # input connectors fill the slot themselves.
         self.slot_embedding = nn.Parameter(start[-1].clone()) if layers else None
         self.bos = self._leading_bos(tokenizer)
-        self.slot_index = len(self.bos) + config.prompt_length
-        self.prefix_length = self.slot_index + self.slot_count  # columns before the padding
-        self.injector = SlotInjector(lm, layers, self.slot_index, self.slot_count) if layers else None
+        self.slot_index = len(self.bos) + config.prompt_length  # slot's first column after a row's padding
+        self.prefix_length = self.slot_index + self.slot_count  # columns before a row's text
+        self.injector = SlotInjector(lm, layers, self.slot_count) if layers else None
 
     @property
     def layout(self) -> tuple:
@@ -199,8 +200,10 @@ class PerceptualLM(nn.Module):
             return torch.cat([prompt, mapped.to(prompt.dtype)], dim=1), None
         return self.learned_prefix()[None], mapped
 
-    def _injecting(self, layer_tokens: torch.Tensor | None) -> AbstractContextManager:
-        return nullcontext() if layer_tokens is None else self.injector.injecting(layer_tokens)
+    def _injecting(self, layer_tokens: torch.Tensor | None, mask: torch.Tensor) -> AbstractContextManager:
+        if layer_tokens is None:
+            return nullcontext()
+        return self.injector.injecting(layer_tokens, self.slot_columns(mask))
 
     # ---- inputs -----------------------------------------------------------------------------
     def _token_ids(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,30 +212,46 @@ class PerceptualLM(nn.Module):
         width = max(len(ids) for ids in texts)
         pad = self.tokenizer.pad_token_id
         prefix = self.bos + [pad] * (self.prefix_length - len(self.bos))
-        ids = torch.tensor([prefix + [pad] * (width - len(t)) + t for t in texts], device=device)
-        mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(t)) + [1] * len(t) for t in texts], device=device)
+        ids = torch.tensor([[pad] * (width - len(t)) + prefix + t for t in texts], device=device)
+        mask = torch.tensor([[0] * (width - len(t)) + [1] * (len(prefix) + len(t)) for t in texts], device=device)
         return ids, mask
+
+    @staticmethod
+    def _leading_pads(mask: torch.Tensor) -> torch.Tensor:
+        """Padding columns before each row's content, [batch]: the layout pads on the left only."""
+        return (mask.cumsum(-1) == 0).sum(-1)
+
+    def slot_columns(self, mask: torch.Tensor) -> torch.Tensor:
+        """Column of each row's first slot column, [batch]."""
+        return self._leading_pads(mask) + self.slot_index
 
     def learned_prefix(self) -> torch.Tensor:
         """Injecting connectors: the soft prompt and the slot embedding in each slot column, [prompt + slot, width]."""
         return torch.cat([self.prompt, self.slot_embedding.expand(self.slot_count, -1)])
 
-    def _with_learned_prefix(self, embeds: torch.Tensor, learned: torch.Tensor | None = None) -> torch.Tensor:
-        """Input embeddings with learned vectors ([batch or 1, prompt + slot, width]) written into their columns.
+    def _with_learned_prefix(self, embeds: torch.Tensor, pads: torch.Tensor,
+                             learned: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings with learned vectors ([batch or 1, prompt + slot, width]) written into their columns,
+        which start after each row's ``pads`` (and BOS).
 
         Without ``learned``: an injecting connector's soft prompt and slot embedding.
         """
+        batch = embeds.shape[0]
         learned = self.learned_prefix()[None] if learned is None else learned
-        if learned.shape[0] not in (1, embeds.shape[0]):  # beam search / sampling expand the batch
-            learned = learned.repeat_interleave(embeds.shape[0] // learned.shape[0], dim=0)
-        start = len(self.bos)
-        return torch.cat([embeds[:, :start], learned.to(embeds.dtype).expand(embeds.shape[0], -1, -1),
-                          embeds[:, self.prefix_length:]], 1)
+        if learned.shape[0] not in (1, batch):  # beam search / sampling expand the batch
+            learned = learned.repeat_interleave(batch // learned.shape[0], dim=0)
+        if len(pads) != batch:
+            pads = pads.repeat_interleave(batch // len(pads))
+        offsets = torch.arange(len(self.bos), self.prefix_length, device=embeds.device)
+        columns = pads.to(embeds.device)[:, None] + offsets
+        rows = torch.arange(batch, device=embeds.device)[:, None].expand_as(columns)
+        # Out of place (index_put, not index_put_): autograd needs the embeddings as they were.
+        return embeds.index_put((rows, columns), learned.to(embeds.dtype).expand(batch, -1, -1))
 
     def _embed(self, texts: list[list[int]], learned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs_embeds and attention mask for token lists, right-aligned after the fixed learned prefix."""
+        """inputs_embeds and attention mask for token lists, left-padded, each after the learned prefix."""
         ids, mask = self._token_ids(texts)
-        return self._with_learned_prefix(self.lm.get_input_embeddings()(ids), learned), mask
+        return self._with_learned_prefix(self.lm.get_input_embeddings()(ids), self._leading_pads(mask), learned), mask
 
     def prompt_ids(self, questions: list[str]) -> list[list[int]]:
         texts = [self.config.template.format(question=q) for q in questions]
@@ -254,7 +273,7 @@ class PerceptualLM(nn.Module):
         embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)], learned)
         span = max(len(a) for a in answers)
         labels = torch.tensor([[-100] * (span - len(a)) + a for a in answers], device=embeds.device)
-        with self._injecting(layer_tokens):
+        with self._injecting(layer_tokens, mask):
             # Logits only where a target token is predicted: the LM head over every position would
             # cost more than the rest of the step for a short answer.
             logits = self.lm(
@@ -278,7 +297,7 @@ class PerceptualLM(nn.Module):
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed(self.prompt_ids(questions), learned)
         options = self.generation_options(**options)
-        with self._injecting(layer_tokens):
+        with self._injecting(layer_tokens, mask):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options))
 
     @torch.inference_mode()
@@ -293,10 +312,11 @@ class PerceptualLM(nn.Module):
         ids, mask = self._token_ids(self.prompt_ids(questions))
         options = {**self.generation_options(**options), "use_cache": False}
         learned, layer_tokens = self.perceive(features)
+        pads = self._leading_pads(mask)  # new tokens join on the right: every step keeps the same padding
         hook = self.lm.get_input_embeddings().register_forward_hook(
-            lambda module, args, output: self._with_learned_prefix(output, learned))
+            lambda module, args, output: self._with_learned_prefix(output, pads, learned))
         try:
-            with self._injecting(layer_tokens):
+            with self._injecting(layer_tokens, mask):
                 output = self.lm.generate(input_ids=ids, attention_mask=mask, **options)
         finally:
             hook.remove()
@@ -366,8 +386,9 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
                              "length and slot width")
     ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
     learned, tokens = zip(*(model.perceive(features[None]) for model, features, _ in samples), strict=True)
-    embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), torch.cat(learned))
-    with lead._injecting(None if lead.injector is None else torch.cat(tokens)):
+    embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), lead._leading_pads(mask),
+                                       torch.cat(learned))
+    with lead._injecting(None if lead.injector is None else torch.cat(tokens), mask):
         return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
                                              **lead.generation_options(**options)))
 

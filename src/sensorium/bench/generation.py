@@ -68,12 +68,17 @@ def _patch_prefix(model: PerceptualLM, pictures: list[Image.Image],
     patches = encoder.model(pixel_values=pixels, output_hidden_states=True, **encoder._forward_kwargs).last_hidden_state
     torch.manual_seed(0)
     projection = nn.Linear(encoder.dim, model.lm.get_input_embeddings().embedding_dim).to(model.lm.device)
-    embeds, mask = model._embed(model.prompt_ids(questions))
-    head, tail = len(model.bos), model.prefix_length
+    # The patch-prefix model's own layout: [bos][patches][pads][text] (no learned prefix of eP-ALM's).
+    texts = model.prompt_ids(questions)
+    width, pad, device = max(map(len, texts)), model.tokenizer.pad_token_id, model.lm.device
+    ids = torch.tensor([model.bos + [pad] * (width - len(t)) + t for t in texts], device=device)
+    mask = torch.tensor([[1] * len(model.bos) + [0] * (width - len(t)) + [1] * len(t) for t in texts], device=device)
+    embeds = model.lm.get_input_embeddings()(ids)
+    head = len(model.bos)
     prefix = projection(patches).to(embeds.dtype)
     ones = torch.ones(prefix.shape[:2], dtype=mask.dtype, device=mask.device)
-    return (torch.cat([embeds[:, :head], prefix, embeds[:, tail:]], 1),
-            torch.cat([mask[:, :head], ones, mask[:, tail:]], 1))
+    return (torch.cat([embeds[:, :head], prefix, embeds[:, head:]], 1),
+            torch.cat([mask[:, :head], ones, mask[:, head:]], 1))
 
 
 @torch.inference_mode()
