@@ -57,19 +57,19 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .data import parse_data_spec, read_dataset
+    from .data import parse_data_spec
     from .evaluate import predict_all, predictions_name, report, write_predictions
     from .recipe import TrainingOptions
-    from .train import cached_features
+    from .train import cached_features, task_examples
 
     model = _load_model(args)
     spec = parse_data_spec(args.data)
     if args.limit:
         spec["limit"] = args.limit
-    # A blind baseline is scored as it was trained: without the visual input.
-    blind = bool(model.config.training.get("training", {}).get("blind", False))
-    examples, features, row_of, _ = cached_features(model, read_dataset(spec), TrainingOptions(blind=blind),
-                                                    args.skip_bad)
+    # A blind baseline is scored as it was trained: without the visual input; a text oracle with the truth as text.
+    trained = model.config.training.get("training", {})
+    options = TrainingOptions(blind=bool(trained.get("blind", False)), oracle=bool(trained.get("oracle", False)))
+    examples, features, row_of, _ = cached_features(model, task_examples(spec, options), options, args.skip_bad)
     records = predict_all(model, examples, features, row_of, args.batch_size, _generation_options(args))
     task = model.config.task
     predictions = args.predictions or predictions_name(task)

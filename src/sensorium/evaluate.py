@@ -28,7 +28,8 @@ def predict_all(model: PerceptualLM, examples: list[Example], features: torch.Te
     for start in tqdm(range(0, len(order), batch_size), desc="evaluating", unit="batch", disable=not progress):
         batch = [examples[i] for i in order[start:start + batch_size]]
         batch_features = features[[row_of[e.media] for e in batch]]
-        predictions = model.generate(batch_features, [e.question for e in batch], **(generation or {}))
+        predictions = model.generate(batch_features, [e.question for e in batch], contexts(batch),
+                                     **(generation or {}))
         for example, prediction in zip(batch, predictions, strict=True):
             record = {"question_id": example.question_id, "media": example.media, "question": example.question,
                       "prediction": prediction, "answers": example.answers, "answer_type": example.answer_type}
@@ -36,6 +37,12 @@ def predict_all(model: PerceptualLM, examples: list[Example], features: torch.Te
                 record["accuracy"] = vqa_accuracy(prediction, example.answers) if example.answers else None
             records.append(record)
     return records
+
+
+def contexts(examples: list[Example]) -> list[str] | None:
+    """The text each example's prompt starts with (the text oracle's), or None where none has one."""
+    texts = [e.extra.get("context", "") for e in examples]
+    return texts if any(texts) else None
 
 
 def report(task: str, records: list[dict[str, Any]]) -> VQAReport | CaptionReport:

@@ -253,8 +253,12 @@ class PerceptualLM(nn.Module):
         ids, mask = self._token_ids(texts)
         return self._with_learned_prefix(self.lm.get_input_embeddings()(ids), self._leading_pads(mask), learned), mask
 
-    def prompt_ids(self, questions: list[str]) -> list[list[int]]:
+    def prompt_ids(self, questions: list[str], contexts: list[str] | None = None) -> list[list[int]]:
+        """Token ids of the template around each question, after its context text where one is given (the
+        text oracle states what the medium shows there)."""
         texts = [self.config.template.format(question=q) for q in questions]
+        if contexts is not None:
+            texts = [f"{context} {text}" if context else text for context, text in zip(contexts, texts, strict=True)]
         return self.tokenizer(texts, add_special_tokens=False).input_ids
 
     def target_ids(self, targets: list[str]) -> list[list[int]]:
@@ -266,9 +270,10 @@ class PerceptualLM(nn.Module):
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
     # ---- train ------------------------------------------------------------------------------
-    def forward(self, features: torch.Tensor, questions: list[str], targets: list[str]) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, questions: list[str], targets: list[str],
+                contexts: list[str] | None = None) -> torch.Tensor:
         """Mean cross-entropy on the target tokens only (question tokens carry no loss)."""
-        prompts, answers = self.prompt_ids(questions), self.target_ids(targets)
+        prompts, answers = self.prompt_ids(questions, contexts), self.target_ids(targets)
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)], learned)
         span = max(len(a) for a in answers)
@@ -292,10 +297,11 @@ class PerceptualLM(nn.Module):
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     @torch.inference_mode()
-    def generate(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
+    def generate(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None = None,
+                 **options) -> list[str]:
         """Answers (captions when the questions are empty) decoded by generate() with the KV cache on."""
         learned, layer_tokens = self.perceive(features)
-        embeds, mask = self._embed(self.prompt_ids(questions), learned)
+        embeds, mask = self._embed(self.prompt_ids(questions, contexts), learned)
         options = self.generation_options(**options)
         with self._injecting(layer_tokens, mask):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options))

@@ -29,6 +29,7 @@ class TrainingOptions:
     keep_checkpoints: int = 2
     seed: int = 0
     blind: bool = False  # zero the visual input: what the question wording alone predicts
+    oracle: bool = False  # zero it and state the medium's true content as text: the ceiling (see oracle.py)
     cache_batch_size: int = 32
     cache_workers: int = 1
     lm_dtype: str = "auto"  # frozen LM weights: auto (GPU: the mixed-precision dtype, CPU: float32) or a dtype

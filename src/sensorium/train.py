@@ -36,9 +36,10 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .cache import FeatureCache
 from .data import Example, read_dataset
-from .evaluate import headline, predict_all, predictions_name, report, write_predictions
+from .evaluate import contexts, headline, predict_all, predictions_name, report, write_predictions
 from .lm import load_lm
 from .model import PerceptualLM
+from .oracle import with_truth
 from .recipe import Recipe, TrainingOptions
 from .tracking import (
     CURVES_NAME,
@@ -91,9 +92,15 @@ def cached_features(model: PerceptualLM, examples: list[Example], options: Train
     if errors:
         log(f"skipped {len(errors)} unreadable file(s), e.g. {errors[0]}")
     kept = [e for e in examples if e.media in row_of]
-    if options.blind:
+    if options.blind or options.oracle:
         features = torch.zeros_like(features)
     return kept, features, row_of, time.perf_counter() - started
+
+
+def task_examples(spec: dict[str, Any], options: TrainingOptions) -> list[Example]:
+    """The examples of a data spec as this run sees them: with their media's content as text for an oracle."""
+    examples = read_dataset(spec)
+    return with_truth(examples, spec) if options.oracle else examples
 
 
 def batch_indices(step: int, batch_size: int, size: int, seed: int) -> list[int]:
@@ -172,7 +179,7 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
         log(f"{accelerator.num_processes} processes, {micro_batch} examples each per micro-step")
 
     # Only examples with a reference can teach (a COCO test-split file lists images without captions).
-    labelled = [e for e in read_dataset(recipe.data["train"]) if e.answers]
+    labelled = [e for e in task_examples(recipe.data["train"], options) if e.answers]
     examples, features, row_of, cache_seconds = cached_features(model, labelled, options, skip_bad)
     log(f"feature cache: {len(row_of):,} files ready in {cache_seconds:.1f} s")
     if not examples:
@@ -288,7 +295,7 @@ def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, batch
         share_tokens = _target_tokens(core, share)
         with accelerator.accumulate(model):
             loss = model(features[[row_of[e.media] for e, _ in share]], [e.question for e, _ in share],
-                         [answer for _, answer in share])
+                         [answer for _, answer in share], contexts([e for e, _ in share]))
             # The model's loss is the mean over this share's target tokens. DDP averages gradients over
             # the processes and Accelerate divides by the accumulation steps; weighting by the share's
             # part of the batch's tokens makes the update the mean over every target token of the batch
@@ -327,7 +334,7 @@ def _quick_eval_set(recipe, train_examples, options, skip_bad, core):
     spec = dict(recipe.data.get("eval") or {})
     if spec:
         spec["limit"] = min(spec.get("limit") or options.quick_eval_size, options.quick_eval_size)
-        examples = read_dataset(spec)
+        examples = task_examples(spec, options)
     else:
         examples = random.Random(options.seed).sample(train_examples, min(options.quick_eval_size,
                                                                           len(train_examples)))
@@ -342,7 +349,8 @@ def _quick_score(core, quick_eval, recipe, accelerator) -> tuple[str, float]:
 
 
 def _final_eval(core, accelerator, recipe, options, skip_bad, out) -> dict[str, Any]:
-    examples, features, row_of, _ = cached_features(core, read_dataset(recipe.data["eval"]), options, skip_bad)
+    examples, features, row_of, _ = cached_features(core, task_examples(recipe.data["eval"], options), options,
+                                                    skip_bad)
     core.eval()
     started = time.perf_counter()
     # No autocast: generation re-casting every frozen weight at every token costs more than it saves.

@@ -397,6 +397,16 @@ def _comparison(objects: Scene, focus: Scene, rng: random.Random) -> tuple[str, 
     return f"is the {a.name} {word} than the {b.name}?", "yes" if (a.size == "large") == (word == "bigger") else "no"
 
 
+def describe(plan: dict[str, Any]) -> str:
+    """Everything the questions and captions of a scene can ask about, as text: each object (size, texture,
+    colour, shape) and every unambiguous relation between two of them. The text oracle states it."""
+    objects = [SceneObject(o["shape"], o["color"], o["size"], o["texture"] == "striped", tuple(o["bbox"][:3]))
+               for o in plan["objects"]]
+    relations = [f"the {a.name} is {RELATION_PHRASES[where]} the {b.name}"
+                 for a, b in permutations(objects, 2) if (where := relation(a, b)) in ("left", "above")]
+    return "; ".join([_join([o.describe() for o in objects]), *relations])
+
+
 def make_scenes(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str, Any]:
     """Write the three splits under ``out`` and return the summary also written to ``out/meta.json``.
 
