@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -58,19 +57,17 @@ def no_launcher(monkeypatch, tmp_path):
     monkeypatch.setattr(dryrun, "default_config_file", str(tmp_path / "no-accelerate-config.yaml"))
 
 
-def dry(args: list[str], capsys) -> tuple[int, str, float]:
-    started = time.perf_counter()
+def dry(args: list[str], capsys) -> tuple[int, str]:
     code = main(["train", *args, "--dry-run"])
-    return code, capsys.readouterr().out, time.perf_counter() - started
+    return code, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
 def test_every_recipe_passes_the_dry_run(recipe, no_weights, capsys):
-    code, out, seconds = dry([str(recipe), "--num-processes", "2"], capsys)
+    code, out = dry([str(recipe), "--num-processes", "2"], capsys)
     assert code == 0, out
     assert "recipe valid" in out and "no weights were loaded" in out
     assert "2 (--num-processes)" in out and "peak ≈" in out
-    assert seconds < 10
 
 
 def write_recipe(folder: Path, values: dict) -> str:
@@ -104,7 +101,7 @@ def tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path) -> dict:
 def test_dry_run_sizes_and_counts_match_the_real_model(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path,
                                                        no_weights, capsys):
     values = tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path)
-    code, out, _ = dry([write_recipe(tmp_path, values)], capsys)
+    code, out = dry([write_recipe(tmp_path, values)], capsys)
     assert code == 0, out
     assert "train: jsonl, 7 examples, 4 distinct media files" in out
     assert "1 of 4 sampled media files missing" in out and "gone.png" in out
@@ -145,7 +142,7 @@ def test_invalid_recipes_are_reported_and_exit_2(change, message, tiny_lm_folder
                                                   tmp_path, no_weights, capsys):
     values = tiny_values(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path)
     change(values)
-    code, out, _ = dry([write_recipe(tmp_path, values), "--num-processes", "4"], capsys)
+    code, out = dry([write_recipe(tmp_path, values), "--num-processes", "4"], capsys)
     assert code == 2, out
     assert message in out and "recipe INVALID" in out
 
@@ -156,10 +153,10 @@ def test_processes_come_from_the_launcher_environment(tiny_lm_folder, tiny_vit_f
     accelerate_config = tmp_path / "default_config.yaml"
     accelerate_config.write_text(yaml.safe_dump({"distributed_type": "MULTI_GPU", "num_processes": 2}))
     monkeypatch.setattr(dryrun, "default_config_file", str(accelerate_config))
-    code, out, _ = dry([recipe], capsys)
+    code, out = dry([recipe], capsys)
     assert code == 0 and f"2 (accelerate config {accelerate_config})" in out and "2 per process x 2" in out
     monkeypatch.setenv("WORLD_SIZE", "3")  # what accelerate launch / torchrun set: it wins
-    code, out, _ = dry([recipe], capsys)
+    code, out = dry([recipe], capsys)
     assert code == 2 and "3 (WORLD_SIZE of this environment)" in out and "split evenly over 3 processes" in out
 
 
@@ -170,7 +167,7 @@ def test_an_encoder_decoder_lm_is_refused_from_its_config(tiny_vit_folder, manif
     T5Config(vocab_size=40, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4).save_pretrained(tmp_path / "t5")
     values = {"model": {"lm": str(tmp_path / "t5"), "encoder": tiny_vit_folder, "num_blocks": 2},
               "data": {"train": {"format": "jsonl", "path": manifest}}}
-    code, out, _ = dry([write_recipe(tmp_path, values)], capsys)
+    code, out = dry([write_recipe(tmp_path, values)], capsys)
     assert code == 2 and "is an encoder-decoder model" in out
 
 
@@ -231,15 +228,15 @@ def test_hub_ids_are_looked_up_in_the_hugging_face_cache_offline(tiny_lm_folder,
     values["model"]["lm"] = "acme/tiny-opt"
     recipe = write_recipe(tmp_path, values)
 
-    code, out, _ = dry([recipe], capsys)
+    code, out = dry([recipe], capsys)
     assert code == 0 and "configuration in the Hugging Face cache, weights not" in out
     assert "language model: OPTForCausalLM" in out and "4 decoder layers of width 32" in out
     (snapshot / "model.safetensors").write_bytes(b"")
-    code, out, _ = dry([recipe], capsys)
+    code, out = dry([recipe], capsys)
     assert code == 0 and "language model 'acme/tiny-opt': in the Hugging Face cache" in out
 
     values["model"]["lm"] = "acme/elsewhere"
-    code, out, _ = dry([write_recipe(tmp_path, values)], capsys)
+    code, out = dry([write_recipe(tmp_path, values)], capsys)
     assert code == 0 and "'acme/elsewhere': not available offline; would be downloaded from the hub" in out
     assert "size unknown offline" in out and "not estimated" in out
 
@@ -248,7 +245,7 @@ def test_a_converted_audio_encoder_is_sized_from_its_configuration(monkeypatch, 
     """Whisper's configuration describes encoder and decoder; the dry run sizes the encoder alone."""
     zoo.resolve("whisper-tiny")
     refuse_weights(monkeypatch)
-    code, out, _ = dry([str(Path(__file__).parents[1] / "recipes" / "audio-qa.yaml")], capsys)
+    code, out = dry([str(Path(__file__).parents[1] / "recipes" / "audio-qa.yaml")], capsys)
     assert code == 0, out
     assert "encoder: WhisperEncoder, 8,208,384 parameters, 4 blocks of width 384" in out
     assert "receive the tokens of 4 encoder blocks (0, 1, 2, 3)" in out
