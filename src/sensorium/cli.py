@@ -107,6 +107,21 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> None:
+    from . import encoders, lm, zoo  # noqa: F401  (their modules register the packaged models)
+
+    rows = zoo.listing()
+    width = max(len(row["name"]) for row in rows)
+    print(f"{'name':<{width}}  {'kind':<5}  {'size':>8}  {'installed':<9}  {'converted':<9}  packages")
+    for row in rows:
+        size = f"{row['bytes'] / 2**20:,.0f} MB" if row["bytes"] else "?"
+        packages = row["packages"][0] if len(row["packages"]) == 1 else \
+            f"{row['packages'][0]} ... {row['packages'][-1]} ({len(row['packages'])} parts)"
+        print(f"{row['name']:<{width}}  {row['kind']:<5}  {size:>8}  {'yes' if row['installed'] else 'no':<9}  "
+              f"{'yes' if row['converted'] else 'no':<9}  {packages}")
+    print(f"converted copies live in {zoo.cache_dir() / 'models'}; `make models` installs the optional LMs")
+
+
 def _serve(args: argparse.Namespace) -> None:
     from .serve.app import serve
     from .serve.settings import ServeSettings
@@ -232,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(caption)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
+
+    models = verbs.add_parser("models", help="list the packaged models: kind, size, installed, converted")
+    models.set_defaults(run=_models)
 
     data = verbs.add_parser("data", help="make data sets")
     data_verbs = data.add_subparsers(dest="data_verb", required=True)
