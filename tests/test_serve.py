@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import os
+import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +17,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette import formparsers
 
 from sensorium import cli
 from sensorium.config import WEIGHTS_NAME
@@ -19,7 +25,7 @@ from sensorium.model import generate_mixed
 from sensorium.serve import app as app_module
 from sensorium.serve import batching
 from sensorium.serve.adapters import AdapterRegistry
-from sensorium.serve.app import create_app, load_registry
+from sensorium.serve.app import create_app, load_registry, running_server
 from sensorium.serve.settings import ServeSettings
 
 STATIC = Path(app_module.__file__).parent / "static"
@@ -313,3 +319,101 @@ def test_cli_serve_reports_bad_adapters(tiny_adapter_folders, tmp_path, capsys):
     folder = tiny_adapter_folders["shapes"]
     assert cli.main(["serve", "--adapter", f"a={folder}", "--adapter", f"a={folder}"]) == 2
     assert "given twice" in capsys.readouterr().err
+
+
+# ---- the request body is bounded before it is parsed ---------------------------------------------------
+
+
+@pytest.fixture
+def spooled(monkeypatch) -> list[int]:
+    """Bytes the multipart parser writes into its temporary files (which go to disk past 1 MiB)."""
+    written = [0]
+
+    class Recorded(formparsers.SpooledTemporaryFile):
+        def write(self, data: bytes) -> int:
+            written[0] += len(data)
+            return super().write(data)
+
+    monkeypatch.setattr(formparsers, "SpooledTemporaryFile", Recorded)
+    return written
+
+
+def multipart_head(boundary: str = "b0undary") -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"adapter\"\r\n\r\nshapes\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\ncolor ?\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+
+def call_asgi(app, headers: dict[str, str], chunks: Iterator[bytes]) -> tuple[int, dict, int]:
+    """POST /v1/ask straight into the ASGI app, the body pulled chunk by chunk as a streaming server gives it:
+    (status, JSON body, bytes of the body the app pulled)."""
+    pulled, sent = [0], []
+
+    async def receive() -> dict:
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled[0] += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/ask", "raw_path": b"/v1/ask", "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+             "headers": [(key.lower().encode(), value.encode()) for key, value in headers.items()]}
+    asyncio.run(app(scope, receive, send))
+    body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body), pulled[0]
+
+
+def endless(head: bytes, chunk: int = 2**16, total: int = 300 * 2**20) -> Iterator[bytes]:
+    """A multipart body whose upload would run to ``total`` bytes, made only as far as it is read."""
+    yield head
+    for _ in range(total // chunk):
+        yield os.urandom(chunk)
+
+
+MULTIPART = "multipart/form-data; boundary=b0undary"
+
+
+def test_a_body_declaring_300_mib_is_refused_unread(registry, spooled):
+    app = create_app(registry, ServeSettings(max_upload_bytes=2**20))
+    status, body, pulled = call_asgi(app, {"content-type": MULTIPART, "content-length": str(300 * 2**20)},
+                                     endless(multipart_head()))
+    assert status == 413 and "request body larger than 1,114,112 bytes" in body["error"]
+    assert pulled == 0 and spooled == [0]
+
+
+def test_a_streamed_body_without_length_is_cut_at_the_limit(registry, spooled):
+    settings = ServeSettings(max_upload_bytes=2**20)
+    app = create_app(registry, settings)
+    status, body, pulled = call_asgi(app, {"content-type": MULTIPART, "transfer-encoding": "chunked"},
+                                     endless(multipart_head()))
+    assert status == 413 and "request body larger than" in body["error"]
+    assert settings.max_request_bytes < pulled <= settings.max_request_bytes + 2**16  # one chunk past the limit
+    assert spooled[0] <= settings.max_request_bytes
+
+
+def test_a_body_declaring_too_much_is_refused_over_a_real_socket(registry):
+    with running_server(create_app(registry, ServeSettings(max_upload_bytes=2**20))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(f"POST /v1/ask HTTP/1.1\r\nHost: {host}\r\nContent-Type: {MULTIPART}\r\n"
+                               f"Content-Length: {300 * 2**20}\r\n\r\n".encode() + multipart_head())
+            reply = connection.makefile("rb").read()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"application/json" in head and b"request body larger than" in body
+
+
+def test_an_upload_at_the_limit_still_passes_the_body_bound(serve_app):
+    # The body bound leaves room for the form beside the upload: a media file just under
+    # --max-upload-mb reaches the media checks (here: an unsupported type, 415, not 413).
+    limit = 50_000
+    with serve_app(max_upload_bytes=limit) as client:
+        response = client.post("/v1/ask", data={"adapter": "shapes", "question": "x" * 500},
+                               files=upload(b"t" * limit, "notes.txt"))
+    assert_error(response, 415, "unsupported media type")

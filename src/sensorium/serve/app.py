@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import BadInputError
 from .adapters import AdapterRegistry, UnknownAdapterError
 from .batching import Batcher
+from .body_limit import BodyLimit
 from .media import MediaTooLargeError, UnsupportedMediaError, read_media
 from .settings import ServeSettings
 
@@ -98,6 +99,9 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
                   description="Questions and captions about media, from eP-ALM adapters over shared frozen models.")
     app.state.registry, app.state.batcher, app.state.settings = registry, batcher, settings
     _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       message=f"request body larger than {settings.max_request_bytes:,} bytes (an upload of at most "
+                               f"{settings.max_upload_bytes:,} bytes and the form fields)")
 
     NewTokens = Annotated[int | None, Form(ge=1, le=settings.max_new_tokens,
                                            description="default: the adapter's (its task's)")]
