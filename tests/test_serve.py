@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,15 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_steered_adapter
 from fastapi.testclient import TestClient
 from PIL import Image
 from starlette import formparsers
+from test_video import write_clip
 
-from sensorium import cli
+from sensorium import AdapterConfig, cli
 from sensorium.config import WEIGHTS_NAME
 from sensorium.model import generate_mixed
 from sensorium.serve import app as app_module
 from sensorium.serve import batching
+from sensorium.serve import media as media_module
 from sensorium.serve.adapters import AdapterRegistry
 from sensorium.serve.app import create_app, load_registry, running_server
 from sensorium.serve.settings import ServeSettings
@@ -417,3 +421,84 @@ def test_an_upload_at_the_limit_still_passes_the_body_bound(serve_app):
         response = client.post("/v1/ask", data={"adapter": "shapes", "question": "x" * 500},
                                files=upload(b"t" * limit, "notes.txt"))
     assert_error(response, 415, "unsupported media type")
+
+
+# ---- no upload makes a 5xx: every decoder error is a JSON 400 --------------------------------------------
+
+
+def gif_declaring(width: int, height: int) -> bytes:
+    """A 35-byte GIF whose header and one frame declare width x height pixels."""
+    size = struct.pack("<HH", width, height)
+    return b"GIF89a" + size + b"\x00\x00\x00" + b"," + b"\x00\x00\x00\x00" + size + b"\x00\x02\x02\x44\x01\x00;"
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    (encoded(picture(0), "JPEG")[:100], ["cut.bin", "unreadable"]),  # Pillow: OSError "Truncated File Read"
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, ["cut.bin", "unreadable"]),  # a PNG signature, then junk
+    (b"\x89PNG\r\n\x1a\n" + b"junk" * 50, ["cut.bin", "unreadable"]),
+    (gif_declaring(65535, 65535), ["cut.bin", "GIF", "decompression bomb"]),
+], ids=["jpeg-cut-at-100-bytes", "png-signature-then-bytes", "png-signature-then-text", "gif-of-65535x65535"])
+def test_undecodable_images_are_json_400(client, data, words):
+    response = client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"}, files=upload(data, "cut.bin"))
+    assert response.headers["content-type"] == "application/json"
+    assert_error(response, 400, *words)
+
+
+def test_any_decoder_exception_is_a_400_naming_the_upload(client, monkeypatch):
+    # Decoders of hostile bytes raise more kinds of exception than any list names; all are the upload's fault.
+    def decoder_fails(*args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(media_module, "load_image", decoder_fails)
+    response = client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"},
+                           files=upload(encoded(picture(0)), "odd.png"))
+    assert_error(response, 400, "odd.png: unreadable image (error: unpack requires a buffer of 4 bytes)")
+
+
+# ---- video adapters are served video uploads -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def video_registry(registry, tiny_lm_folder, tiny_vit_folder, tmp_path_factory) -> AdapterRegistry:
+    """The module's image adapters and "clips", a video adapter sampling 4 frames, over the same frozen models."""
+    folder = tmp_path_factory.mktemp("adapter-clips")
+    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=f"frames:{tiny_vit_folder}", num_frames=4,
+                           temporal="frames", num_blocks=2, inject_layers=[2, 3])
+    save_steered_adapter(config, 3, folder)
+    registry.add("clips", folder)
+    yield registry
+    del registry.adapters["clips"]
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [("mp4", "libx264"), ("webm", "libvpx-vp9"), ("mkv", "libx264"),
+                                               ("avi", "mpeg4")])
+def test_video_adapters_answer_video_uploads(video_registry, tmp_path, suffix, codec):
+    clip = write_clip(tmp_path / f"clip.{suffix}", 12, codec=codec, pixels=lambda i: np.asarray(picture(i, 32)))
+    question = "what is the shape ?"
+    with TestClient(create_app(video_registry)) as client:
+        # Named and typed as something else: the container is read from the content.
+        response = client.post("/v1/ask", data={"adapter": "clips", "question": question, "max_new_tokens": "4"},
+                               files=upload(Path(clip).read_bytes(), "upload.bin", "application/octet-stream"))
+    assert response.status_code == 200, response.text
+    model = video_registry.get("clips").model
+    assert model.encoder.num_frames == 4  # the adapter's own frame count, not the default 8
+    assert response.json()["answer"] == model.ask([clip], [question], max_new_tokens=4)[0]
+
+
+def test_bad_video_uploads_are_json_errors(video_registry, tmp_path):
+    whole = Path(write_clip(tmp_path / "clip.mp4", 10)).read_bytes()
+    ask = {"adapter": "clips", "question": "color ?"}
+    with TestClient(create_app(video_registry, ServeSettings(max_pixels=32 * 32 - 1))) as client:
+        assert_error(client.post("/v1/ask", data=ask, files=upload(whole[:len(whole) // 2], "half.mp4")),
+                     400, "half.mp4")
+        assert_error(client.post("/v1/ask", data=ask, files=upload(whole[:8] + os.urandom(2000), "noise.mp4")),
+                     400, "noise.mp4")
+        assert_error(client.post("/v1/ask", data=ask, files=upload(b"\x1a\x45\xdf\xa3" + b"\x00" * 100, "x.webm")),
+                     400, "x.webm")
+        # Frames over the pixel limit are refused from the stream's header, before decoding.
+        assert_error(client.post("/v1/ask", data=ask, files=upload(whole, "big.mp4")), 413, "big.mp4", "32x32")
+        # Each adapter reads its own modality, whichever way round.
+        assert_error(client.post("/v1/ask", data=ask, files=upload(encoded(picture(0)))), 415,
+                     "'clips' reads video, not image")
+        assert_error(client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"},
+                                 files=upload(whole, "clip.mp4")), 415, "'shapes' reads image, not video")
