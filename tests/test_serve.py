@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,10 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import schemathesis
 import torch
 from conftest import save_steered_adapter
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from schemathesis import Case, GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.python.asgi import shutdown_lifespans
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from starlette import formparsers
 from test_video import write_clip
 
@@ -502,3 +514,62 @@ def test_bad_video_uploads_are_json_errors(video_registry, tmp_path):
                      "'clips' reads video, not image")
         assert_error(client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"},
                                  files=upload(whole, "clip.mp4")), 415, "'shapes' reads image, not video")
+
+
+# ---- fuzzed from the API's own schema ------------------------------------------------------------------
+
+FUZZ_EXAMPLES = 100  # per generation mode (data that fits the schema, data that does not)
+FUZZ_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def fuzz(cases: st.SearchStrategy[Case], mode: str, examples: Counter[str]) -> None:
+    """Call and check FUZZ_EXAMPLES cases (fewer where the schema allows fewer), counting them by outcome."""
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(cases)
+    def call_and_check(case: Case) -> None:
+        response = case.call()
+        case.validate_response(response, checks=FUZZ_CHECKS)
+        examples[f"{mode} {case.method} {case.path} {response.status_code}"] += 1
+
+    call_and_check()
+
+
+def test_fuzzing_from_the_openapi_schema_finds_no_server_error(registry, capsys):
+    """schemathesis, in-process (ASGI: no network, no port): every response is below 500, its status is one the
+    schema declares for the operation, and its body conforms to the declared model; then the server still answers.
+
+    Generated adapter names are random, so some cases name a hosted adapter and some upload a real image: those
+    reach decoding and generation, with generated decoding options, and must answer as the schema says too.
+    """
+    app = create_app(registry)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    good_image = encoded(picture(0))
+    examples: Counter[str] = Counter()
+
+    def aimed(drawn: tuple[Case, str | None, bool]) -> Case:
+        case, adapter, real_image = drawn
+        if isinstance(case.body, dict):
+            if adapter is not None and "adapter" in case.body:
+                case.body["adapter"] = adapter
+            if real_image and "media" in case.body:
+                case.body["media"] = good_image
+        return case
+
+    try:
+        for mode in GenerationMode:
+            fuzz(st.tuples(schema.as_strategy(mode), st.sampled_from([None, "shapes", "captions"]), st.booleans())
+                 .map(aimed), mode.value, examples)
+    finally:
+        shutdown_lifespans()  # the model thread schemathesis's ASGI client started with the app
+    total = sum(examples.values())
+    with capsys.disabled():
+        print(f"\nschemathesis: {total} examples, no 5xx, every response as the schema declares; by mode, "
+              f"operation and status: {dict(sorted(examples.items()))}")
+    statuses = {key.rsplit(" ", 1)[1] for key in examples}
+    assert {"200", "404", "422"} <= statuses  # hosted adapters were reached, and refused input was answered
+    with TestClient(app) as client:
+        response = client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"}, files=upload(good_image))
+    assert response.status_code == 200 and response.json()["answer"] == registry.get("shapes").model.ask(
+        [picture(0)], ["color ?"])[0]
