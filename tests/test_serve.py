@@ -471,15 +471,13 @@ def test_any_decoder_exception_is_a_400_naming_the_upload(client, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def video_registry(registry, tiny_lm_folder, tiny_vit_folder, tmp_path_factory) -> AdapterRegistry:
-    """The module's image adapters and "clips", a video adapter sampling 4 frames, over the same frozen models."""
+def video_registry(tiny_adapter_folders, tiny_lm_folder, tiny_vit_folder, tmp_path_factory) -> AdapterRegistry:
+    """The image adapter "shapes" and "clips", a video adapter sampling 4 frames, over the same frozen LM."""
     folder = tmp_path_factory.mktemp("adapter-clips")
     config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=f"frames:{tiny_vit_folder}", num_frames=4,
                            temporal="frames", num_blocks=2, inject_layers=[2, 3])
     save_steered_adapter(config, 3, folder)
-    registry.add("clips", folder)
-    yield registry
-    del registry.adapters["clips"]
+    return load_registry([("shapes", tiny_adapter_folders["shapes"]), ("clips", folder)])
 
 
 @pytest.mark.parametrize(("suffix", "codec"), [("mp4", "libx264"), ("webm", "libvpx-vp9"), ("mkv", "libx264"),
