@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import os
+import socket
+import struct
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import schemathesis
 import torch
+from conftest import save_steered_adapter
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from schemathesis import Case, GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.python.asgi import shutdown_lifespans
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette import formparsers
+from test_video import write_clip
 
-from sensorium import cli
+from sensorium import AdapterConfig, cli
 from sensorium.config import WEIGHTS_NAME
 from sensorium.model import generate_mixed
 from sensorium.serve import app as app_module
 from sensorium.serve import batching
+from sensorium.serve import media as media_module
 from sensorium.serve.adapters import AdapterRegistry
-from sensorium.serve.app import create_app, load_registry
+from sensorium.serve.app import create_app, load_registry, running_server
 from sensorium.serve.settings import ServeSettings
 
 STATIC = Path(app_module.__file__).parent / "static"
@@ -313,3 +335,239 @@ def test_cli_serve_reports_bad_adapters(tiny_adapter_folders, tmp_path, capsys):
     folder = tiny_adapter_folders["shapes"]
     assert cli.main(["serve", "--adapter", f"a={folder}", "--adapter", f"a={folder}"]) == 2
     assert "given twice" in capsys.readouterr().err
+
+
+# ---- the request body is bounded before it is parsed ---------------------------------------------------
+
+
+@pytest.fixture
+def spooled(monkeypatch) -> list[int]:
+    """Bytes the multipart parser writes into its temporary files (which go to disk past 1 MiB)."""
+    written = [0]
+
+    class Recorded(formparsers.SpooledTemporaryFile):
+        def write(self, data: bytes) -> int:
+            written[0] += len(data)
+            return super().write(data)
+
+    monkeypatch.setattr(formparsers, "SpooledTemporaryFile", Recorded)
+    return written
+
+
+def multipart_head(boundary: str = "b0undary") -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"adapter\"\r\n\r\nshapes\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\ncolor ?\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+
+def call_asgi(app, headers: dict[str, str], chunks: Iterator[bytes]) -> tuple[int, dict, int]:
+    """POST /v1/ask straight into the ASGI app, the body pulled chunk by chunk as a streaming server gives it:
+    (status, JSON body, bytes of the body the app pulled)."""
+    pulled, sent = [0], []
+
+    async def receive() -> dict:
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled[0] += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/ask", "raw_path": b"/v1/ask", "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+             "headers": [(key.lower().encode(), value.encode()) for key, value in headers.items()]}
+    asyncio.run(app(scope, receive, send))
+    body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body), pulled[0]
+
+
+def endless(head: bytes, chunk: int = 2**16, total: int = 300 * 2**20) -> Iterator[bytes]:
+    """A multipart body whose upload would run to ``total`` bytes, made only as far as it is read."""
+    yield head
+    for _ in range(total // chunk):
+        yield os.urandom(chunk)
+
+
+MULTIPART = "multipart/form-data; boundary=b0undary"
+
+
+def test_a_body_declaring_300_mib_is_refused_unread(registry, spooled):
+    app = create_app(registry, ServeSettings(max_upload_bytes=2**20))
+    status, body, pulled = call_asgi(app, {"content-type": MULTIPART, "content-length": str(300 * 2**20)},
+                                     endless(multipart_head()))
+    assert status == 413 and "request body larger than 1,114,112 bytes" in body["error"]
+    assert pulled == 0 and spooled == [0]
+
+
+def test_a_streamed_body_without_length_is_cut_at_the_limit(registry, spooled):
+    settings = ServeSettings(max_upload_bytes=2**20)
+    app = create_app(registry, settings)
+    status, body, pulled = call_asgi(app, {"content-type": MULTIPART, "transfer-encoding": "chunked"},
+                                     endless(multipart_head()))
+    assert status == 413 and "request body larger than" in body["error"]
+    assert settings.max_request_bytes < pulled <= settings.max_request_bytes + 2**16  # one chunk past the limit
+    assert spooled[0] <= settings.max_request_bytes
+
+
+def test_a_body_declaring_too_much_is_refused_over_a_real_socket(registry):
+    with running_server(create_app(registry, ServeSettings(max_upload_bytes=2**20))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(f"POST /v1/ask HTTP/1.1\r\nHost: {host}\r\nContent-Type: {MULTIPART}\r\n"
+                               f"Content-Length: {300 * 2**20}\r\n\r\n".encode() + multipart_head())
+            reply = connection.makefile("rb").read()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"application/json" in head and b"request body larger than" in body
+
+
+def test_an_upload_at_the_limit_still_passes_the_body_bound(serve_app):
+    # The body bound leaves room for the form beside the upload: a media file just under
+    # --max-upload-mb reaches the media checks (here: an unsupported type, 415, not 413).
+    limit = 50_000
+    with serve_app(max_upload_bytes=limit) as client:
+        response = client.post("/v1/ask", data={"adapter": "shapes", "question": "x" * 500},
+                               files=upload(b"t" * limit, "notes.txt"))
+    assert_error(response, 415, "unsupported media type")
+
+
+# ---- no upload makes a 5xx: every decoder error is a JSON 400 --------------------------------------------
+
+
+def gif_declaring(width: int, height: int) -> bytes:
+    """A 35-byte GIF whose header and one frame declare width x height pixels."""
+    size = struct.pack("<HH", width, height)
+    return b"GIF89a" + size + b"\x00\x00\x00" + b"," + b"\x00\x00\x00\x00" + size + b"\x00\x02\x02\x44\x01\x00;"
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    (encoded(picture(0), "JPEG")[:100], ["cut.bin", "unreadable"]),  # Pillow: OSError "Truncated File Read"
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, ["cut.bin", "unreadable"]),  # a PNG signature, then junk
+    (b"\x89PNG\r\n\x1a\n" + b"junk" * 50, ["cut.bin", "unreadable"]),
+    (gif_declaring(65535, 65535), ["cut.bin", "GIF", "decompression bomb"]),
+], ids=["jpeg-cut-at-100-bytes", "png-signature-then-bytes", "png-signature-then-text", "gif-of-65535x65535"])
+def test_undecodable_images_are_json_400(client, data, words):
+    response = client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"}, files=upload(data, "cut.bin"))
+    assert response.headers["content-type"] == "application/json"
+    assert_error(response, 400, *words)
+
+
+def test_any_decoder_exception_is_a_400_naming_the_upload(client, monkeypatch):
+    # Decoders of hostile bytes raise more kinds of exception than any list names; all are the upload's fault.
+    def decoder_fails(*args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(media_module, "load_image", decoder_fails)
+    response = client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"},
+                           files=upload(encoded(picture(0)), "odd.png"))
+    assert_error(response, 400, "odd.png: unreadable image (error: unpack requires a buffer of 4 bytes)")
+
+
+# ---- video adapters are served video uploads -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def video_registry(tiny_adapter_folders, tiny_lm_folder, tiny_vit_folder, tmp_path_factory) -> AdapterRegistry:
+    """The image adapter "shapes" and "clips", a video adapter sampling 4 frames, over the same frozen LM."""
+    folder = tmp_path_factory.mktemp("adapter-clips")
+    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=f"frames:{tiny_vit_folder}", num_frames=4,
+                           temporal="frames", num_blocks=2, inject_layers=[2, 3])
+    save_steered_adapter(config, 3, folder)
+    return load_registry([("shapes", tiny_adapter_folders["shapes"]), ("clips", folder)])
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [("mp4", "libx264"), ("webm", "libvpx-vp9"), ("mkv", "libx264"),
+                                               ("avi", "mpeg4")])
+def test_video_adapters_answer_video_uploads(video_registry, tmp_path, suffix, codec):
+    clip = write_clip(tmp_path / f"clip.{suffix}", 12, codec=codec, pixels=lambda i: np.asarray(picture(i, 32)))
+    question = "what is the shape ?"
+    with TestClient(create_app(video_registry)) as client:
+        # Named and typed as something else: the container is read from the content.
+        response = client.post("/v1/ask", data={"adapter": "clips", "question": question, "max_new_tokens": "4"},
+                               files=upload(Path(clip).read_bytes(), "upload.bin", "application/octet-stream"))
+    assert response.status_code == 200, response.text
+    model = video_registry.get("clips").model
+    assert model.encoder.num_frames == 4  # the adapter's own frame count, not the default 8
+    assert response.json()["answer"] == model.ask([clip], [question], max_new_tokens=4)[0]
+
+
+def test_bad_video_uploads_are_json_errors(video_registry, tmp_path):
+    whole = Path(write_clip(tmp_path / "clip.mp4", 10)).read_bytes()
+    ask = {"adapter": "clips", "question": "color ?"}
+    with TestClient(create_app(video_registry, ServeSettings(max_pixels=32 * 32 - 1))) as client:
+        assert_error(client.post("/v1/ask", data=ask, files=upload(whole[:len(whole) // 2], "half.mp4")),
+                     400, "half.mp4")
+        assert_error(client.post("/v1/ask", data=ask, files=upload(whole[:8] + os.urandom(2000), "noise.mp4")),
+                     400, "noise.mp4")
+        assert_error(client.post("/v1/ask", data=ask, files=upload(b"\x1a\x45\xdf\xa3" + b"\x00" * 100, "x.webm")),
+                     400, "x.webm")
+        # Frames over the pixel limit are refused from the stream's header, before decoding.
+        assert_error(client.post("/v1/ask", data=ask, files=upload(whole, "big.mp4")), 413, "big.mp4", "32x32")
+        # Each adapter reads its own modality, whichever way round.
+        assert_error(client.post("/v1/ask", data=ask, files=upload(encoded(picture(0)))), 415,
+                     "'clips' reads video, not image")
+        assert_error(client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"},
+                                 files=upload(whole, "clip.mp4")), 415, "'shapes' reads image, not video")
+
+
+# ---- fuzzed from the API's own schema ------------------------------------------------------------------
+
+FUZZ_EXAMPLES = 100  # per generation mode (data that fits the schema, data that does not)
+FUZZ_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def fuzz(cases: st.SearchStrategy[Case], mode: str, examples: Counter[str]) -> None:
+    """Call and check FUZZ_EXAMPLES cases (fewer where the schema allows fewer), counting them by outcome."""
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(cases)
+    def call_and_check(case: Case) -> None:
+        response = case.call()
+        case.validate_response(response, checks=FUZZ_CHECKS)
+        examples[f"{mode} {case.method} {case.path} {response.status_code}"] += 1
+
+    call_and_check()
+
+
+def test_fuzzing_from_the_openapi_schema_finds_no_server_error(registry, capsys):
+    """schemathesis, in-process (ASGI: no network, no port): every response is below 500, its status is one the
+    schema declares for the operation, and its body conforms to the declared model; then the server still answers.
+
+    Generated adapter names are random, so some cases name a hosted adapter and some upload a real image: those
+    reach decoding and generation, with generated decoding options, and must answer as the schema says too.
+    """
+    app = create_app(registry)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    good_image = encoded(picture(0))
+    examples: Counter[str] = Counter()
+
+    def aimed(drawn: tuple[Case, str | None, bool]) -> Case:
+        case, adapter, real_image = drawn
+        if isinstance(case.body, dict):
+            if adapter is not None and "adapter" in case.body:
+                case.body["adapter"] = adapter
+            if real_image and "media" in case.body:
+                case.body["media"] = good_image
+        return case
+
+    try:
+        for mode in GenerationMode:
+            fuzz(st.tuples(schema.as_strategy(mode), st.sampled_from([None, "shapes", "captions"]), st.booleans())
+                 .map(aimed), mode.value, examples)
+    finally:
+        shutdown_lifespans()  # the model thread schemathesis's ASGI client started with the app
+    total = sum(examples.values())
+    with capsys.disabled():
+        print(f"\nschemathesis: {total} examples, no 5xx, every response as the schema declares; by mode, "
+              f"operation and status: {dict(sorted(examples.items()))}")
+    statuses = {key.rsplit(" ", 1)[1] for key in examples}
+    assert {"200", "404", "422"} <= statuses  # hosted adapters were reached, and refused input was answered
+    with TestClient(app) as client:
+        response = client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"}, files=upload(good_image))
+    assert response.status_code == 200 and response.json()["answer"] == registry.get("shapes").model.ask(
+        [picture(0)], ["color ?"])[0]

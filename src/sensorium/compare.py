@@ -541,7 +541,8 @@ def _smoke_models(folder: Path) -> dict[str, str]:
     torch.manual_seed(0)
     lm = AutoModelForCausalLM.from_config(LlamaConfig(
         vocab_size=len(vocabulary), hidden_size=16, intermediate_size=32, num_hidden_layers=30, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+        num_key_value_heads=1, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        trust_remote_code=False)
     lm.save_pretrained(folder / "lm")
     tokenizer.save_pretrained(folder / "lm")
     vit = ViTConfig(hidden_size=16, num_hidden_layers=12, num_attention_heads=2, intermediate_size=32, image_size=32,

@@ -33,6 +33,7 @@ from .errors import BadInputError
 from .injection import decoder_layers, paper_layer_range, spread_blocks
 from .lm import check_lm, check_lm_config
 from .recipe import Recipe, apply_override
+from .safe_load import from_pretrained
 
 # Spec arguments that name files or folders (every reader calls them so).
 PATH_ARGUMENTS = ("path", "questions", "annotations", "images", "videos", "csv", "audio")
@@ -356,11 +357,11 @@ def _locate(name: str, kind: str, packaged: bool, report: DryRunReport) -> tuple
 def _config(source: str) -> Any:
     path = Path(source)
     if path.is_file() and path.suffix == ".gguf":
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        return from_pretrained(AutoConfig, path.parent, "model", gguf_file=path.name)
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").exists() and ggufs:
-        return AutoConfig.from_pretrained(path, gguf_file=ggufs[0].name)
-    return AutoConfig.from_pretrained(path)
+        return from_pretrained(AutoConfig, path, "model", gguf_file=ggufs[0].name)
+    return from_pretrained(AutoConfig, path, "model")
 
 
 def _parameter_count(model: torch.nn.Module) -> int:
@@ -385,9 +386,9 @@ def _inspect_lm(name: str, report: DryRunReport) -> ModelFacts | None:
         config = _config(source)
         check_lm_config(config, name)
         with torch.device("meta"):  # structure only: no memory, no weights read
-            lm = AutoModelForCausalLM.from_config(config)
+            lm = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
         check_lm(lm, name)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, BadInputError) as error:
         report.add("models", "error", str(error))
         return None
     text = config.get_text_config()
@@ -415,8 +416,8 @@ def _inspect_encoder(name: str, report: DryRunReport) -> ModelFacts | None:
         return _published(name, f"encoder '{name}'", report)
     try:
         with torch.device("meta"):
-            tower = _encoder_tower(AutoModel.from_config(_config(source)))
-    except (OSError, ValueError) as error:
+            tower = _encoder_tower(AutoModel.from_config(_config(source), trust_remote_code=False))
+    except (OSError, ValueError, BadInputError) as error:
         report.add("models", "error", f"encoder '{name}': {error}")
         return None
     facts = ModelFacts(_parameter_count(tower), tower.config.num_hidden_layers, tower.config.hidden_size,

@@ -20,6 +20,7 @@ from transformers import (
 
 from . import zoo
 from .injection import decoder_layers
+from .safe_load import from_pretrained
 
 # What PerceptualLM passes to the LM's forward: the learned prefix enters as embeddings, positions
 # come from the attention mask (padding sits between the slot and the text), and only the logits of
@@ -32,8 +33,9 @@ def _convert_gguf(source: Path, out_dir: Path, dtype: torch.dtype = torch.float3
 
     A 1.5B LM is 7 GB in fp32: stored in bf16 it takes half, and loading in fp32 casts it back exactly.
     """
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = from_pretrained(AutoModelForCausalLM, source.parent, "language model", gguf_file=source.name,
+                            dtype=dtype)
+    tokenizer = from_pretrained(AutoTokenizer, source.parent, "language model", gguf_file=source.name)
     # The de-quantised weights are plain floats: drop the quantiser so the folder saves as a normal model.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -140,10 +142,11 @@ def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
     """
     path, gguf_file = resolve_lm_path(name_or_path)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    what = "language model"
     try:
-        check_lm_config(AutoConfig.from_pretrained(path, **extra), name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        check_lm_config(from_pretrained(AutoConfig, path, what, **extra), name_or_path)
+        model = from_pretrained(AutoModelForCausalLM, path, what, dtype=dtype, device_map=device_map, **extra)
+        tokenizer = from_pretrained(AutoTokenizer, path, what, **extra)
     except OSError as error:
         packaged = ", ".join(sorted(n for n, e in zoo.REGISTRY.items() if e.kind == "lm"))
         raise ValueError(

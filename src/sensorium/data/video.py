@@ -13,6 +13,7 @@ per epoch would be computed once and frozen anyway.
 from __future__ import annotations
 
 import bisect
+import io
 from pathlib import Path
 
 import av
@@ -26,6 +27,10 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 # Counter-clockwise quarter turns that make a frame upright, from the display matrix's angle.
 _QUARTER_TURNS = {0: None, 90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
                   270: Image.Transpose.ROTATE_270}
+
+
+class FramesTooLargeError(BadInputError):
+    """Frames larger than the caller accepts, known from the stream's header before any is decoded."""
 
 
 def sample_times(start: float, end: float, count: int) -> list[float]:
@@ -44,23 +49,36 @@ def upright(image: Image.Image, rotation: float) -> Image.Image:
     return image if turn is None else image.transpose(turn)
 
 
-def _open(path: Path) -> av.container.InputContainer:
-    if path.is_file() and path.stat().st_size == 0:
-        raise BadInputError(f"{path}: empty file")
+def _name(source: str | Path | bytes, name: str | None) -> str:
+    """What errors call the video: ``name`` for an upload's bytes, the path for a file."""
+    return name or ("upload" if isinstance(source, bytes) else str(source))
+
+
+def _open(source: str | Path | bytes, name: str) -> av.container.InputContainer:
+    """A file by its path, or an upload from its bytes (each open reads them from the start)."""
+    if isinstance(source, bytes):
+        if not source:
+            raise BadInputError(f"{name}: empty file")
+        target: str | io.BytesIO = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if path.is_file() and path.stat().st_size == 0:
+            raise BadInputError(f"{name}: empty file")
+        target = str(path)
     try:
-        return av.open(str(path))
+        return av.open(target)
     except FileNotFoundError as error:
-        raise BadInputError(f"{path}: file not found") from error
+        raise BadInputError(f"{name}: file not found") from error
     except av.error.InvalidDataError as error:
-        raise BadInputError(f"{path}: not a video file (unrecognised or corrupt data)") from error
+        raise BadInputError(f"{name}: not a video file (unrecognised or corrupt data)") from error
     except (av.error.FFmpegError, OSError) as error:
-        raise BadInputError(f"{path}: unreadable video ({error})") from error
+        raise BadInputError(f"{name}: unreadable video ({error})") from error
 
 
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
     if not container.streams.video:
         what = "audio only" if container.streams.audio else "no streams"
-        raise BadInputError(f"{path}: no video stream ({what})")
+        raise BadInputError(f"{name}: no video stream ({what})")
     return container.streams.video[0]
 
 
@@ -69,15 +87,15 @@ def _timestamp(packet_or_frame: av.Packet | av.VideoFrame) -> int | None:
     return packet_or_frame.pts if packet_or_frame.pts is not None else packet_or_frame.dts
 
 
-def frame_times(path: str | Path) -> tuple[list[int], int]:
+def frame_times(source: str | Path | bytes, name: str | None = None) -> tuple[list[int], int]:
     """Sorted presentation timestamps of every frame (in the stream's time base) and the clip's end.
 
     Read from the packets without decoding them. The end is the last frame's timestamp plus its
     duration, so a clip's last frame owns a share of the time like every other.
     """
-    path = Path(path)
-    with _open(path) as container:
-        stream = _video_stream(container, path)
+    name = _name(source, name)
+    with _open(source, name) as container:
+        stream = _video_stream(container, name)
         times, durations = [], []
         try:
             for packet in container.demux(stream):
@@ -86,9 +104,9 @@ def frame_times(path: str | Path) -> tuple[list[int], int]:
                     times.append(stamp)
                     durations.append(packet.duration or 0)
         except av.error.FFmpegError as error:
-            raise BadInputError(f"{path}: corrupt video data ({error})") from error
+            raise BadInputError(f"{name}: corrupt video data ({error})") from error
     if not times:
-        raise BadInputError(f"{path}: no video frames")
+        raise BadInputError(f"{name}: no video frames")
     order = sorted(range(len(times)), key=times.__getitem__)
     times = [times[i] for i in order]
     gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False) if later > earlier]
@@ -101,18 +119,25 @@ def frames_on_screen(times: list[int], targets: list[float]) -> list[int]:
     return [times[max(bisect.bisect_right(times, target) - 1, 0)] for target in targets]
 
 
-def load_video(path: str | Path, num_frames: int = DEFAULT_FRAMES) -> list[Image.Image]:
+def load_video(source: str | Path | bytes, num_frames: int = DEFAULT_FRAMES, name: str | None = None,
+               max_pixels: int | None = None) -> list[Image.Image]:
     """``num_frames`` upright RGB frames at uniform times over the clip, or a BadInputError naming the file.
 
-    A clip with fewer frames than asked repeats its frames (each target time takes the frame on screen),
-    so every clip gives exactly ``num_frames`` frames in time order.
+    ``source`` is a path, or an upload's bytes (``name`` then names it in errors). A clip with fewer
+    frames than asked repeats its frames (each target time takes the frame on screen), so every clip
+    gives exactly ``num_frames`` frames in time order. Frames of more than ``max_pixels`` are refused
+    from the stream's header (FramesTooLargeError), before one is decoded into memory.
     """
-    path = Path(path)
-    times, end = frame_times(path)
+    name = _name(source, name)
+    times, end = frame_times(source, name)
     wanted = frames_on_screen(times, sample_times(times[0], end, num_frames))
     needed, images = set(wanted), {}
-    with _open(path) as container:
-        stream = _video_stream(container, path)
+    with _open(source, name) as container:
+        stream = _video_stream(container, name)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if max_pixels is not None and width * height > max_pixels:
+            raise FramesTooLargeError(f"{name}: video frames of {width}x{height} pixels; at most {max_pixels:,} "
+                                      "pixels are accepted")
         try:
             for frame in container.decode(stream):
                 stamp = _timestamp(frame)
@@ -121,8 +146,8 @@ def load_video(path: str | Path, num_frames: int = DEFAULT_FRAMES) -> list[Image
                     if len(images) == len(needed):
                         break
         except av.error.FFmpegError as error:
-            raise BadInputError(f"{path}: corrupt video data ({error})") from error
+            raise BadInputError(f"{name}: corrupt video data ({error})") from error
     missing = sorted(needed - set(images))
     if missing:
-        raise BadInputError(f"{path}: corrupt video (frame at timestamp {missing[0]} could not be decoded)")
+        raise BadInputError(f"{name}: corrupt video (frame at timestamp {missing[0]} could not be decoded)")
     return [images[stamp] for stamp in wanted]

@@ -9,6 +9,7 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from ..data.video import DEFAULT_FRAMES
+from ..safe_load import from_pretrained
 from . import dinov2_onnx, efficientnet, whisper_ct2, yamnet
 from .audio import AudioEncoder
 from .base import Encoder
@@ -71,10 +72,10 @@ def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames:
                           tokens: str) -> Encoder:
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        source, config = str(folder), AutoConfig.from_pretrained(folder)
+        source, config = str(folder), from_pretrained(AutoConfig, folder, "encoder")
     elif _HUB_ID.fullmatch(name_or_path):
         try:
-            source, config = name_or_path, AutoConfig.from_pretrained(name_or_path)
+            source, config = name_or_path, from_pretrained(AutoConfig, name_or_path, "encoder")
         except OSError as err:
             raise _unknown(name_or_path) from err
     else:

@@ -38,6 +38,11 @@ class FrameEncoder(Encoder):
         self.num_tokens = num_frames
         self.freeze()
 
+    @property
+    def num_frames(self) -> int:
+        """Frames sampled per clip: one token each (the name video models use for the same count)."""
+        return self.num_tokens
+
     def load(self, path: str | Path) -> list[Image.Image]:
         return load_video(path, self.num_tokens)
 

@@ -26,6 +26,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from ..safe_load import from_pretrained
 from .audio import AudioEncoder, masked_mean
 from .hf_vision import _has_cls_token, config_hash
 
@@ -42,8 +43,8 @@ def is_audio_config(config: PretrainedConfig) -> bool:
 def _audio_tower(source: str, config: PretrainedConfig) -> torch.nn.Module:
     """The audio encoder: a folder saved from Whisper's encoder alone, or the encoder half of a seq2seq model."""
     if "WhisperEncoder" in (config.architectures or []):
-        return WhisperEncoder.from_pretrained(source, dtype=torch.float32)
-    model = AutoModel.from_pretrained(source, dtype=torch.float32)
+        return from_pretrained(WhisperEncoder, source, "encoder", dtype=torch.float32)
+    model = from_pretrained(AutoModel, source, "encoder", dtype=torch.float32)
     return model.get_encoder() if config.is_encoder_decoder else model
 
 
@@ -62,9 +63,9 @@ class HFAudioEncoder(AudioEncoder):
     def __init__(self, name_or_path: str | Path, name: str | None = None) -> None:
         super().__init__()
         source = str(name_or_path)
-        config = AutoConfig.from_pretrained(source)
+        config = from_pretrained(AutoConfig, source, "encoder")
         try:
-            self.extractor = AutoFeatureExtractor.from_pretrained(source)
+            self.extractor = from_pretrained(AutoFeatureExtractor, source, "encoder")
         except OSError as error:
             raise ValueError(f"{source}: no preprocessor_config.json; an audio model is read with its own "
                              "feature extractor, saved beside its weights") from error

@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
 from ..data.video import load_video
+from ..safe_load import from_pretrained
 from .base import Encoder
 from .hf_vision import _has_cls_token, block_tokens, config_hash
 
@@ -30,7 +31,7 @@ class HFVideoEncoder(Encoder):
                  name: str | None = None) -> None:
         super().__init__()
         source = str(name_or_path)
-        self.model = AutoModel.from_pretrained(source, dtype=torch.float32)
+        self.model = from_pretrained(AutoModel, source, "encoder", dtype=torch.float32)
         config = self.model.config
         # Position (and for most, time) embeddings are learned for one clip length and frame size.
         if num_frames not in (None, config.num_frames):
@@ -38,7 +39,7 @@ class HFVideoEncoder(Encoder):
         if image_size not in (None, config.image_size):
             raise ValueError(f"{source} was built for {config.image_size} px frames, not {image_size}")
         try:
-            self.processor = AutoImageProcessor.from_pretrained(source)
+            self.processor = from_pretrained(AutoImageProcessor, source, "encoder")
         except OSError as error:
             raise ValueError(f"{source}: no preprocessor_config.json; a video model is read with its own image "
                              "processor, saved beside its weights") from error

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig
 from transformers.utils import cached_file
 
+from ..safe_load import from_pretrained
 from .base import TOKENS, Encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,7 +92,7 @@ class HFVisionEncoder(Encoder):
         if tokens not in TOKENS:
             raise ValueError(f"unknown encoder tokens '{tokens}'; available: {', '.join(TOKENS)}")
         source = str(name_or_path)
-        self.model = _vision_tower(AutoModel.from_pretrained(source, dtype=torch.float32))
+        self.model = _vision_tower(from_pretrained(AutoModel, source, "encoder", dtype=torch.float32))
         config = self.model.config
         default_size, self.mean, self.std = _preprocessing(source, config)
         self.name = name or source

@@ -1,8 +1,9 @@
 """The adapters a server hosts, over ONE copy of each frozen LM and encoder.
 
 An adapter is a few MB; its frozen LM and encoder are hundreds. Adapters naming the same LM share
-one LM object (and tokenizer), those naming the same encoder at the same resolution (and reading the same
-tokens: [CLS] or patches) share one encoder, so hosting one more adapter costs only its own weights.
+one LM object (and tokenizer), those naming the same encoder at the same resolution and frame count
+(and reading the same tokens: [CLS] or patches) share one encoder, so hosting one more adapter costs
+only its own weights.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from ..config import WEIGHTS_NAME, AdapterConfig
 from ..connectors import connector_type
+from ..data.video import DEFAULT_FRAMES
 from ..encoders import Encoder, load_encoder
 from ..lm import load_lm
 from ..model import PerceptualLM
@@ -44,6 +46,11 @@ class HostedAdapter:
         return getattr(self.model.encoder, "modality", "image")
 
     @property
+    def num_frames(self) -> int:
+        """How many frames a video adapter's encoder samples from a clip; unused by other adapters."""
+        return getattr(self.model.encoder, "num_frames", DEFAULT_FRAMES)
+
+    @property
     def batch_key(self) -> tuple:
         """Adapters with equal keys can share one generate() call (see ``model.generate_mixed``)."""
         return _source_key(self.model.config.lm), self.model.layout
@@ -63,7 +70,7 @@ class AdapterRegistry:
         self.device = device
         self.adapters: dict[str, HostedAdapter] = {}
         self._lms: dict[str, tuple[Any, Any]] = {}
-        self._encoders: dict[tuple[str, int | None, str], Encoder] = {}
+        self._encoders: dict[tuple[str, int | None, str, int | None], Encoder] = {}
 
     def add(self, name: str, folder: str | Path) -> HostedAdapter:
         if name in self.adapters:
@@ -74,9 +81,10 @@ class AdapterRegistry:
         if lm_key not in self._lms:
             self._lms[lm_key] = load_lm(config.lm)
         tokens = connector_type(config.connector).reads
-        encoder_key = (_source_key(config.encoder), config.image_size, tokens)
+        encoder_key = (_source_key(config.encoder), config.image_size, tokens, config.num_frames)
         if encoder_key not in self._encoders:
-            self._encoders[encoder_key] = load_encoder(config.encoder, image_size=config.image_size, tokens=tokens)
+            self._encoders[encoder_key] = load_encoder(config.encoder, image_size=config.image_size,
+                                                       num_frames=config.num_frames, tokens=tokens)
         lm, tokenizer = self._lms[lm_key]
         model = PerceptualLM.from_pretrained(folder, lm=lm, tokenizer=tokenizer, encoder=self._encoders[encoder_key])
         self.adapters[name] = HostedAdapter(name, folder, model.to(self.device).eval())

@@ -27,7 +27,8 @@ from .. import __version__
 from ..errors import BadInputError
 from .adapters import AdapterRegistry, UnknownAdapterError
 from .batching import Batcher
-from .media import MediaTooLargeError, UnsupportedMediaError, read_media
+from .body_limit import BodyLimit
+from .media import MediaTooLargeError, UnsupportedMediaError, media_modality, read_media
 from .settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
@@ -98,12 +99,15 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
                   description="Questions and captions about media, from eP-ALM adapters over shared frozen models.")
     app.state.registry, app.state.batcher, app.state.settings = registry, batcher, settings
     _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       message=f"request body larger than {settings.max_request_bytes:,} bytes (an upload of at most "
+                               f"{settings.max_upload_bytes:,} bytes and the form fields)")
 
     NewTokens = Annotated[int | None, Form(ge=1, le=settings.max_new_tokens,
                                            description="default: the adapter's (its task's)")]
     Beams = Annotated[int | None, Form(ge=1, le=settings.max_beams, description="1 is greedy; default: the adapter's")]
-    Media = Annotated[UploadFile, File(description="an image or a sound (for an audio adapter); its type is read "
-                                                "from its content")]
+    Media = Annotated[UploadFile, File(description="an image, a sound (for an audio adapter) or a video (for a "
+                                                "video adapter); its type is read from its content")]
     AdapterName = Annotated[str, Form(description="one of GET /v1/adapters")]
 
     async def answer(task: str, adapter: str, media: UploadFile, question: str,
@@ -113,10 +117,11 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
         if hosted.task != task:
             raise ServeError(400, f"adapter '{adapter}' does {hosted.task}, not {task}: "
                                   f"use {ENDPOINT_OF_TASK[hosted.task]}")
-        data = await media.read(settings.max_upload_bytes + 1)
-        decoded = await run_in_threadpool(read_media, data, media.filename or "upload", settings.media_limits)
-        if decoded.modality != hosted.modality:
-            raise ServeError(415, f"adapter '{adapter}' reads {hosted.modality}, not {decoded.modality}")
+        data, name = await media.read(settings.max_upload_bytes + 1), media.filename or "upload"
+        modality = media_modality(data, name, settings.media_limits)  # before decoding what would be refused
+        if modality != hosted.modality:
+            raise ServeError(415, f"adapter '{adapter}' reads {hosted.modality}, not {modality}")
+        decoded = await run_in_threadpool(read_media, data, name, settings.media_limits, hosted.num_frames)
         generation = {**hosted.model.config.generation_defaults(),
                       **{key: value for key, value in options.items() if value is not None}}
         try:

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from .media import MediaLimits
 
+# Room in a request body for the multipart boundaries and headers and the text fields (a question of
+# max_question_chars is at most 4 bytes a character), beside the upload itself.
+FORM_OVERHEAD_BYTES = 64 * 2**10
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -20,6 +24,15 @@ class ServeSettings:
     max_new_tokens: int = 64  # the most a request may ask for
     max_beams: int = 8
     request_timeout_s: float = 60.0  # queueing included
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The whole request body: the upload, its multipart framing and the form fields beside it.
+
+        Bounded before the body is parsed, so that an oversized upload is refused as it streams in, never
+        written to a temporary file first.
+        """
+        return self.max_upload_bytes + FORM_OVERHEAD_BYTES
 
     @property
     def media_limits(self) -> MediaLimits:

@@ -5,13 +5,26 @@ const $ = (id) => document.getElementById(id);
 let adapters = [];
 let media = null;
 
-// One preview per kind of media, keyed by the MIME type's first part; audio and video add an entry each.
+// One preview per kind of media, keyed by the MIME type's first part.
 const PREVIEWS = {
   image(file) {
     const img = document.createElement("img");
     img.alt = file.name;
     img.src = URL.createObjectURL(file);
     return img;
+  },
+  audio(file) {
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.src = URL.createObjectURL(file);
+    return audio;
+  },
+  video(file) {
+    const video = document.createElement("video");
+    video.controls = true;
+    video.muted = true;
+    video.src = URL.createObjectURL(file);
+    return video;
   },
 };
 
