@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from sensorium import AdapterConfig, PerceptualLM
 from sensorium.cli import main
@@ -47,6 +51,30 @@ def test_ask_on_a_bad_image_names_it(adapter, tmp_path, capsys, content):
 def test_ask_on_a_missing_adapter(image, tmp_path, capsys):
     assert main(["ask", str(tmp_path / "nothing"), image, "what ?"]) == 2
     assert "not an adapter folder" in one_line_error(capsys)
+
+
+def broken_copy(adapter: str, folder, name: str, tensor: torch.Tensor) -> str:
+    """A copy of the adapter whose tensor ``name`` is replaced."""
+    shutil.copytree(adapter, folder)
+    state = load_file(folder / "adapter.safetensors")
+    state[name] = tensor
+    save_file(state, folder / "adapter.safetensors")
+    return str(folder)
+
+
+@pytest.mark.parametrize(("name", "tensor", "reason"), [
+    ("connector.linear.weight", torch.ones(1, 32), r"has shape \[1, 32\], the model expects \[32, 32\]"),
+    ("prompt", torch.tensor(0.5), r"has shape \[\], the model expects \[1, 32\]"),
+    ("slot_embedding", torch.arange(32), "is torch.int64, not floating point"),
+    ("prompt", torch.full((1, 32), float("nan")), "holds NaN or infinite values"),
+])
+def test_ask_refuses_adapter_weights_that_do_not_fit(adapter, image, tmp_path, capsys, name, tensor, reason):
+    """copy_ would broadcast a wrong shape into the model: every tensor is checked before any is copied."""
+    broken = broken_copy(adapter, tmp_path / "broken", name, tensor)
+    assert main(["ask", broken, image, "what ?"]) == 2
+    error = one_line_error(capsys)
+    assert f"{broken}/adapter.safetensors: tensor '{name}'" in error
+    assert re.search(reason, error), error
 
 
 def test_eval_writes_predictions_and_prints_accuracy(adapter, image, tmp_path, capsys):
