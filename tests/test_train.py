@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from sensorium import train as training
 from sensorium.cache import FeatureCache
@@ -99,6 +100,74 @@ def test_encoder_runs_once_per_distinct_image(tiny_vit_folder, manifest, tmp_pat
     assert not calls, "cached features were recomputed"
     for path in paths:
         torch.testing.assert_close(again[rows_again[path]], first[rows[path]])
+
+
+def _garbage(shard: Path) -> None:
+    shard.write_bytes(bytes(range(256)) * (shard.stat().st_size // 256 + 1))
+
+
+def _nan(shard: Path) -> None:
+    with safe_open(shard, "pt") as handle:
+        metadata, features = handle.metadata(), handle.get_tensor("features")
+    save_file({"features": torch.full_like(features, float("nan"))}, shard, metadata=metadata)
+
+
+def _misshaped(shard: Path) -> None:
+    with safe_open(shard, "pt") as handle:
+        metadata, features = handle.metadata(), handle.get_tensor("features")
+    save_file({"features": features[:, :1].contiguous()}, shard, metadata=metadata)
+
+
+def _permuted_keys(shard: Path) -> None:
+    index = shard.with_suffix(".json")
+    entry = json.loads(index.read_text())
+    index.write_text(json.dumps({**entry, "keys": entry["keys"][::-1]}))
+
+
+def _before_digests(shard: Path) -> None:
+    """The index format of caches written before shards carried a digest: a bare key list."""
+    index = shard.with_suffix(".json")
+    index.write_text(json.dumps(json.loads(index.read_text())["keys"]))
+
+
+DAMAGES = {
+    "garbage": _garbage,
+    "nan": _nan,
+    "misshaped": _misshaped,
+    "truncated": lambda shard: shard.write_bytes(shard.read_bytes()[:200]),
+    "zeroed": lambda shard: shard.write_bytes(bytes(shard.stat().st_size)),
+    "empty": lambda shard: shard.write_bytes(b""),
+    "permuted keys": _permuted_keys,
+    "index not json": lambda shard: shard.with_suffix(".json").write_text("{\"keys\": [\"ab"),
+    "index gone": lambda shard: shard.with_suffix(".json").unlink(),
+    "before digests": _before_digests,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_cache_shard_is_computed_again(tiny_vit_folder, manifest, tmp_path, monkeypatch, caplog, damage):
+    from sensorium.encoders import load_encoder
+
+    encoder = load_encoder(tiny_vit_folder)
+    paths = [str(manifest.parent / f"{c}.png") for c in COLORS]
+    first, rows, _ = FeatureCache(encoder, root=tmp_path / "cache").features(paths)
+    (shard,) = (tmp_path / "cache").rglob("shard-*.safetensors")
+    DAMAGES[damage](shard)
+    forward = type(encoder).forward
+    calls = []
+    monkeypatch.setattr(type(encoder), "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    with caplog.at_level("WARNING", logger="sensorium.cache"):
+        again, rows_again, _ = FeatureCache(encoder, root=tmp_path / "cache").features(paths)
+    assert calls == [len(paths)], "the damaged shard's files were not encoded again"
+    assert [r.getMessage() for r in caplog.records if str(shard) in r.getMessage()], caplog.text
+    for path in paths:
+        assert torch.equal(again[rows_again[path]], first[rows[path]])
+    # The damaged shard is gone; the new one verifies and serves the next run without encoding.
+    calls.clear()
+    caplog.clear()
+    third, rows_third, _ = FeatureCache(encoder, root=tmp_path / "cache").features(paths)
+    assert not calls and not caplog.records and not shard.exists()
+    assert torch.equal(third[[rows_third[p] for p in paths]], first[[rows[p] for p in paths]])
 
 
 def _encode_twice_with_decoding_workers(vit_folder: str, paths: list[str], root: str) -> tuple[int, ...]:
