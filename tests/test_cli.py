@@ -89,6 +89,22 @@ def test_eval_writes_predictions_and_prints_accuracy(adapter, image, tmp_path, c
     assert record["answers"] == ["blue"] and record["accuracy"] in (0.0, 1.0)
 
 
+def test_eval_encodes_a_damaged_cache_shard_again_with_a_warning(adapter, image, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SENSORIUM_CACHE", str(tmp_path / "cache"))
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text(json.dumps({"media": "blue.png", "question": "what color ?", "answers": ["blue"]}) + "\n")
+    clean, again = tmp_path / "clean.jsonl", tmp_path / "again.jsonl"
+    assert main(["eval", adapter, "--data", str(manifest), "--predictions", str(clean)]) == 0
+    (shard,) = (tmp_path / "cache").rglob("shard-*.safetensors")
+    shard.write_bytes(bytes(shard.stat().st_size))  # zeroed
+    capsys.readouterr()
+    assert main(["eval", adapter, "--data", str(manifest), "--predictions", str(again)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sensorium: warning:")]
+    assert warnings == [f"sensorium: warning: feature cache shard {shard}: its content does not match the digest "
+                        "written with it; its files are encoded again"]
+    assert again.read_text() == clean.read_text()
+
+
 def test_eval_with_a_missing_file_in_the_manifest(adapter, tmp_path, capsys):
     manifest = tmp_path / "set.jsonl"
     manifest.write_text(json.dumps({"media": "nowhere.png", "question": "what ?", "answers": ["x"]}) + "\n")

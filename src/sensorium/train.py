@@ -210,7 +210,8 @@ def prune_checkpoints(out: Path, step: int, keep: int) -> None:
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The gist of a loader's error: torch's run on for several sentences and lines."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
 
 
 def read_state(folder: Path, step: int) -> dict[str, Any]:
