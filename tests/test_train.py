@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -415,3 +418,52 @@ def test_a_second_training_in_a_locked_folder_names_the_holder(tiny_lm_folder, t
         holder.wait()
     training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, out, max_steps=2))
     assert sorted(training.checkpoint_steps(out)) == [2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(min_value=0))
+def test_a_metrics_log_cut_anywhere_reads_as_its_complete_records(cut):
+    """A crash can stop a write at any byte: what is read back is always the records written whole."""
+    from sensorium.tracking import read_metrics
+
+    records = [{"step": step, "train/loss": 1 / step, "train/lr": 1e-3} for step in range(1, 6)]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    cut %= len(text) + 1
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "metrics.jsonl"
+        path.write_text(text[:cut])
+        read = read_metrics(path)
+    assert read == records[:len(read)]
+    assert len(read) >= text[:cut].count("\n")
+
+
+@pytest.fixture(scope="module")
+def clean_cache(tiny_vit_folder, tmp_path_factory):
+    """A feature cache of three images, and their features."""
+    from sensorium.encoders import load_encoder
+
+    folder = tmp_path_factory.mktemp("clean-cache")
+    paths = []
+    for name, rgb in COLORS.items():
+        Image.new("RGB", (32, 32), rgb).save(folder / f"{name}.png")
+        paths.append(str(folder / f"{name}.png"))
+    encoder = load_encoder(tiny_vit_folder)
+    features, rows, _ = FeatureCache(encoder, root=folder / "cache").features(paths)
+    return encoder, folder / "cache", paths, {p: features[rows[p]] for p in paths}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(position=st.integers(min_value=0), flip=st.integers(min_value=1, max_value=255))
+def test_a_cache_shard_with_any_byte_flipped_is_computed_again(clean_cache, position, flip):
+    encoder, cache, paths, expected = clean_cache
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "cache"
+        shutil.copytree(cache, root)
+        (shard,) = root.rglob("shard-*.safetensors")
+        data = bytearray(shard.read_bytes())
+        data[position % len(data)] ^= flip
+        shard.write_bytes(bytes(data))
+        features, rows, _ = FeatureCache(encoder, root=root).features(paths, workers=0)
+        assert not shard.exists(), "the damaged shard was used"
+    for path in paths:  # encoded again, maybe with another thread count than the fixture's: equal to rounding
+        torch.testing.assert_close(features[rows[path]], expected[path])
