@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from sensorium import AdapterConfig, PerceptualLM
 from sensorium.cli import main
@@ -49,6 +53,30 @@ def test_ask_on_a_missing_adapter(image, tmp_path, capsys):
     assert "not an adapter folder" in one_line_error(capsys)
 
 
+def broken_copy(adapter: str, folder, name: str, tensor: torch.Tensor) -> str:
+    """A copy of the adapter whose tensor ``name`` is replaced."""
+    shutil.copytree(adapter, folder)
+    state = load_file(folder / "adapter.safetensors")
+    state[name] = tensor
+    save_file(state, folder / "adapter.safetensors")
+    return str(folder)
+
+
+@pytest.mark.parametrize(("name", "tensor", "reason"), [
+    ("connector.linear.weight", torch.ones(1, 32), r"has shape \[1, 32\], the model expects \[32, 32\]"),
+    ("prompt", torch.tensor(0.5), r"has shape \[\], the model expects \[1, 32\]"),
+    ("slot_embedding", torch.arange(32), "is torch.int64, not floating point"),
+    ("prompt", torch.full((1, 32), float("nan")), "holds NaN or infinite values"),
+])
+def test_ask_refuses_adapter_weights_that_do_not_fit(adapter, image, tmp_path, capsys, name, tensor, reason):
+    """copy_ would broadcast a wrong shape into the model: every tensor is checked before any is copied."""
+    broken = broken_copy(adapter, tmp_path / "broken", name, tensor)
+    assert main(["ask", broken, image, "what ?"]) == 2
+    error = one_line_error(capsys)
+    assert f"{broken}/adapter.safetensors: tensor '{name}'" in error
+    assert re.search(reason, error), error
+
+
 def test_eval_writes_predictions_and_prints_accuracy(adapter, image, tmp_path, capsys):
     manifest = tmp_path / "set.jsonl"
     manifest.write_text(json.dumps({"media": "blue.png", "question": "what color ?", "answers": ["blue"],
@@ -59,6 +87,22 @@ def test_eval_writes_predictions_and_prints_accuracy(adapter, image, tmp_path, c
     assert "overall" in out and "color" in out
     [record] = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert record["answers"] == ["blue"] and record["accuracy"] in (0.0, 1.0)
+
+
+def test_eval_encodes_a_damaged_cache_shard_again_with_a_warning(adapter, image, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SENSORIUM_CACHE", str(tmp_path / "cache"))
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text(json.dumps({"media": "blue.png", "question": "what color ?", "answers": ["blue"]}) + "\n")
+    clean, again = tmp_path / "clean.jsonl", tmp_path / "again.jsonl"
+    assert main(["eval", adapter, "--data", str(manifest), "--predictions", str(clean)]) == 0
+    (shard,) = (tmp_path / "cache").rglob("shard-*.safetensors")
+    shard.write_bytes(bytes(shard.stat().st_size))  # zeroed
+    capsys.readouterr()
+    assert main(["eval", adapter, "--data", str(manifest), "--predictions", str(again)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sensorium: warning:")]
+    assert warnings == [f"sensorium: warning: feature cache shard {shard}: its content does not match the digest "
+                        "written with it; its files are encoded again"]
+    assert again.read_text() == clean.read_text()
 
 
 def test_eval_with_a_missing_file_in_the_manifest(adapter, tmp_path, capsys):

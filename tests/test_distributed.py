@@ -87,7 +87,7 @@ def shard_keys(cache: Path) -> dict[Path, list[str]]:
     """Each feature-cache shard and the content keys of its rows."""
     (folder,) = (cache / "features").iterdir()
     shards = sorted(folder.glob("shard-*.safetensors"))
-    return {shard: json.loads(shard.with_suffix(".json").read_text()) for shard in shards}
+    return {shard: json.loads(shard.with_suffix(".json").read_text())["keys"] for shard in shards}
 
 
 def test_two_processes_train_exactly_like_one(tiny_lm_folder, tiny_vit_folder, shapes, tmp_path, monkeypatch):

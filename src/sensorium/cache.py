@@ -8,8 +8,12 @@ blocks the connector reads (``blocks``, part of the folder's key) and stores the
 them again at no cost to training in bf16 mixed precision, where the connector rounds its inputs to bf16
 anyway. [CLS] features stay float32, every block, exactly as they always were.
 
-Each computation appends one shard (safetensors, memory-mapped on load); a shard becomes visible
-only after an atomic rename, so a crash never leaves a half-written entry behind.
+Each computation appends one shard (safetensors); a shard becomes visible only after an atomic rename,
+so a crash never leaves a half-written entry behind. Its index (``shard-*.json``) holds the content keys
+of its rows and the sha256 digest of the shard file, written at creation; the keys are also stored
+inside the shard. A shard is verified when it is opened: a digest or key list that does not match
+(a rewritten, truncated, zeroed or NaN-filled shard, a permuted key list) means its files are computed
+again, with a warning naming the shard, never used (see ``FeatureCache._open``).
 
 Under a multi-process launch (``accelerate launch``, ``torchrun``) every process hashes and encodes
 a disjoint share of the files and writes its own uniquely named shard; after the last share is
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import uuid
@@ -29,7 +34,8 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -37,12 +43,23 @@ from .encoders import Encoder
 from .errors import BadInputError
 from .zoo import cache_dir
 
+logger = logging.getLogger(__name__)
+
 
 def _write_atomically(path: Path, text: str) -> None:
     """Readers (other processes too) see the old file or the new one, never a partial write."""
     scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     scratch.write_text(text)
     os.replace(scratch, path)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+class DamagedShard(Exception):
+    """A cache shard that fails verification; the message says how."""
 
 
 def content_key(path: str) -> str:
@@ -106,13 +123,79 @@ class FeatureCache:
         self.folder = (root or cache_dir() / "features") / digest
         self.folder.mkdir(parents=True, exist_ok=True)
         _write_atomically(self.folder / "encoder.txt", key + "\n")
+        self._opened: dict[Path, torch.Tensor] = {}  # verified shards' features
+        self._rejected: set[Path] = set()  # shards that failed verification
 
     def _index(self) -> dict[str, tuple[Path, int]]:
+        """Each content key's (shard, row), from the shards' index files; rejected shards left out."""
         index = {}
         for shard in sorted(self.folder.glob("shard-*.safetensors")):
-            keys = json.loads(shard.with_suffix(".json").read_text())
+            if shard in self._rejected:
+                continue
+            try:
+                keys = self._entry(shard)["keys"]
+            except DamagedShard as error:
+                self._reject(shard, str(error))
+                continue
             index.update({key: (shard, row) for row, key in enumerate(keys)})
         return index
+
+    @staticmethod
+    def _entry(shard: Path) -> dict:
+        """A shard's index record: ``{"keys": [...], "sha256": digest of the shard file}``."""
+        try:
+            entry = json.loads(shard.with_suffix(".json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DamagedShard(f"its index {shard.with_suffix('.json').name} is unreadable ({error})") from error
+        if isinstance(entry, list):
+            raise DamagedShard("written before shards carried a digest")
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or not isinstance(entry.get("keys"), list) or not all(isinstance(k, str) for k in entry["keys"])):
+            raise DamagedShard(f"its index {shard.with_suffix('.json').name} is not a digest and a key list")
+        return entry
+
+    def _open(self, shard: Path) -> None:
+        """Verify a shard and keep its features, or reject it.
+
+        Verified: the file's sha256 is the one written at creation, the key list stored inside the shard
+        equals its index's, and there is one row per key. Shards from before digests existed (a bare key
+        list as index) are rejected too, so their files are encoded again once: the cache can always be
+        recomputed, while trusting them would let a shard whose digest was lost pass unchecked.
+        """
+        try:
+            entry = self._entry(shard)
+            if _sha256(shard) != entry["sha256"]:
+                raise DamagedShard("its content does not match the digest written with it")
+            with safe_open(shard, "pt") as handle:
+                stored_keys = json.loads((handle.metadata() or {}).get("keys", "null"))
+                features = handle.get_tensor("features")
+            if stored_keys != entry["keys"] or len(features) != len(entry["keys"]):
+                raise DamagedShard("its key list does not match its rows")
+        except (DamagedShard, OSError, ValueError, SafetensorError) as error:
+            self._reject(shard, str(error))
+            return
+        self._opened[shard] = features
+
+    def _reject(self, shard: Path, reason: str) -> None:
+        """Leave a damaged shard out of this cache and remove it; its files are then computed again."""
+        logger.warning("feature cache shard %s: %s; its files are encoded again", shard, reason)
+        self._rejected.add(shard)
+        shard.unlink(missing_ok=True)  # the shard first: a shard is visible only with its index
+        shard.with_suffix(".json").unlink(missing_ok=True)
+
+    def _verified_index(self, wanted: set[str]) -> dict[str, tuple[Path, int]]:
+        """The index, after every shard holding a wanted key was opened and verified.
+
+        A key of a rejected shard may also sit in another shard: re-index until every shard it
+        points to is verified (each round verifies or rejects at least one shard).
+        """
+        while True:
+            index = self._index()
+            unopened = {index[key][0] for key in wanted if key in index} - self._opened.keys()
+            if not unopened:
+                return index
+            for shard in sorted(unopened):
+                self._open(shard)
 
     def features(self, paths: list[str], batch_size: int = 32, workers: int = 1,
                  skip_bad: bool = False) -> tuple[torch.Tensor, dict[str, int], list[str]]:
@@ -133,24 +216,22 @@ class FeatureCache:
         if errors and not skip_bad:
             raise BadInputError(errors[0])
         # One file per distinct content that the cache does not hold yet, decided once for all processes.
-        index = self._index()
+        index = self._verified_index(set(keys.values()))
         missing = broadcast_object_list([list({k: p for p, k in keys.items() if k not in index}.values())])[0]
         if missing:
             with state.split_between_processes(missing) as share:
                 computed = self._compute(share, keys, batch_size, workers, skip_bad, state.is_main_process)
             # Gathering waits for every process, so every share's shard is written before the index is read.
             errors += gather_object(computed)
-            index = self._index()
+            index = self._verified_index(set(keys.values()))
         readable = [p for p, k in keys.items() if k in index]
         features = self._gather([index[keys[p]] for p in readable])
         return features, {p: row for row, p in enumerate(readable)}, errors
 
-    @staticmethod
-    def _gather(locations: list[tuple[Path, int]]) -> torch.Tensor:
-        shards = {shard: load_file(shard)["features"] for shard in {s for s, _ in locations}}
+    def _gather(self, locations: list[tuple[Path, int]]) -> torch.Tensor:
         if not locations:
             return torch.empty(0)
-        return torch.stack([shards[shard][row] for shard, row in locations])
+        return torch.stack([self._opened[shard][row] for shard, row in locations])
 
     def _compute(self, paths: list[str], keys: dict[str, str], batch_size: int, workers: int,
                  skip_bad: bool, show_progress: bool) -> list[str]:
@@ -178,10 +259,11 @@ class FeatureCache:
     def _write_shard(self, features: torch.Tensor, keys: list[str]) -> None:
         """A random 128-bit name: concurrent writers (processes, machines) never pick the same one.
 
-        The key list is in place before the shard appears, so a reader never finds a shard without it.
+        The keys go inside the shard and, with the shard's digest, into its index, which is in place
+        before the shard appears, so a reader never finds a shard without it.
         """
         name = f"shard-{uuid.uuid4().hex}"
         scratch = self.folder / f".{name}.tmp"
-        save_file({"features": features.contiguous()}, str(scratch))
-        _write_atomically(self.folder / f"{name}.json", json.dumps(keys))
+        save_file({"features": features.contiguous()}, str(scratch), metadata={"keys": json.dumps(keys)})
+        _write_atomically(self.folder / f"{name}.json", json.dumps({"keys": keys, "sha256": _sha256(scratch)}))
         os.replace(scratch, self.folder / f"{name}.safetensors")  # visible only once complete

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -333,9 +334,31 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each message, like logging's own last-resort handler."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _warnings_to_stderr() -> None:
+    """The library's warnings (a damaged cache shard or checkpoint, a torn metrics line) as one line each."""
+    logger = logging.getLogger("sensorium")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("sensorium: warning: %(message)s"))
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_transformers()
+    _warnings_to_stderr()
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:

@@ -606,7 +606,8 @@ def _output(recipe: Recipe, report: DryRunReport) -> None:
     out = Path(recipe.out)
     steps = sorted((out / "checkpoints").glob("step-*"))
     if steps:
-        report.add("output", "info", f"{out}: holds checkpoints up to {steps[-1].name}; --resume continues there")
+        report.add("output", "info", f"{out}: holds checkpoints up to {steps[-1].name}; --resume continues there "
+                   "(a run of the same recipe only), a run without it removes them")
     else:
         report.add("output", "info", f"{out}: {'exists' if out.exists() else 'will be created'}")
 

@@ -15,6 +15,7 @@ from .cache import stored_features
 from .config import WEIGHTS_NAME, AdapterConfig
 from .connectors import ConnectorSetup, build_connector, connector_type
 from .encoders import Encoder, load_encoder
+from .errors import BadInputError
 from .injection import SlotInjector, decoder_layers, paper_layer_range, spread_blocks
 from .lm import check_lm, load_lm
 
@@ -346,15 +347,34 @@ class PerceptualLM(nn.Module):
     def adapter_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().float().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
 
-    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
-        expected = {name for name, p in self.named_parameters() if p.requires_grad}
-        if set(state) != expected:
-            raise ValueError(f"adapter weights do not match the model: missing {sorted(expected - set(state))}, "
-                             f"unexpected {sorted(set(state) - expected)}")
+    def load_adapter_state(self, state: dict[str, torch.Tensor], source: str | Path = "adapter weights") -> None:
+        """Copy trained tensors into the model, all or nothing, once each has been checked.
+
+        Names alone are not enough: ``copy_`` broadcasts, so a [1, 32] tensor saved for a [32, 32] weight
+        (or a scalar for the prompt) would load as a different model. Every tensor must have its
+        parameter's exact shape, a floating dtype and finite values; ``source`` (the file) names the culprit.
+        """
+        self.check_adapter_state(state, source)
         params = dict(self.named_parameters())
         with torch.no_grad():
             for name, tensor in state.items():
                 params[name].copy_(tensor)
+
+    def check_adapter_state(self, state: dict[str, torch.Tensor], source: str | Path = "adapter weights") -> None:
+        """Raise BadInputError naming ``source`` and the tensor unless ``state`` fits this model exactly."""
+        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        if set(state) != set(params):
+            raise BadInputError(f"{source}: adapter weights do not match the model: missing "
+                                f"{sorted(set(params) - set(state))}, unexpected {sorted(set(state) - set(params))}")
+        for name, tensor in state.items():
+            expected = list(params[name].shape)
+            if list(tensor.shape) != expected:
+                raise BadInputError(f"{source}: tensor '{name}' has shape {list(tensor.shape)}, "
+                                    f"the model expects {expected}")
+            if not tensor.is_floating_point():
+                raise BadInputError(f"{source}: tensor '{name}' is {tensor.dtype}, not floating point")
+            if not torch.isfinite(tensor).all():
+                raise BadInputError(f"{source}: tensor '{name}' holds NaN or infinite values")
 
     def save_pretrained(self, folder: str | Path) -> None:
         """adapter_config.json + adapter.safetensors (a few MB); written atomically."""
@@ -372,7 +392,7 @@ class PerceptualLM(nn.Module):
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: adapter weights missing")
-        model.load_adapter_state(load_file(weights))
+        model.load_adapter_state(load_file(weights), weights)
         return model
 
 

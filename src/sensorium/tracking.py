@@ -10,11 +10,16 @@ store unless MLFLOW_TRACKING_URI points elsewhere.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from accelerate.tracking import get_available_trackers
+
+from .errors import BadInputError
+
+logger = logging.getLogger(__name__)
 
 # Trackers whose offline behaviour we set up; each is also the name of its PyPI package.
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -57,24 +62,43 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per record, ``{"step": n, "train/loss": ..., ...}``.
 
     A resumed run keeps the records up to the step it resumes from and drops the later ones that
-    the interrupted run wrote, so every step appears once.
+    the interrupted run wrote, so every step appears once. Given ``records``, the count the log held
+    when the checkpoint was saved, it keeps exactly those: a run resumed at its last step then drops
+    the final evaluation recorded after that checkpoint, which it records again.
     """
 
-    def __init__(self, out: Path, resumed_step: int) -> None:
+    def __init__(self, out: Path, resumed_step: int, records: int | None = None) -> None:
         self.path = out / METRICS_NAME
-        kept = [r for r in read_metrics(self.path) if r["step"] <= resumed_step]
+        kept = [r for r in read_metrics(self.path) if r["step"] <= resumed_step][:records]
         out.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.records = len(kept)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **values}) + "\n")
+        self.records += 1
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics log. A final line that is not a record was torn by a crash while it was
+    written: it is dropped with a warning. Any other line that is not a record is an error naming it."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_bytes().decode(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            if number < len(lines):
+                raise BadInputError(f"{path}: line {number} is not a metrics record")
+            logger.warning("%s: dropping its last line, torn by a crash while it was written: %.60s", path, line)
+            break
+        records.append(record)
+    return records
 
 
 def smoothed(values: list[float], weight: float = 0.9) -> list[float]:

@@ -8,15 +8,25 @@ CPUs). ``training.batch_size`` is the global batch of one optimizer step: every 
 same step's examples from ``batch_indices`` and takes its own slice of each accumulation micro-step,
 so the data order does not depend on the process count, and the loss is weighted so that the update
 is the mean over all target tokens of the global batch. Only the main process writes files.
+
+One run folder (``--out``) holds one run: the main process locks it for the run's duration, a run
+without ``--resume`` starts the folder over, and a checkpoint resumes only the recipe that wrote it
+(see ``recipe_fingerprint``); a damaged checkpoint is passed over for the newest intact one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import pickle
 import random
 import shutil
+import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +37,20 @@ from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedType,
     ProjectConfiguration,
+    broadcast_object_list,
     gather_object,
     set_seed,
 )
+from filelock import FileLock, Timeout
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .cache import FeatureCache
+from .config import WEIGHTS_NAME
 from .data import Example, read_dataset
+from .errors import BadInputError
 from .evaluate import contexts, headline, predict_all, predictions_name, report, write_predictions
 from .lm import load_lm
 from .model import PerceptualLM
@@ -52,13 +67,32 @@ from .tracking import (
 )
 
 STATE_NAME = "training_state.pt"
+LOCK_NAME = ".sensorium.lock"  # the run folder's lock; the holder's process id is in LOCK_NAME + ".pid"
+# Recipe keys that do not change what a run produces, only where it writes, what it records along the way
+# and how fast it encodes: a run may resume under other values of these. model.training, .generation and
+# .metrics are copies the run itself writes into the adapter's config.
+BOOKKEEPING = ("out", "eval_batch_size", "training.trackers", "training.checkpoint_every",
+               "training.keep_checkpoints", "training.eval_every", "training.quick_eval_size",
+               "training.cache_batch_size", "training.cache_workers", "model.training", "model.generation",
+               "model.metrics")
+# What a file that is not a checkpoint makes torch.load and safetensors raise.
+UNREADABLE = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError)
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+logger = logging.getLogger(__name__)
 
 
 def log(message: str) -> None:
     """Progress messages from the main process only: N processes would print everything N times."""
     if PartialState().is_main_process:
         print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning, from the main process only."""
+    if PartialState().is_main_process:
+        logger.warning(message)
 
 
 def mixed_precision(choice: str) -> str:
@@ -131,23 +165,190 @@ def _permutation(size: int, seed: int) -> list[int]:
     return _permutations[(size, seed)]
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    complete = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / STATE_NAME).is_file())
-    return complete[-1] if complete else None
+def recipe_fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as flat ``section.key`` values, bookkeeping left out (see BOOKKEEPING).
+
+    What remains decides the trained weights and their evaluation: the model, the data (training and
+    evaluation sets), the generation options and every training option that changes an update
+    (steps, batch, learning rates, schedule, precision, seed, blind...). A checkpoint stores it, and
+    ``--resume`` refuses a checkpoint whose recipe differs.
+    """
+    return {key: value for key, value in flat_config(recipe.to_dict()).items()
+            if not any(key == skip or key.startswith(skip + ".") for skip in BOOKKEEPING)}
 
 
-def save_checkpoint(model: PerceptualLM, optimizer, scheduler, step: int, out: Path, keep: int) -> None:
-    """A new folder per step, renamed into place when complete: a kill never corrupts the latest."""
+def checkpoint_steps(out: Path) -> dict[int, Path]:
+    """The run folder's complete checkpoints (renamed into place) by step number."""
+    steps = {}
+    for folder in (out / "checkpoints").glob("step-*"):
+        number = folder.name.removeprefix("step-")
+        if number.isdigit():
+            steps[int(number)] = folder
+    return steps
+
+
+def save_checkpoint(model: PerceptualLM, optimizer, scheduler, step: int, out: Path, keep: int,
+                    fingerprint: dict[str, Any], metrics_records: int) -> None:
+    """A new folder per step, renamed into place when complete: a kill never corrupts the latest.
+
+    The state holds the recipe's fingerprint and how many metrics records the run had written, so a
+    resumed run checks its recipe and restores metrics.jsonl to exactly this moment.
+    """
     folder = out / "checkpoints" / f"step-{step:07d}"
     scratch = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     model.save_pretrained(scratch)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "recipe": fingerprint, "metrics_records": metrics_records}
     torch.save(state, scratch / STATE_NAME)
     shutil.rmtree(folder, ignore_errors=True)
     scratch.rename(folder)
-    for old in sorted((out / "checkpoints").glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(out, step, keep)
+
+
+def prune_checkpoints(out: Path, step: int, keep: int) -> None:
+    """Keep the ``keep`` checkpoints of the highest steps up to ``step``, by number. Checkpoints after
+    ``step`` are stale: this run resumed before them because they were damaged."""
+    steps = checkpoint_steps(out)
+    kept = sorted(s for s in steps if s <= step)[-keep:]
+    for number, folder in steps.items():
+        if number not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of a loader's error: torch's run on for several sentences and lines."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+
+
+def read_state(folder: Path, step: int) -> dict[str, Any]:
+    """A checkpoint's training state, checked to be whole; BadInputError says what is wrong with it."""
+    try:
+        state = torch.load(folder / STATE_NAME, weights_only=True)
+    except UNREADABLE as error:
+        raise BadInputError(f"{folder / STATE_NAME}: unreadable ({_first_line(error)})") from error
+    kinds = {"step": int, "optimizer": dict, "scheduler": dict}
+    state = state if isinstance(state, dict) else {}
+    missing = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
+    if missing:
+        raise BadInputError(f"{folder / STATE_NAME}: no valid {', '.join(missing)}")
+    if state["step"] != step:
+        raise BadInputError(f"{folder / STATE_NAME}: holds step {state['step']}, not {step}")
+    return state
+
+
+def _check_optimizer_state(saved: dict[str, Any], optimizer, source: Path) -> None:
+    """Saved moments must have their parameter's shape: load_state_dict would take them, the next step fail."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or sum(len(g.get("params", ())) for g in groups) != len(params):
+        raise BadInputError(f"{source}: optimizer state does not match the trainable parameters")
+    for index, values in saved.get("state", {}).items():
+        for name, value in values.items():
+            if torch.is_tensor(value) and value.dim() and value.shape != params[index].shape:
+                raise BadInputError(f"{source}: optimizer state '{name}' of parameter {index} has shape "
+                                    f"{list(value.shape)}, not {list(params[index].shape)}")
+
+
+class OtherRecipe(BadInputError):
+    """A checkpoint written by a different recipe: never resumed, never passed over."""
+
+
+def _check_recipe(folder: Path, state: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """Refuse to continue another recipe's run, naming the keys that differ."""
+    saved = state.get("recipe")
+    if saved is None:
+        warn(f"{folder}: written before checkpoints recorded their recipe; resuming without checking it")
+        return
+    differ = sorted(key for key in saved.keys() | fingerprint.keys() if saved.get(key) != fingerprint.get(key))
+    if differ:
+        changes = "; ".join(f"{key}: {saved.get(key)!r} -> {fingerprint.get(key)!r}" for key in differ)
+        raise OtherRecipe(f"{folder}: a checkpoint of a different recipe ({changes}); resume with the recipe "
+                            "that wrote it, or train without --resume to start over")
+
+
+def resume_from_checkpoint(core: PerceptualLM, optimizer, scheduler, out: Path,
+                           fingerprint: dict[str, Any]) -> tuple[int, int | None]:
+    """Load the newest intact checkpoint of this recipe; (its step, metrics records then), or (0, None).
+
+    A damaged checkpoint (unreadable or incomplete state or adapter, tensors of the wrong shape) is
+    passed over with a warning for the one before it; nothing is loaded until one passes every check.
+    """
+    for step, folder in sorted(checkpoint_steps(out).items(), reverse=True):
+        try:
+            state = read_state(folder, step)
+            _check_recipe(folder, state, fingerprint)
+            adapter = _read_adapter(folder)
+            core.check_adapter_state(adapter, folder / WEIGHTS_NAME)
+            _check_optimizer_state(state["optimizer"], optimizer, folder / STATE_NAME)
+            optimizer.load_state_dict(state["optimizer"])
+        except OtherRecipe:
+            raise
+        except BadInputError as error:
+            warn(f"{error}: checkpoint passed over, trying the one before it")
+            continue
+        scheduler.load_state_dict(state["scheduler"])
+        core.load_adapter_state(adapter, folder / WEIGHTS_NAME)
+        log(f"resumed from {folder} at step {step}")
+        return step, state.get("metrics_records")
+    log(f"no intact checkpoint in {out / 'checkpoints'}: starting from step 0")
+    return 0, None
+
+
+def _read_adapter(folder: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(folder / WEIGHTS_NAME)
+    except UNREADABLE as error:
+        raise BadInputError(f"{folder / WEIGHTS_NAME}: unreadable ({_first_line(error)})") from error
+
+
+def start_over(out: Path) -> None:
+    """A run without --resume replaces the folder's run, checkpoints included, with a warning.
+
+    Not refused: a fresh run already replaces the folder's adapter, metrics.jsonl and summary, and
+    re-running a command (``make demo``, ``compare`` after an interruption) must keep working. Kept,
+    the earlier run's checkpoints would be pruned against this run's and resumed by a later --resume.
+    """
+    steps = checkpoint_steps(out)
+    if steps:
+        warn(f"{out / 'checkpoints'}: removing {len(steps)} checkpoint(s) of an earlier run (up to step "
+             f"{max(steps)}); this run starts over (--resume continues a run instead)")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """One training at a time in a run folder: two would interleave metrics.jsonl and overwrite each
+    other's checkpoints. The lock (an OS file lock) goes with the process, even on kill -9; the holder's
+    process id and host sit beside it, for the message the second run gets."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock, holder = FileLock(out / LOCK_NAME), out / f"{LOCK_NAME}.pid"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = holder.read_text().strip() if holder.is_file() else ""
+        raise BadInputError(f"{out}: another training is using this folder ({who or 'process id not written yet'}); "
+                            "wait for it to finish or choose another --out") from None
+    try:
+        holder.write_text(f"process {os.getpid()} on {socket.gethostname()}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _main_first(accelerator: Accelerator, action: Callable[[], Any]) -> None:
+    """Run ``action`` on the main process; when it fails with a user error every process raises it,
+    so none is left waiting for a main process that stopped."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            action()
+        except BadInputError as caught:
+            error = str(caught)
+    [error] = broadcast_object_list([error])
+    if error is not None:
+        raise BadInputError(error)
 
 
 def build_optimizer(model: PerceptualLM, options: TrainingOptions) -> torch.optim.Optimizer:
@@ -162,9 +363,18 @@ def build_optimizer(model: PerceptualLM, options: TrainingOptions) -> torch.opti
 
 def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[str, Any]:
     """Train, evaluate on the recipe's eval set, save the adapter; returns the run's summary."""
-    options = recipe.training
     out = Path(recipe.out)
-    accelerator = _accelerator(options, out)
+    accelerator = _accelerator(recipe.training, out)
+    with ExitStack() as held:
+        _main_first(accelerator, lambda: held.enter_context(run_lock(out)))
+        if not resume and accelerator.is_main_process:
+            start_over(out)
+        return _train(recipe, accelerator, out, resume, skip_bad)
+
+
+def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, skip_bad: bool) -> dict[str, Any]:
+    options = recipe.training
+    fingerprint = recipe_fingerprint(recipe)
     micro_batch = _micro_batch_size(options, accelerator.num_processes)
     set_seed(options.seed)
     recipe.model.training = {k: v for k, v in recipe.to_dict().items() if k != "model"}
@@ -190,20 +400,10 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core: PerceptualLM = accelerator.unwrap_model(model)
 
-    step = 0
-    checkpoint = latest_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        log(f"no checkpoint in {out / 'checkpoints'}: starting from step 0")
-    if checkpoint is not None:
-        core.load_adapter_state(load_file(checkpoint / "adapter.safetensors"))
-        state = torch.load(checkpoint / STATE_NAME, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        log(f"resumed from {checkpoint} at step {step}")
+    step, records = resume_from_checkpoint(core, optimizer, scheduler, out, fingerprint) if resume else (0, None)
 
     quick_eval = _quick_eval_set(recipe, examples if "eval" not in recipe.data else None, options, skip_bad, core)
-    metrics = MetricsLog(out, step) if accelerator.is_main_process else None
+    metrics = MetricsLog(out, step, records) if accelerator.is_main_process else None
     accelerator.init_trackers("sensorium", config=flat_config(recipe.to_dict()), init_kwargs=tracker_options(out))
     started = time.perf_counter()
     model.train()
@@ -227,7 +427,8 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
             _record(accelerator, metrics, step, {f"eval/quick_{name}": value})
             model.train()
         if accelerator.is_main_process and (step % options.checkpoint_every == 0 or step == options.max_steps):
-            save_checkpoint(core, optimizer, scheduler, step, out, options.keep_checkpoints)
+            save_checkpoint(core, optimizer, scheduler, step, out, options.keep_checkpoints, fingerprint,
+                            metrics.records)
     progress.close()
     train_seconds = time.perf_counter() - started
     summary = {"trainable_parameters": trainable, "total_parameters": total,
