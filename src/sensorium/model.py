@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -15,6 +16,7 @@ from .cache import stored_features
 from .config import WEIGHTS_NAME, AdapterConfig
 from .connectors import ConnectorSetup, build_connector, connector_type
 from .encoders import Encoder, load_encoder
+from .errors import BadInputError
 from .injection import SlotInjector, decoder_layers, paper_layer_range, spread_blocks
 from .lm import check_lm, load_lm
 
@@ -369,11 +371,19 @@ class PerceptualLM(nn.Module):
     def from_pretrained(cls, folder: str | Path, lm=None, tokenizer=None, encoder=None) -> PerceptualLM:
         folder = Path(folder)
         model = cls(AdapterConfig.load(folder), lm=lm, tokenizer=tokenizer, encoder=encoder)
-        weights = folder / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: adapter weights missing")
-        model.load_adapter_state(load_file(weights))
+        model.load_adapter_state(read_weights(folder / WEIGHTS_NAME))
         return model
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter.safetensors, or a one-line error naming the file when it is missing or damaged
+    (truncated, overwritten, a header that does not parse)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: adapter weights missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BadInputError(f"{path}: not a readable safetensors file ({error})") from error
 
 
 @torch.inference_mode()
