@@ -48,7 +48,8 @@ def _open(path: Path) -> av.container.InputContainer:
     if path.is_file() and path.stat().st_size == 0:
         raise BadInputError(f"{path}: empty file")
     try:
-        return av.open(str(path))
+        # Tags are not ours to judge: a title in another encoding must not make the frames unreadable.
+        return av.open(str(path), metadata_errors="replace")
     except FileNotFoundError as error:
         raise BadInputError(f"{path}: file not found") from error
     except av.error.InvalidDataError as error:
@@ -61,7 +62,10 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     if not container.streams.video:
         what = "audio only" if container.streams.audio else "no streams"
         raise BadInputError(f"{path}: no video stream ({what})")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # a damaged header, or a codec FFmpeg does not know
+        raise BadInputError(f"{path}: video stream of an unknown codec")
+    return stream
 
 
 def _timestamp(packet_or_frame: av.Packet | av.VideoFrame) -> int | None:
