@@ -124,7 +124,7 @@ def test_dry_run_counts_equal_those_of_the_built_model(tiny_lm_folder, tiny_vit_
 @pytest.mark.parametrize("change, message", [
     (lambda v: v["model"].update(colour="red"), "unknown adapter setting(s): colour"),
     (lambda v: v.update(optimiser={}), "unknown recipe section(s): optimiser"),
-    (lambda v: v["training"].update(batch_size=6), "batch_size 6 cannot be split evenly over 4 processes"),
+    (lambda v: v["training"].update(batch_size=6), "batch_size=6 (the global batch) must be a multiple of processes"),
     (lambda v: v["training"].update(max_steps=0), "training.max_steps must be > 0"),
     (lambda v: v["training"].update(warmup_steps=[1]), "training.warmup_steps must be a number, not [1]"),
     (lambda v: v.update(generation={"num_beams": 0}), "generation.num_beams must be > 0"),
@@ -157,7 +157,7 @@ def test_processes_come_from_the_launcher_environment(tiny_lm_folder, tiny_vit_f
     assert code == 0 and f"2 (accelerate config {accelerate_config})" in out and "2 per process x 2" in out
     monkeypatch.setenv("WORLD_SIZE", "3")  # what accelerate launch / torchrun set: it wins
     code, out = dry([recipe], capsys)
-    assert code == 2 and "3 (WORLD_SIZE of this environment)" in out and "split evenly over 3 processes" in out
+    assert code == 2 and "3 (WORLD_SIZE of this environment)" in out and "multiple of processes (3)" in out
 
 
 def test_an_encoder_decoder_lm_is_refused_from_its_config(tiny_vit_folder, manifest, tmp_path, no_weights,

@@ -89,7 +89,14 @@ def _caption(args: argparse.Namespace) -> None:
     for start in range(0, len(args.media), args.batch_size):
         paths = args.media[start:start + args.batch_size]
         for path, caption in zip(paths, model.caption(paths, **_generation_options(args)), strict=True):
-            print(f"{path}\t{caption}" if len(args.media) > 1 else caption)
+            print(caption_line(path, caption, with_path=len(args.media) > 1))
+
+
+def caption_line(path: str, caption: str, with_path: bool) -> str:
+    """One line per media file, always: a caption's own line breaks and tabs become spaces, so the output
+    stays one record per line and ``path<TAB>caption`` splits at the one tab."""
+    flat = " ".join(caption.split())
+    return f"{path}\t{flat}" if with_path else flat
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -132,6 +139,17 @@ def _serve(args: argparse.Namespace) -> None:
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_question_chars=args.max_question_chars,
         max_new_tokens=args.max_new_tokens, max_beams=args.max_beams, request_timeout_s=args.request_timeout)
     serve(args.adapter, args.host, args.port, settings, args.device)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a count such as a batch size or a sample size (argparse names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def adapter_spec(text: str) -> tuple[str, str]:
@@ -198,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable files instead of stopping")
     train.add_argument("--dry-run", action="store_true",
                        help="check the recipe, models, data, batch arithmetic and memory without loading weights")
-    train.add_argument("--num-processes", type=int,
+    train.add_argument("--num-processes", type=positive_int,
                        help="processes (GPUs) to size the dry run for; default: WORLD_SIZE of the environment, or 1")
     train.set_defaults(run=_train)
 
@@ -210,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the same methods on tiny random models and data, a few steps each: a test of the path")
     compare.add_argument("--dry-run", action="store_true",
                          help="check every method's recipe with train --dry-run, loading no weights")
-    compare.add_argument("--jobs", type=int, default=1,
+    compare.add_argument("--jobs", type=positive_int, default=1,
                          help="methods trained at once, one worker process each (spread over the GPUs); "
                               "costs are measured afterwards in one process (default 1)")
     compare.set_defaults(run=_compare)
@@ -224,10 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "msrvtt-caption:path=..,videos=..,split=.. | audiocaps:csv=..,audio=.. | "
                                "clotho:csv=..,audio=.. | asterisk:SPLIT | asterisk-caption:SPLIT | "
                                "scenes:DIR/SPLIT | videos:DIR/SPLIT | audio:DIR/SPLIT")
-    evaluate.add_argument("--limit", type=int, help="a fixed seeded sample of this many questions")
+    evaluate.add_argument("--limit", type=positive_int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
                           "captions_results.json in the COCO results format for captions)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
     evaluate.add_argument("--skip-bad", action="store_true")
     _model_arguments(evaluate)
     _generation_arguments(evaluate)
@@ -244,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption = verbs.add_parser("caption", help="caption images, videos or sounds (one line each: path, tab, caption)")
     caption.add_argument("adapter")
     caption.add_argument("media", nargs="+", help="images, or videos or sound files for a video or audio adapter")
-    caption.add_argument("--batch-size", type=int, default=16)
+    caption.add_argument("--batch-size", type=positive_int, default=16)
     _model_arguments(caption)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
@@ -362,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:
-        print(f"sensorium: error: {error}", file=sys.stderr)
+        # One line whatever the message holds (a file name or a value quoted from the user's input).
+        print(f"sensorium: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
         return 2
 
 

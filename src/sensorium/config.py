@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import string
+from dataclasses import field
 from pathlib import Path
 from typing import Any
+
+from pydantic import ConfigDict, StrictBool, field_validator
+from pydantic.dataclasses import dataclass
+
+from .errors import BadInputError
+from .schema import Count, NonNegative, build
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
@@ -23,38 +30,67 @@ TASKS: dict[str, dict[str, Any]] = {
 # the mean and the change from the first frame to the last (what moved, grew or turned, as one vector the
 # shared linear layer can map to a word, where ``frames`` leaves the comparison of frames to the frozen LM).
 TEMPORAL = ("mean", "frames", "change")
+# What a template may hold besides plain text: where the question goes.
+TEMPLATE_FIELDS = ("question",)
+# Settings are declared: a wrong type or an unknown name is an error, never silently converted or ignored.
+SETTINGS = ConfigDict(extra="forbid")
 
 
-@dataclass
+@dataclass(config=SETTINGS)
 class AdapterConfig:
     """Serialised as adapter_config.json beside adapter.safetensors (the PEFT contract)."""
 
     lm: str = "smollm2-135m"
     encoder: str = "dinov2-small"
-    image_size: int | None = None  # encoder input resolution; None keeps the encoder's own
-    num_frames: int | None = None  # frames sampled per video; None: 8 for frames:NAME, a video model's own
+    image_size: Count | None = None  # encoder input resolution; None keeps the encoder's own
+    num_frames: Count | None = None  # frames sampled per video; None: 8 for frames:NAME, a video model's own
     temporal: str = "mean"  # mean | frames | change: see TEMPORAL
     connector: str = "epalm"  # epalm | epalm-patches | limber-1 | limber-all | mapl (see connectors/)
     connector_options: dict[str, Any] = field(default_factory=dict)  # the connector's own options
     # Injecting connectors (epalm, epalm-patches) read several blocks and feed LM layers; input connectors
     # (limber-1, limber-all, mapl) read one block, the last unless encoder_blocks names another.
-    num_blocks: int = 6  # the [CLS] of the last N encoder blocks ...
-    encoder_blocks: list[int] | None = None  # ... or these 0-based blocks, shallow first
-    inject_layers: list[int] | None = None  # None: the paper's relative range of LM layers
-    shared_linear: bool = True  # one linear layer for all injection layers (False: one per layer)
-    prompt_length: int = 1  # trainable soft-prompt tokens at the input
-    token_norm: bool = True
+    num_blocks: Count = 6  # the [CLS] of the last N encoder blocks ...
+    encoder_blocks: list[NonNegative] | None = None  # ... or these 0-based blocks, shallow first
+    inject_layers: list[NonNegative] | None = None  # None: the paper's relative range of LM layers
+    shared_linear: StrictBool = True  # one linear layer for all injection layers (False: one per layer)
+    prompt_length: NonNegative = 1  # trainable soft-prompt tokens at the input
+    token_norm: StrictBool = True
     task: str = "vqa"  # vqa | caption
     template: str | None = None  # None: the task's; "{question}" marks where the question goes
     generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's defaults
     training: dict[str, Any] = field(default_factory=dict)  # recipe that produced the weights
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at save time
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"unknown task '{task}'; available: {', '.join(TASKS)}")
+        return task
+
+    @field_validator("temporal")
+    @classmethod
+    def _known_temporal(cls, temporal: str) -> str:
+        if temporal not in TEMPORAL:
+            raise ValueError(f"unknown temporal aggregation '{temporal}'; available: {', '.join(TEMPORAL)}")
+        return temporal
+
+    @field_validator("template")
+    @classmethod
+    def _template_fields(cls, template: str | None) -> str | None:
+        """Checked here, not when the first prompt is formatted hours into a run."""
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(template or "") if name is not None]
+        except ValueError as error:
+            raise ValueError(f"{template!r} is not a template ({error}; write {{{{ and }}}} for literal braces)") \
+                from None
+        unknown = [name for name in names if name not in TEMPLATE_FIELDS]
+        if unknown:
+            raise ValueError(f"{template!r} has the placeholder {{{unknown[0]}}}; a template may only hold "
+                             f"{', '.join('{' + name + '}' for name in TEMPLATE_FIELDS)}")
+        return template
+
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task '{self.task}'; available: {', '.join(TASKS)}")
-        if self.temporal not in TEMPORAL:
-            raise ValueError(f"unknown temporal aggregation '{self.temporal}'; available: {', '.join(TEMPORAL)}")
         if self.template is None:
             self.template = TASKS[self.task]["template"]
 
@@ -67,15 +103,20 @@ class AdapterConfig:
 
     @classmethod
     def load(cls, folder: Path) -> AdapterConfig:
+        """The config of an adapter folder, or a one-line BadInputError naming the file and each wrong field."""
         path = Path(folder) / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not an adapter folder (no {CONFIG_NAME})")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_bytes()))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BadInputError(f"{path}: not valid JSON ({error})") from error
+        except RecursionError as error:
+            raise BadInputError(f"{path}: not valid JSON (nested too deeply)") from error
+        except ValueError as error:
+            raise BadInputError(f"{path}: {error}") from error
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> AdapterConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown adapter setting(s): {', '.join(unknown)}")
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], prefix: str = "") -> AdapterConfig:
+        """Checked against the declared fields; ``prefix`` places them in a larger file (``model.`` of a recipe)."""
+        return build(cls, values, "adapter setting", prefix)

@@ -32,14 +32,13 @@ from .encoders.hf_vision import _vision_tower
 from .errors import BadInputError
 from .injection import decoder_layers, paper_layer_range, spread_blocks
 from .lm import check_lm, check_lm_config
-from .recipe import Recipe, apply_override
+from .recipe import Recipe, apply_override, read_recipe_file
 from .safe_load import from_pretrained
 
 # Spec arguments that name files or folders (every reader calls them so).
 PATH_ARGUMENTS = ("path", "questions", "annotations", "images", "videos", "csv", "audio")
 SPEC_OPTIONS = ("format", "limit", "seed")  # understood by read_dataset for every format
 MEDIA_SAMPLE = 200  # media files checked for existence per data section
-MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 HUB_ID = re.compile(r"\w[\w.-]*/[\w.-]+")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -148,29 +147,25 @@ def dry_run(path: str | Path, overrides: list[str] = (), num_processes: int | No
     if values_valid:  # sizing needs sound numbers
         sizing = _check_layout(recipe, lm, encoder, report)
         processes = _processes(num_processes, report)
-        per_device = _batch_math(recipe, processes, examples.get("train"), report)
-        _memory(recipe, lm, encoder, sizing, per_device, examples.get("train"), report)
+        micro_batch = _batch_math(recipe, processes, examples.get("train"), report)
+        _memory(recipe, lm, encoder, sizing, micro_batch, examples.get("train"), report)
     _output(recipe, report)
     return report
 
 
 # ---- recipe ---------------------------------------------------------------------------------
 def _load(path: str | Path, overrides: list[str], report: DryRunReport) -> Recipe | None:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: recipe not found")
-    section = f"recipe {file}"
+    """The recipe as training reads it (the same declared schema), or None with the reason as an error."""
+    section = f"recipe {path}"
     try:
-        values = yaml.safe_load(file.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError("a recipe is a mapping of sections (model, data, training, generation, ...)")
+        values = read_recipe_file(path)
         for assignment in overrides:
             apply_override(values, assignment)
         recipe = Recipe.from_dict(values)
-    except (yaml.YAMLError, ValueError, TypeError) as error:
+    except (BadInputError, ValueError) as error:
         report.add(section, "error", f"{error}")
         return None
-    report.add(section, "ok", "sections and keys known")
+    report.add(section, "ok", "sections, keys and value types valid")
     return recipe
 
 
@@ -210,12 +205,7 @@ def _connector_problems(model) -> list[str]:
 
 
 def _choice_problems(recipe: Recipe) -> list[str]:
-    model, options = recipe.model, recipe.training
-    problems = _connector_problems(model)
-    if options.mixed_precision not in MIXED_PRECISIONS:
-        hint = ' (write "no" in quotes: YAML reads a bare no as false)' if options.mixed_precision is False else ""
-        problems.append(f"training.mixed_precision '{options.mixed_precision}' not one of "
-                        f"{', '.join(MIXED_PRECISIONS)}{hint}")
+    problems = _connector_problems(recipe.model)
     unknown = sorted(set(recipe.generation) - set(GenerationConfig().to_dict()))
     if unknown:
         problems.append(f"unknown generation option(s): {', '.join(unknown)} (generate() would reject them)")
@@ -223,20 +213,14 @@ def _choice_problems(recipe: Recipe) -> list[str]:
 
 
 def _number_problems(recipe: Recipe) -> list[str]:
-    model, options = recipe.model, recipe.training
-    positive = {"training.batch_size": options.batch_size, "training.max_steps": options.max_steps,
-                "training.gradient_accumulation": options.gradient_accumulation, "training.lr": options.lr,
-                "training.prompt_lr": options.prompt_lr, "eval_batch_size": recipe.eval_batch_size,
-                "model.num_blocks": model.num_blocks,
-                "generation.num_beams": recipe.generation.get("num_beams", 1),
-                "generation.max_new_tokens": recipe.generation.get("max_new_tokens", 10)}
-    at_least_zero = {"model.prompt_length": model.prompt_length, "training.warmup_steps": options.warmup_steps}
+    """Decoding numbers; the recipe's own numbers were checked by its schema when it was read."""
     problems = []
-    for name, value in {**positive, **at_least_zero}.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{name} must be a number, not {value!r}")
-        elif (value <= 0) if name in positive else (value < 0):
-            problems.append(f"{name} must be {'> 0' if name in positive else '>= 0'}, not {value}")
+    for name in ("num_beams", "max_new_tokens"):
+        value = recipe.generation.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"generation.{name} must be a number, not {value!r}")
+        elif value <= 0:
+            problems.append(f"generation.{name} must be > 0, not {value}")
     return problems
 
 
@@ -535,22 +519,20 @@ def _processes(requested: int | None, report: DryRunReport) -> int:
 
 
 def _batch_math(recipe: Recipe, processes: int, train: list | None, report: DryRunReport) -> int | None:
-    """Per-process batch; training.batch_size is the global batch of one step, all processes together."""
+    """Examples per process and micro-step, by the rule training applies; training.batch_size is the global
+    batch of one optimizer step, all processes and accumulation micro-steps together."""
     options = recipe.training
-    if options.batch_size % processes:
-        report.add("batch", "error", f"training.batch_size {options.batch_size} cannot be split evenly over "
-                   f"{processes} processes")
+    try:
+        micro_batch = options.micro_batch_size(processes)
+    except ValueError as error:
+        report.add("batch", "error", str(error))
         return None
-    per_device = options.batch_size // processes
-    per_update = options.batch_size * options.gradient_accumulation
-    report.add("batch", "ok", f"global batch {options.batch_size} per step = {per_device} per process x {processes}; "
-               f"gradient accumulation {options.gradient_accumulation} -> {per_update} examples per optimizer update")
-    updates, leftover = divmod(options.max_steps, options.gradient_accumulation)
-    report.add("batch", "info", f"{options.max_steps:,} steps = {updates:,} optimizer updates, "
-               f"warm-up {options.warmup_steps:,} steps then cosine decay")
-    if leftover:
-        report.add("batch", "warning", f"max_steps {options.max_steps} is not a multiple of gradient_accumulation "
-                   f"{options.gradient_accumulation}: the last {leftover} step(s) update nothing")
+    accumulation = options.gradient_accumulation
+    report.add("batch", "ok", f"global batch {options.batch_size} per step = {options.batch_size // processes} per "
+               f"process x {processes}; gradient accumulation {accumulation}: {micro_batch} examples per process "
+               "per micro-step")
+    report.add("batch", "info", f"{options.max_steps:,} steps, one optimizer update each; warm-up "
+               f"{options.warmup_steps:,} steps then cosine decay")
     if options.warmup_steps > options.max_steps:
         report.add("batch", "warning", f"warmup_steps {options.warmup_steps} exceeds max_steps {options.max_steps}: "
                    "the learning rate never reaches its peak")
@@ -560,7 +542,7 @@ def _batch_math(recipe: Recipe, processes: int, train: list | None, report: DryR
                    f"{options.max_steps * options.batch_size / len(train):.2f} epochs")
     else:
         report.add("batch", "info", "steps per epoch unknown until the training data is present")
-    return per_device
+    return micro_batch
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -569,10 +551,10 @@ def _size(count: float) -> str:
 
 
 def _memory(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, sizing: Sizing,
-            per_device: int | None, train: list | None, report: DryRunReport) -> None:
+            micro_batch: int | None, train: list | None, report: DryRunReport) -> None:
     section = "memory per GPU (estimate)"
     trainable = sizing.trainable
-    if not (lm and encoder and lm.parameters and encoder.parameters and trainable and per_device):
+    if not (lm and encoder and lm.parameters and encoder.parameters and trainable and micro_batch):
         report.add(section, "warning", "not estimated: model sizes or batch arithmetic unknown")
         return
     weights = (lm.parameters + encoder.parameters) * FROZEN_WEIGHT_BYTES
@@ -580,7 +562,7 @@ def _memory(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, s
     bits16 = recipe.training.mixed_precision != "no"  # auto picks bf16 (or fp16) on GPUs
     prefix = 1 + recipe.model.prompt_length + sizing.columns  # BOS (when the LM uses one), soft prompt, slot
     sequence = prefix + ASSUMED_TEXT_TOKENS
-    activations = (lm.layers * ACTIVATION_BYTES_PER_ELEMENT_16BIT * sequence * per_device * lm.width
+    activations = (lm.layers * ACTIVATION_BYTES_PER_ELEMENT_16BIT * sequence * micro_batch * lm.width
                    * (1 if bits16 else 2))
     beams = recipe.generation.get("num_beams", 1)
     new_tokens = recipe.generation.get("max_new_tokens", 10)
@@ -591,7 +573,7 @@ def _memory(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, s
     report.add(section, "info", f"trainable weights + gradients + AdamW states (float32): {_size(optimizer)}")
     report.add(section, "info", f"activations, ROUGH: {_size(activations)} = {lm.layers} layers x "
                f"{ACTIVATION_BYTES_PER_ELEMENT_16BIT}·s·b·h bytes at {'16' if bits16 else '32'}-bit, "
-               f"s={sequence} tokens (assumed), b={per_device}, h={lm.width}")
+               f"s={sequence} tokens (assumed), b={micro_batch}, h={lm.width}")
     report.add(section, "info", f"evaluation KV cache: {_size(kv_cache)} (eval batch {recipe.eval_batch_size} x "
                f"{beams} beam(s), {sequence + new_tokens} tokens, float32)")
     peak = weights + max(optimizer + activations, kv_cache)

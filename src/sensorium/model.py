@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -390,10 +391,19 @@ class PerceptualLM(nn.Module):
         folder = Path(folder)
         model = cls(AdapterConfig.load(folder), lm=lm, tokenizer=tokenizer, encoder=encoder)
         weights = folder / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: adapter weights missing")
-        model.load_adapter_state(load_file(weights), weights)
+        model.load_adapter_state(read_weights(weights), weights)
         return model
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter.safetensors, or a one-line error naming the file when it is missing or damaged
+    (truncated, overwritten, a header that does not parse)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: adapter weights missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BadInputError(f"{path}: not a readable safetensors file ({error})") from error
 
 
 @torch.inference_mode()

@@ -3,72 +3,71 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import StrictBool
+from pydantic.dataclasses import dataclass
 
-from .config import AdapterConfig
+from .config import SETTINGS, AdapterConfig
+from .errors import BadInputError
+from .schema import Count, Integer, NonNegative, NonNegativeNumber, PositiveNumber, build
 
 
-@dataclass
+@dataclass(config=SETTINGS)
 class TrainingOptions:
-    batch_size: int = 32  # global: all processes and accumulation micro-steps of one optimizer step
-    max_steps: int = 1000
-    lr: float = 1e-3  # connector
-    prompt_lr: float = 1e-3  # soft prompt and slot embedding
-    weight_decay: float = 0.02
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-    gradient_accumulation: int = 1
-    mixed_precision: str = "auto"  # auto: bf16 where the hardware runs it fast, else no
-    eval_every: int = 0  # steps between quick evaluations (0: only at the end)
-    quick_eval_size: int = 256
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    seed: int = 0
-    blind: bool = False  # zero the visual input: what the question wording alone predicts
-    oracle: bool = False  # zero it and state the medium's true content as text: the ceiling (see oracle.py)
-    cache_batch_size: int = 32
-    cache_workers: int = 1
+    batch_size: Count = 32  # global: all processes and accumulation micro-steps of one optimizer step
+    max_steps: Count = 1000
+    lr: PositiveNumber = 1e-3  # connector
+    prompt_lr: PositiveNumber = 1e-3  # soft prompt and slot embedding
+    weight_decay: NonNegativeNumber = 0.02
+    warmup_steps: NonNegative = 50
+    grad_clip: PositiveNumber = 1.0
+    gradient_accumulation: Count = 1
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 where the hardware runs it fast
+    eval_every: NonNegative = 0  # steps between quick evaluations (0: only at the end)
+    quick_eval_size: Count = 256
+    checkpoint_every: Count = 200
+    keep_checkpoints: Count = 2
+    seed: Integer = 0
+    blind: StrictBool = False  # zero the visual input: what the question wording alone predicts
+    oracle: StrictBool = False  # zero it and state the medium's true content as text: the ceiling (see oracle.py)
+    cache_batch_size: Count = 32
+    cache_workers: NonNegative = 1
     lm_dtype: str = "auto"  # frozen LM weights: auto (GPU: the mixed-precision dtype, CPU: float32) or a dtype
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # also wandb, mlflow; [] for none
 
-    def __post_init__(self) -> None:
-        # YAML reads 3e-4 (no dot) as a string: accept it as the number it means.
-        for spec in dataclasses.fields(self):
-            value = getattr(self, spec.name)
-            if spec.type in ("float", "int") and isinstance(value, str):
-                try:
-                    setattr(self, spec.name, float(value) if spec.type == "float" else int(value))
-                except ValueError as error:
-                    raise ValueError(f"training.{spec.name}: '{value}' is not a number") from error
+    def micro_batch_size(self, processes: int) -> int:
+        """Examples per process and accumulation micro-step: the global batch must split evenly.
+
+        The one statement of the batch rule: training and ``--dry-run`` both ask it.
+        """
+        parts = processes * self.gradient_accumulation
+        if self.batch_size % parts:
+            raise ValueError(f"training.batch_size={self.batch_size} (the global batch) must be a multiple of "
+                             f"processes ({processes}) x training.gradient_accumulation "
+                             f"({self.gradient_accumulation}) = {parts}")
+        return self.batch_size // parts
 
 
-@dataclass
+@dataclass(config=SETTINGS)
 class Recipe:
     model: AdapterConfig = field(default_factory=AdapterConfig)
     data: dict[str, Any] = field(default_factory=lambda: {"train": {"format": "easy-vqa", "split": "train"}})
     training: TrainingOptions = field(default_factory=TrainingOptions)
     generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's defaults
-    eval_batch_size: int = 64
+    eval_batch_size: Count = 64
     out: str = "runs/default"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Recipe:
-        values = dict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown recipe section(s): {', '.join(unknown)}")
-        model = AdapterConfig.from_dict(values.pop("model", {}))
-        training_values = values.pop("training", {})
-        fields = {f.name for f in dataclasses.fields(TrainingOptions)}
-        bad = sorted(set(training_values) - fields)
-        if bad:
-            raise ValueError(f"unknown training option(s): {', '.join(bad)}")
-        return cls(model=model, training=TrainingOptions(**training_values), **values)
+        """Checked against the declared sections and fields: a one-line ValueError names every wrong one."""
+        if isinstance(values, dict):
+            values = {**values, "model": AdapterConfig.from_dict(values.get("model", {}), prefix="model."),
+                      "training": build(TrainingOptions, values.get("training", {}), "training option", "training.")}
+        return build(cls, values, "recipe section")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,16 +80,43 @@ def apply_override(values: dict[str, Any], assignment: str) -> None:
         raise ValueError(f"override '{assignment}' must look like section.key=value")
     *parents, leaf = key.split(".")
     node = values
-    for part in parents:
+    for depth, part in enumerate(parents, start=1):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override '{assignment}': {'.'.join(parents[:depth])} is not a section")
     node[leaf] = yaml.safe_load(raw)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """A recipe file's mapping of sections, or a one-line BadInputError naming the file."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: recipe not found")
-    values = yaml.safe_load(file.read_text()) or {}
-    for assignment in overrides:
-        apply_override(values, assignment)
-    return Recipe.from_dict(values)
+    try:
+        values = yaml.safe_load(file.read_bytes())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(error, "problem", None) or getattr(error, "reason", None) or type(error).__name__
+        raise BadInputError(f"{file}: not valid YAML ({reason}{where})") from error
+    except ValueError as error:  # a value YAML recognises but cannot build, such as the date 2024-13-45
+        raise BadInputError(f"{file}: not valid YAML ({error})") from error
+    except RecursionError as error:
+        raise BadInputError(f"{file}: not valid YAML (nested too deeply)") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise BadInputError(f"{file}: a recipe is a mapping of sections (model, data, training, generation, ...), "
+                            f"not a {type(values).__name__}")
+    return values
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """The recipe of a YAML file with ``section.key=value`` overrides; every problem is one line naming the file."""
+    values = read_recipe_file(path)
+    try:
+        for assignment in overrides:
+            apply_override(values, assignment)
+        return Recipe.from_dict(values)
+    except ValueError as error:
+        raise BadInputError(f"{path}: {error}") from error

@@ -375,7 +375,7 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
 def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, skip_bad: bool) -> dict[str, Any]:
     options = recipe.training
     fingerprint = recipe_fingerprint(recipe)
-    micro_batch = _micro_batch_size(options, accelerator.num_processes)
+    micro_batch = options.micro_batch_size(accelerator.num_processes)
     set_seed(options.seed)
     recipe.model.training = {k: v for k, v in recipe.to_dict().items() if k != "model"}
     recipe.model.generation = dict(recipe.generation)
@@ -472,16 +472,6 @@ def _accelerator(options: TrainingOptions, out: Path) -> Accelerator:
         raise ValueError(f"{accelerator.distributed_type.value}: sharded training is not supported yet; "
                          "use DDP (a bf16 frozen LM of 7B fits one 24 GB GPU), see README 'Scaling'")
     return accelerator
-
-
-def _micro_batch_size(options: TrainingOptions, processes: int) -> int:
-    """Examples per process and micro-step; the global batch must split evenly."""
-    parts = processes * options.gradient_accumulation
-    if options.batch_size % parts:
-        raise ValueError(f"training.batch_size={options.batch_size} (the global batch) must be a multiple of "
-                         f"processes ({processes}) x training.gradient_accumulation "
-                         f"({options.gradient_accumulation}) = {parts}")
-    return options.batch_size // parts
 
 
 def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, batch: list[tuple[Example, str]],

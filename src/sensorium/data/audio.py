@@ -22,6 +22,7 @@ from ..errors import BadInputError
 
 # libsndfile formats read by soundfile; anything else goes to FFmpeg (libsndfile's MP3 support included).
 SOUNDFILE_FORMATS = ("WAV", "WAVEX", "FLAC", "OGG", "AIFF", "W64", "RF64")
+SOUNDFILE_BLOCK = 2**16  # frames read at a time
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".wma")
 
 
@@ -86,15 +87,27 @@ def _read_soundfile(source: str | BinaryIO, name: str, max_seconds: float | None
             if file.format not in SOUNDFILE_FORMATS:
                 return None
             _check_length(file.frames / file.samplerate, name, max_seconds)
-            return file.read(dtype="float32", always_2d=True).mean(axis=1), file.samplerate
+            return _read_blocks(file), file.samplerate
     except (soundfile.LibsndfileError, RuntimeError):
         return None  # unrecognised or damaged for libsndfile: FFmpeg decides, and names the problem
+
+
+def _read_blocks(file: soundfile.SoundFile) -> np.ndarray:
+    """Mono samples, read block by block until the data ends: memory follows the samples the file holds,
+    not the count its header declares (a damaged header may declare billions)."""
+    chunks = []
+    while True:
+        block = file.read(SOUNDFILE_BLOCK, dtype="float32", always_2d=True)
+        if len(block):
+            chunks.append(block.mean(axis=1))
+        if len(block) < SOUNDFILE_BLOCK:
+            return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 def _read_ffmpeg(source: str | BinaryIO, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """Mono samples and rate of the first audio stream, decoded by FFmpeg."""
     try:
-        container = av.open(source)
+        container = av.open(source, metadata_errors="replace")  # a tag in another encoding is no reason to refuse
     except av.error.InvalidDataError as error:
         raise BadInputError(f"{name}: not an audio file (unrecognised or corrupt data)") from error
     except (av.error.FFmpegError, OSError) as error:
@@ -104,6 +117,8 @@ def _read_ffmpeg(source: str | BinaryIO, name: str, max_seconds: float | None) -
             what = "video only" if container.streams.video else "no streams"
             raise BadInputError(f"{name}: no audio stream ({what})")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # a damaged header, or a codec FFmpeg does not know
+            raise BadInputError(f"{name}: audio stream of an unknown codec")
         to_float = av.AudioResampler(format="fltp")  # sample format only: layout and rate stay the file's
         chunks, rate, count = [], stream.sample_rate, 0
         try:

@@ -23,7 +23,7 @@ CLIP_SECONDS = 10  # every AudioCaps clip is a 10 s AudioSet segment
 
 
 def read_csv(path: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """The rows of a CSV file with a header naming at least ``columns``."""
+    """The rows of a CSV file with a header naming at least ``columns``, each with a value for all of them."""
     file = Path(path)
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
@@ -32,7 +32,13 @@ def read_csv(path: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
             if missing:
                 raise BadInputError(f"{file}: missing column(s) {', '.join(missing)} "
                                     f"(expected a header with {', '.join(columns)})")
-            return list(reader)
+            rows = []
+            for row in reader:
+                short = [column for column in columns if row[column] is None]
+                if short:  # a row with fewer cells than the header
+                    raise BadInputError(f"{file}:{reader.line_num}: no value for {', '.join(short)}")
+                rows.append(row)
+            return rows
     except FileNotFoundError as error:
         raise BadInputError(f"{file}: file not found") from error
     except (CSVError, UnicodeDecodeError) as error:

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import BadInputError
 
@@ -44,19 +44,24 @@ class Example:
 
 
 def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
-    """An RGB image from a file or an open binary stream, or a BadInputError naming it and why it cannot be read.
+    """An upright RGB image from a file or an open binary stream, or a BadInputError naming it and why it
+    cannot be read.
 
+    Upright as viewers show it: cameras store a portrait photo as landscape pixels plus an EXIF orientation,
+    and the encoder must see what a person sees (video frames are turned upright the same way, see video.py).
     ``name`` names a stream (an upload) in the error; a path names itself.
     """
     name = name or str(path)
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
     except FileNotFoundError as error:
         raise BadInputError(f"{name}: file not found") from error
     except UnidentifiedImageError as error:
         raise BadInputError(f"{name}: not an image file (unrecognised format)") from error
+    except Image.DecompressionBombError as error:
+        raise BadInputError(f"{name}: image too large to decode ({error})") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise BadInputError(f"{name}: unreadable image ({error})") from error
 
@@ -65,11 +70,25 @@ def load_json(path: str | Path) -> Any:
     """The content of a user's JSON file, or a BadInputError naming the file; readers check its shape."""
     file = Path(path)
     try:
-        return json.loads(file.read_text())
+        return json.loads(file.read_bytes())
     except FileNotFoundError as error:
         raise BadInputError(f"{file}: file not found") from error
     except json.JSONDecodeError as error:
-        raise BadInputError(f"{file}: malformed JSON ({error.msg})") from error
+        raise BadInputError(f"{file}: malformed JSON ({error.msg} at line {error.lineno})") from error
+    except UnicodeDecodeError as error:
+        raise BadInputError(f"{file}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    except RecursionError as error:
+        raise BadInputError(f"{file}: malformed JSON (nested too deeply)") from error
+
+
+def text(value: Any, field: str, where: str) -> str:
+    """A field that must hold text (a question, an answer, a file name), or a BadInputError naming it.
+
+    Never str(value): a null question would be asked as "None".
+    """
+    if not isinstance(value, str):
+        raise BadInputError(f"{where}: '{field}' must be a string, not {value!r:.60}")
+    return value
 
 
 def parse_data_spec(text: str) -> dict[str, Any]:

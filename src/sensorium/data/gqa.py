@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import Example, load_json
+from .examples import Example, load_json, text
 
 
 def _load_questions(path: str) -> dict[str, dict]:
@@ -25,10 +25,11 @@ def read(questions: str, images: str) -> list[Example]:
     examples = []
     for question_id, entry in _load_questions(questions).items():
         try:
-            answer = entry.get("answer")
+            answer, where = entry.get("answer"), f"{questions}: question '{question_id}'"
             examples.append(Example(
-                media=str(folder / f"{entry['imageId']}.jpg"), question=entry["question"],
-                answers=[answer] if answer is not None else [],
+                media=str(folder / f"{text(entry['imageId'], 'imageId', where)}.jpg"),
+                question=text(entry["question"], "question", where),
+                answers=[text(answer, "answer", where)] if answer is not None else [],
                 answer_type=(entry.get("types") or {}).get("structural", "other"), question_id=str(question_id),
             ))
         except (AttributeError, KeyError, TypeError) as error:

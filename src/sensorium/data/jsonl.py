@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import BadInputError
-from .examples import Example
+from .examples import Example, text
 
 
 def _strings(values: object, key: str, where: str) -> list[str]:
@@ -20,15 +20,34 @@ def _strings(values: object, key: str, where: str) -> list[str]:
 
 
 def _example(record: dict, manifest: Path, number: int, where: str) -> Example:
-    media, question_id = str(manifest.parent / record["media"]), str(record.get("id", number))
+    media, question_id = str(manifest.parent / text(record["media"], "media", where)), str(record.get("id", number))
     if "captions" in record:
         return Example(media=media, question="", answers=_strings(record["captions"], "captions", where),
                        answer_type="caption", question_id=question_id)
-    answers = record.get("answers", [record["answer"]] if "answer" in record else [])
+    answers = record.get("answers", [text(record["answer"], "answer", where)] if "answer" in record else [])
     return Example(
-        media=media, question=str(record["question"]), answers=_strings(answers, "answers", where),
+        media=media, question=text(record["question"], "question", where), answers=_strings(answers, "answers", where),
         answer_type=str(record.get("answer_type", "other")), question_id=question_id,
     )
+
+
+def _record(line: bytes, where: str) -> dict | None:
+    """One line's object; None for a blank line."""
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadInputError(f"{where}: not UTF-8 text ({error.reason} at column {error.start + 1})") from error
+    if not decoded.strip():
+        return None
+    try:
+        record = json.loads(decoded)
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"{where}: malformed JSON ({error.msg})") from error
+    except RecursionError as error:
+        raise BadInputError(f"{where}: malformed JSON (nested too deeply)") from error
+    if not isinstance(record, dict) or "media" not in record or ("question" in record) == ("captions" in record):
+        raise BadInputError(f"{where}: each line needs 'media' and 'question' (or 'captions', not both)")
+    return record
 
 
 def read(path: str) -> list[Example]:
@@ -36,15 +55,11 @@ def read(path: str) -> list[Example]:
     if not manifest.is_file():
         raise BadInputError(f"{manifest}: manifest not found")
     examples = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in enumerate(manifest.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
         where = f"{manifest}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise BadInputError(f"{where}: malformed JSON ({error.msg})") from error
-        if not isinstance(record, dict) or "media" not in record or ("question" in record) == ("captions" in record):
-            raise BadInputError(f"{where}: each line needs 'media' and 'question' (or 'captions', not both)")
-        examples.append(_example(record, manifest, number, where))
+        record = _record(line, where)
+        if record is not None:
+            examples.append(_example(record, manifest, number, where))
+    if not examples:
+        raise BadInputError(f"{manifest}: no records (an empty manifest)")
     return examples

@@ -79,6 +79,8 @@ def read_captions(path: str, videos: str, split: str | None = None) -> list[Exam
     data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("videos"), list):
         raise BadInputError(f"{path}: expected an object with a 'videos' list")
+    if not isinstance(data.get("sentences", []), list):
+        raise BadInputError(f"{path}: 'sentences' must be a list")
     captions: dict[str, list[str]] = {}
     for sentence in data.get("sentences", []):
         try:

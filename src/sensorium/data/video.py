@@ -66,7 +66,8 @@ def _open(source: str | Path | bytes, name: str) -> av.container.InputContainer:
             raise BadInputError(f"{name}: empty file")
         target = str(path)
     try:
-        return av.open(target)
+        # Tags are not ours to judge: a title in another encoding must not make the frames unreadable.
+        return av.open(target, metadata_errors="replace")
     except FileNotFoundError as error:
         raise BadInputError(f"{name}: file not found") from error
     except av.error.InvalidDataError as error:
@@ -79,7 +80,10 @@ def _video_stream(container: av.container.InputContainer, name: str) -> av.video
     if not container.streams.video:
         what = "audio only" if container.streams.audio else "no streams"
         raise BadInputError(f"{name}: no video stream ({what})")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # a damaged header, or a codec FFmpeg does not know
+        raise BadInputError(f"{name}: video stream of an unknown codec")
+    return stream
 
 
 def _timestamp(packet_or_frame: av.Packet | av.VideoFrame) -> int | None:
