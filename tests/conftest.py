@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -195,3 +196,17 @@ def tiny_adapter_folders(tiny_lm_folder, tiny_vit_folder, tmp_path_factory) -> d
                                inject_layers=[1, 2, 3], task=task)
         folders[name] = save_steered_adapter(config, seed, tmp_path_factory.mktemp(f"adapter-{name}"))
     return folders
+
+
+@pytest.fixture
+def image(tmp_path) -> str:
+    """A small blue PNG."""
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
+    return str(tmp_path / "blue.png")
+
+
+def one_line_error(capsys) -> str:
+    """The CLI's error: the last line on stderr (progress bars may come before it), whole on that one line."""
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sensorium: error: "), err
+    return err

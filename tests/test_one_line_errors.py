@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+from conftest import one_line_error
 from PIL import Image
 
 from sensorium import AdapterConfig, PerceptualLM
@@ -35,19 +36,6 @@ def caption_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
                            task="caption", generation={"max_new_tokens": 3})
     PerceptualLM(config).save_pretrained(folder)
     return str(folder)
-
-
-@pytest.fixture
-def image(tmp_path):
-    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
-    return str(tmp_path / "blue.png")
-
-
-def one_line_error(capsys) -> str:
-    """The error: the last line on stderr (progress bars may come before it), whole on that one line."""
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("sensorium: error: "), err
-    return err
 
 
 def write_manifest(folder, lines: list) -> str:
@@ -190,10 +178,8 @@ def test_exif_orientation_is_applied_for_training_eval_ask_and_serve(tmp_path):
     assert served.value.size == (10, 20) and served.value.tobytes() == upright.tobytes()
 
 
-def test_a_bomb_upload_is_still_refused_as_too_large():
-    from sensorium.serve.media import MediaTooLargeError
-
-    with pytest.raises(MediaTooLargeError, match="upload.gif: image too large"):
+def test_a_bomb_is_bad_input_as_an_upload_and_as_a_stream():
+    with pytest.raises(BadInputError, match="upload.gif: GIF image refused as a decompression bomb"):
         read_media(BOMB_GIF, "upload.gif", MediaLimits())
     with pytest.raises(BadInputError, match="stream: image too large to decode"):
         load_image(io.BytesIO(BOMB_GIF), name="stream")

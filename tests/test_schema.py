@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import yaml
+from conftest import one_line_error
 from PIL import Image
 
 from sensorium import AdapterConfig, PerceptualLM
@@ -28,19 +29,6 @@ def saved_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
 def adapter(saved_adapter, tmp_path):
     """A copy of a good adapter, to damage."""
     return shutil.copytree(saved_adapter, tmp_path / "adapter")
-
-
-@pytest.fixture
-def image(tmp_path):
-    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
-    return str(tmp_path / "blue.png")
-
-
-def one_line_error(capsys) -> str:
-    """The error: the last line on stderr (progress bars may come before it), whole on that one line."""
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("sensorium: error: "), err
-    return err
 
 
 def edit_config(folder, **changes) -> None:

@@ -9,7 +9,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, StrictBool, field_validator
+from pydantic import ConfigDict, StrictBool, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
 from .errors import BadInputError
@@ -61,19 +61,13 @@ class AdapterConfig:
     training: dict[str, Any] = field(default_factory=dict)  # recipe that produced the weights
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at save time
 
-    @field_validator("task")
+    @field_validator("task", "temporal")
     @classmethod
-    def _known_task(cls, task: str) -> str:
-        if task not in TASKS:
-            raise ValueError(f"unknown task '{task}'; available: {', '.join(TASKS)}")
-        return task
-
-    @field_validator("temporal")
-    @classmethod
-    def _known_temporal(cls, temporal: str) -> str:
-        if temporal not in TEMPORAL:
-            raise ValueError(f"unknown temporal aggregation '{temporal}'; available: {', '.join(TEMPORAL)}")
-        return temporal
+    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
+        choices, what = {"task": (TASKS, "task"), "temporal": (TEMPORAL, "temporal aggregation")}[info.field_name]
+        if value not in choices:
+            raise ValueError(f"unknown {what} '{value}'; available: {', '.join(choices)}")
+        return value
 
     @field_validator("template")
     @classmethod
