@@ -182,3 +182,11 @@ def test_dry_run_refuses_what_training_refuses(tiny_lm_folder, tiny_vit_folder, 
     out = capsys.readouterr().out
     assert "gradient accumulation 4: 1 examples per process per micro-step" in out
     assert "10 steps, one optimizer update each" in out and "optimizer updates" not in out
+
+
+def test_an_unknown_key_of_line_breaks_is_quoted_on_the_one_line(tmp_path, capsys):
+    """Found by fuzzing: a recipe key '\\n' printed the error over two lines."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text('"\\n": 1\n')
+    assert main(["train", str(path)]) == 2
+    assert one_line_error(capsys).endswith("unknown recipe section(s): '\\n'")

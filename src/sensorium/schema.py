@@ -79,7 +79,9 @@ def build(cls: type[T], values: Any, what: str, prefix: str = "") -> T:
                          f"{values!r:.{_INPUT_CHARS}}")
     unknown = sorted(set(map(str, values)) - {spec.name for spec in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"unknown {what}(s): {', '.join(unknown)}")
+        # A key of spaces or line breaks is quoted, so that the message stays one readable line.
+        names = [name if name.isprintable() and name.strip() == name and name else repr(name) for name in unknown]
+        raise ValueError(f"unknown {what}(s): {', '.join(names)}")
     try:
         return TypeAdapter(cls).validate_python(values)
     except ValidationError as error:
