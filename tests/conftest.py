@@ -210,3 +210,13 @@ def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("sensorium: error: "), err
     return err
+
+
+def save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, folder: Path, **settings) -> str:
+    """An untrained adapter over the tiny Llama and ViT (2 blocks into layers 2 and 3), saved; its folder."""
+    from sensorium import AdapterConfig, PerceptualLM
+
+    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2, inject_layers=[2, 3],
+                           **settings)
+    PerceptualLM(config).save_pretrained(folder)
+    return str(folder)

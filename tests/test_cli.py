@@ -8,19 +8,16 @@ import shutil
 
 import pytest
 import torch
+from conftest import save_tiny_adapter
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from sensorium import AdapterConfig, PerceptualLM
 from sensorium.cli import main
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("adapter")
-    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2, inject_layers=[2, 3])
-    PerceptualLM(config).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory.mktemp("adapter"))
 
 
 @pytest.fixture
@@ -119,11 +116,8 @@ def test_train_with_a_missing_recipe(capsys):
 
 @pytest.fixture(scope="module")
 def caption_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("caption-adapter")
-    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2, inject_layers=[2, 3],
-                           task="caption", generation={"max_new_tokens": 4})
-    PerceptualLM(config).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory.mktemp("caption-adapter"),
+                             task="caption", generation={"max_new_tokens": 4})
 
 
 def test_caption_prints_one_line_per_image(caption_adapter, image, tmp_path, capsys):

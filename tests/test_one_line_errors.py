@@ -6,10 +6,10 @@ import io
 import json
 
 import pytest
-from conftest import one_line_error
+from conftest import one_line_error, save_tiny_adapter
 from PIL import Image
 
-from sensorium import AdapterConfig, PerceptualLM
+from sensorium import PerceptualLM
 from sensorium.cache import FeatureCache
 from sensorium.cli import caption_line, main
 from sensorium.data import load_image
@@ -23,19 +23,13 @@ BOMB_GIF = b"GIF89a\xff\xff\xff\xff\x00\x00\x00,\x00\x00\x00\x00\xff\xff\xff\xff
 
 @pytest.fixture(scope="module")
 def adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("adapter")
-    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2, inject_layers=[2, 3])
-    PerceptualLM(config).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory.mktemp("adapter"))
 
 
 @pytest.fixture(scope="module")
 def caption_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("caption-adapter")
-    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2, inject_layers=[2, 3],
-                           task="caption", generation={"max_new_tokens": 3})
-    PerceptualLM(config).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory.mktemp("caption-adapter"),
+                             task="caption", generation={"max_new_tokens": 3})
 
 
 def write_manifest(folder, lines: list) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import one_line_error
+from conftest import one_line_error, save_tiny_adapter
 from PIL import Image
 
-from sensorium import AdapterConfig, PerceptualLM
+from sensorium import AdapterConfig
 from sensorium.cli import main
 from sensorium.config import CONFIG_NAME, WEIGHTS_NAME
 from sensorium.recipe import Recipe, TrainingOptions, load_recipe
@@ -19,10 +20,7 @@ from sensorium.recipe import Recipe, TrainingOptions, load_recipe
 
 @pytest.fixture(scope="module")
 def saved_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("adapter")
-    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=2, inject_layers=[2, 3])
-    PerceptualLM(config).save_pretrained(folder)
-    return folder
+    return Path(save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory.mktemp("adapter")))
 
 
 @pytest.fixture

@@ -58,7 +58,8 @@ def truths(split: str) -> dict[str, str]:
     The questions about an image fix its colour and shape (answers name them; a yes/no answer confirms or
     excludes the attribute its question names); the pixels (``content``) settle what its questions leave open.
     """
-    questions = json.loads(package_file("easy_vqa", f"data/{split}/questions.json", "easy-vqa==1.0").read_text())
+    file = package_file("easy_vqa", f"data/{split}/questions.json", "easy-vqa==1.0")
+    questions = json.loads(file.read_text())
     possible: dict[str, dict[str, set[str]]] = {}
     for text, answer, image_id in questions:
         facts = possible.setdefault(image_id, {"color": set(COLORS), "shape": set(SHAPES)})
@@ -74,7 +75,7 @@ def truths(split: str) -> dict[str, str]:
             other = "color" if answer in SHAPES else "shape"
             if named[other]:  # "what is the red shape?", "what color is the circle?"
                 facts[other] = {named[other][0]}
-    images = package_file("easy_vqa", f"data/{split}/questions.json", "easy-vqa==1.0").parent / "images"
+    images = file.parent / "images"
     described = {}
     for image_id, facts in possible.items():
         path = images / f"{image_id}.png"
