@@ -35,10 +35,10 @@ from sensorium import AdapterConfig, load
 from sensorium import train as training
 from sensorium.cache import FeatureCache
 from sensorium.cli import main
-from sensorium.data.audio import AudioTooLongError, Waveform, load_audio
 from sensorium.encoders import HFAudioEncoder, load_encoder, yamnet
 from sensorium.encoders.whisper_ct2 import read_ct2
 from sensorium.errors import BadInputError
+from sensorium.media.audio import AudioTooLongError, Waveform, load_audio
 from sensorium.serve.app import create_app, load_registry
 from sensorium.serve.media import MediaLimits, MediaTooLargeError, UnsupportedMediaError, read_media
 from sensorium.zoo import package_file, resolve

@@ -7,9 +7,10 @@ import json
 import pytest
 from PIL import Image
 
-from sensorium.data import load_image, parse_data_spec, read_dataset
+from sensorium.data import parse_data_spec, read_dataset
 from sensorium.data.easyvqa import answer_type
 from sensorium.errors import BadInputError
+from sensorium.media import load_image
 
 
 def write_image(path, color=(255, 0, 0)):

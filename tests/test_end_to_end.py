@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sensorium import AdapterConfig, PerceptualLM
-from sensorium.data import load_image, read_dataset
+from sensorium.data import read_dataset
+from sensorium.media import load_image
 from sensorium.recipe import Recipe
 from sensorium.train import train
 

@@ -29,8 +29,9 @@ from PIL import Image
 from safetensors.torch import save
 
 from sensorium.config import CONFIG_NAME, AdapterConfig
-from sensorium.data import Example, load_audio, load_image, load_video, read_dataset
+from sensorium.data import Example, read_dataset
 from sensorium.errors import BadInputError
+from sensorium.media import load_audio, load_image, load_video
 from sensorium.model import read_weights
 from sensorium.recipe import Recipe, load_recipe
 

@@ -12,9 +12,9 @@ from PIL import Image
 from sensorium import PerceptualLM
 from sensorium.cache import FeatureCache
 from sensorium.cli import caption_line, main
-from sensorium.data import load_image
 from sensorium.encoders import load_encoder
 from sensorium.errors import BadInputError
+from sensorium.media import load_image
 from sensorium.serve.media import MediaLimits, read_media
 
 # A 29-byte GIF whose header declares 65535 x 65535 pixels: Pillow refuses to decode it (decompression bomb).

@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw
 from playwright.sync_api import Page, expect, sync_playwright
 
 from sensorium import load
-from sensorium.data import load_image, read_dataset
+from sensorium.data import read_dataset
+from sensorium.media import load_image
 from sensorium.serve.app import create_app, load_registry, running_server
 
 CHROMIUM = "/usr/bin/chromium"

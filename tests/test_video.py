@@ -20,11 +20,11 @@ from sensorium import AdapterConfig, PerceptualLM, load
 from sensorium import train as training
 from sensorium.cache import FeatureCache
 from sensorium.cli import main
-from sensorium.data import load_video
-from sensorium.data import video as video_io
-from sensorium.data.video import sample_times, upright
 from sensorium.encoders import FrameEncoder, HFVideoEncoder, load_encoder
 from sensorium.errors import BadInputError
+from sensorium.media import load_video
+from sensorium.media import video as video_io
+from sensorium.media.video import sample_times, upright
 
 LEVEL = 8  # frame i is a flat grey of brightness LEVEL * i, so a decoded frame tells its index
 

@@ -13,7 +13,7 @@ from conftest import file_bytes, qa_by_media, read_split
 from pycocotools.coco import COCO
 
 from sensorium.cli import main
-from sensorium.data import load_video, parse_data_spec, read_dataset
+from sensorium.data import parse_data_spec, read_dataset
 from sensorium.data.scenes import COLORS
 from sensorium.data.videos import (
     DIRECTIONS,
@@ -26,6 +26,7 @@ from sensorium.data.videos import (
     Track,
     make_videos,
 )
+from sensorium.media import load_video
 
 NAME = re.compile(rf"\b({'|'.join(PALETTE)}) ({'|'.join(SHAPES)})\b")
 

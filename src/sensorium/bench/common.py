@@ -18,8 +18,9 @@ import transformers
 from PIL import Image
 
 from ..config import AdapterConfig
-from ..data import Example, load_image, read_dataset
+from ..data import Example, read_dataset
 from ..encoders import load_encoder
+from ..media import load_image
 from ..model import PerceptualLM
 from ..train import mixed_precision
 

@@ -14,9 +14,9 @@ from csv import Error as CSVError
 from pathlib import Path
 
 from ..errors import BadInputError
-from .audio import AUDIO_EXTENSIONS
+from ..media.audio import AUDIO_EXTENSIONS
+from ..media.video import VIDEO_EXTENSIONS
 from .examples import Example, MediaFolder
-from .video import VIDEO_EXTENSIONS
 
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 CLIP_SECONDS = 10  # every AudioCaps clip is a 10 s AudioSet segment

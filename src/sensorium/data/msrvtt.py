@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..media.video import VIDEO_EXTENSIONS
 from .examples import Example, MediaFolder, load_json
-from .video import VIDEO_EXTENSIONS
 
 # MSRVTT-QA and MSVD-QA report accuracy per question word.
 QUESTION_WORDS = ("what", "who", "how", "when", "where")

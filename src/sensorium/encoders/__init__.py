@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from ..data.video import DEFAULT_FRAMES
+from ..media.video import DEFAULT_FRAMES
 from ..safe_load import from_pretrained
 from . import dinov2_onnx, efficientnet, whisper_ct2, yamnet
 from .audio import AudioEncoder

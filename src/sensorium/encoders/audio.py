@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature
 
-from ..data.audio import Waveform, load_audio
+from ..media.audio import Waveform, load_audio
 from .base import Encoder
 
 RESAMPLING = "soxr-hq"  # named in fingerprints: another resampler would give other samples

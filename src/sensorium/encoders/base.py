@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import BatchFeature
 
-from ..data import load_image
+from ..media import load_image
 
 # What an encoder gives per block: one summary token, or that token followed by every patch token.
 TOKENS = ("cls", "patches")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..data.video import DEFAULT_FRAMES, load_video
+from ..media.video import DEFAULT_FRAMES, load_video
 from .base import Encoder
 
 PREFIX = "frames:"

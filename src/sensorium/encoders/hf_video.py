@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
-from ..data.video import load_video
+from ..media.video import load_video
 from ..safe_load import from_pretrained
 from .base import Encoder
 from .hf_vision import _has_cls_token, block_tokens, config_hash

@@ -14,9 +14,9 @@ from typing import Any
 
 from ..config import WEIGHTS_NAME, AdapterConfig
 from ..connectors import connector_type
-from ..data.video import DEFAULT_FRAMES
 from ..encoders import Encoder, load_encoder
 from ..lm import load_lm
+from ..media.video import DEFAULT_FRAMES
 from ..model import PerceptualLM
 
 

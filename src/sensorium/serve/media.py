@@ -19,10 +19,10 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data import load_image
-from ..data.audio import AudioTooLongError, Waveform, load_audio
-from ..data.video import DEFAULT_FRAMES, FramesTooLargeError, load_video
 from ..errors import BadInputError
+from ..media import load_image
+from ..media.audio import AudioTooLongError, Waveform, load_audio
+from ..media.video import DEFAULT_FRAMES, FramesTooLargeError, load_video
 
 # Formats Pillow decodes safely and that cameras, browsers and screenshots produce.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")

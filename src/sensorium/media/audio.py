@@ -19,6 +19,7 @@ import soundfile
 import soxr
 
 from ..errors import BadInputError
+from .ffmpeg import first_stream, open_container
 
 # libsndfile formats read by soundfile; anything else goes to FFmpeg (libsndfile's MP3 support included).
 SOUNDFILE_FORMATS = ("WAV", "WAVEX", "FLAC", "OGG", "AIFF", "W64", "RF64")
@@ -106,19 +107,8 @@ def _read_blocks(file: soundfile.SoundFile) -> np.ndarray:
 
 def _read_ffmpeg(source: str | BinaryIO, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """Mono samples and rate of the first audio stream, decoded by FFmpeg."""
-    try:
-        container = av.open(source, metadata_errors="replace")  # a tag in another encoding is no reason to refuse
-    except av.error.InvalidDataError as error:
-        raise BadInputError(f"{name}: not an audio file (unrecognised or corrupt data)") from error
-    except (av.error.FFmpegError, OSError) as error:
-        raise BadInputError(f"{name}: unreadable audio ({error})") from error
-    with container:
-        if not container.streams.audio:
-            what = "video only" if container.streams.video else "no streams"
-            raise BadInputError(f"{name}: no audio stream ({what})")
-        stream = container.streams.audio[0]
-        if stream.codec_context is None:  # a damaged header, or a codec FFmpeg does not know
-            raise BadInputError(f"{name}: audio stream of an unknown codec")
+    with open_container(source, name, "audio") as container:
+        stream = first_stream(container, name, "audio")
         to_float = av.AudioResampler(format="fltp")  # sample format only: layout and rate stay the file's
         chunks, rate, count = [], stream.sample_rate, 0
         try:

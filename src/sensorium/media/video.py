@@ -20,6 +20,7 @@ import av
 from PIL import Image
 
 from ..errors import BadInputError
+from .ffmpeg import first_stream, open_container
 
 DEFAULT_FRAMES = 8
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
@@ -65,25 +66,7 @@ def _open(source: str | Path | bytes, name: str) -> av.container.InputContainer:
         if path.is_file() and path.stat().st_size == 0:
             raise BadInputError(f"{name}: empty file")
         target = str(path)
-    try:
-        # Tags are not ours to judge: a title in another encoding must not make the frames unreadable.
-        return av.open(target, metadata_errors="replace")
-    except FileNotFoundError as error:
-        raise BadInputError(f"{name}: file not found") from error
-    except av.error.InvalidDataError as error:
-        raise BadInputError(f"{name}: not a video file (unrecognised or corrupt data)") from error
-    except (av.error.FFmpegError, OSError) as error:
-        raise BadInputError(f"{name}: unreadable video ({error})") from error
-
-
-def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
-    if not container.streams.video:
-        what = "audio only" if container.streams.audio else "no streams"
-        raise BadInputError(f"{name}: no video stream ({what})")
-    stream = container.streams.video[0]
-    if stream.codec_context is None:  # a damaged header, or a codec FFmpeg does not know
-        raise BadInputError(f"{name}: video stream of an unknown codec")
-    return stream
+    return open_container(target, name, "video")
 
 
 def _timestamp(packet_or_frame: av.Packet | av.VideoFrame) -> int | None:
@@ -99,7 +82,7 @@ def frame_times(source: str | Path | bytes, name: str | None = None) -> tuple[li
     """
     name = _name(source, name)
     with _open(source, name) as container:
-        stream = _video_stream(container, name)
+        stream = first_stream(container, name, "video")
         times, durations = [], []
         try:
             for packet in container.demux(stream):
@@ -137,7 +120,7 @@ def load_video(source: str | Path | bytes, num_frames: int = DEFAULT_FRAMES, nam
     wanted = frames_on_screen(times, sample_times(times[0], end, num_frames))
     needed, images = set(wanted), {}
     with _open(source, name) as container:
-        stream = _video_stream(container, name)
+        stream = first_stream(container, name, "video")
         width, height = stream.codec_context.width, stream.codec_context.height
         if max_pixels is not None and width * height > max_pixels:
             raise FramesTooLargeError(f"{name}: video frames of {width}x{height} pixels; at most {max_pixels:,} "
