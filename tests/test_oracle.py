@@ -10,9 +10,9 @@ from PIL import Image, ImageDraw
 
 from sensorium import PerceptualLM
 from sensorium import train as training
+from sensorium.benchmarks.scenes import describe, make_scenes
 from sensorium.cli import main
 from sensorium.data import easyvqa, read_dataset
-from sensorium.data.scenes import describe, make_scenes
 from sensorium.oracle import truths, with_truth
 from sensorium.recipe import Recipe
 

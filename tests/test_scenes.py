@@ -11,9 +11,9 @@ from conftest import file_bytes, qa_by_media, read_split
 from PIL import Image
 from pycocotools.coco import COCO
 
+from sensorium.benchmarks.scenes import COLORS, HELD_OUT, QUESTION_TYPES, SHAPES, SPLITS, make_scenes
 from sensorium.cli import main
 from sensorium.data import parse_data_spec, read_dataset
-from sensorium.data.scenes import COLORS, HELD_OUT, QUESTION_TYPES, SHAPES, SPLITS, make_scenes
 
 HELD_OUT_NAMES = {f"{color} {shape}" for color, shape in HELD_OUT}
 RELATIONS = {"to the left of": "left", "to the right of": "right", " above ": "above", " below ": "below",

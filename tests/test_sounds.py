@@ -12,10 +12,10 @@ import soundfile
 from conftest import file_bytes, qa_by_media, read_split
 from pycocotools.coco import COCO
 
+from sensorium.benchmarks import sounds as sound_scenes
+from sensorium.benchmarks.sounds import DURATION, KINDS, QUESTION_TYPES, SAMPLE_RATE, SPLITS, WORDS, make_audio
 from sensorium.cli import main
 from sensorium.data import parse_data_spec, read_dataset
-from sensorium.data import sounds as sound_scenes
-from sensorium.data.sounds import DURATION, KINDS, QUESTION_TYPES, SAMPLE_RATE, SPLITS, WORDS, make_audio
 
 FRAME = SAMPLE_RATE // 200  # 5 ms
 

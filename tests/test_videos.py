@@ -12,10 +12,8 @@ import pytest
 from conftest import file_bytes, qa_by_media, read_split
 from pycocotools.coco import COCO
 
-from sensorium.cli import main
-from sensorium.data import parse_data_spec, read_dataset
-from sensorium.data.scenes import COLORS
-from sensorium.data.videos import (
+from sensorium.benchmarks.scenes import COLORS
+from sensorium.benchmarks.videos import (
     DIRECTIONS,
     FPS,
     FRAME_SIZE,
@@ -26,6 +24,8 @@ from sensorium.data.videos import (
     Track,
     make_videos,
 )
+from sensorium.cli import main
+from sensorium.data import parse_data_spec, read_dataset
 from sensorium.media import load_video
 
 NAME = re.compile(rf"\b({'|'.join(PALETTE)}) ({'|'.join(SHAPES)})\b")

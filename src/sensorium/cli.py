@@ -183,7 +183,7 @@ MAKE_COMMANDS = {
 
 
 def _make_data(args: argparse.Namespace) -> None:
-    from .data.examples import generator
+    from .benchmarks import generator
 
     command, module = MAKE_COMMANDS[args.generator], generator(args.generator)
     make = getattr(module, f"make_{args.generator}")

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .data import Example, easyvqa, scenes
+from .benchmarks import scenes
+from .data import Example, easyvqa
 
 CONTEXT = "The image shows {truth}."  # the probe's wording that measured what each packaged LM compares
 

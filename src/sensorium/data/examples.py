@@ -10,9 +10,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from ..benchmarks import GENERATORS, generator
 from ..errors import BadInputError
 
 # Data format -> "module[:function]" of sensorium.data whose function (``read`` by default) returns the examples.
@@ -24,9 +24,6 @@ READERS = {"easy-vqa": "easyvqa", "jsonl": "jsonl", "vqav2": "vqav2", "gqa": "gq
 KEYED_FORMATS = ("vqav2", "gqa", "coco", "karpathy", "msrvtt-qa", "msrvtt-caption", "audiocaps", "clotho")
 # Formats written as NAME:SPLIT, and the split read when none is written.
 DEFAULT_SPLITS = {"easy-vqa": "test", "asterisk": "all", "asterisk-caption": "all"}
-# Generated benchmarks: NAME of ``sensorium data make-NAME`` and of the data spec NAME:DIR/SPLIT -> the module of
-# sensorium.data with their BENCHMARK and make_NAME function.
-GENERATORS = {"scenes": "scenes", "videos": "videos", "audio": "sounds"}
 
 
 @dataclass
@@ -108,11 +105,6 @@ def _generated_spec(text: str, name: str, rest: str) -> dict[str, Any]:
     return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
             "annotations": str(root / f"annotations_{split}.json"), "images": str(root / benchmark.media),
             "file_pattern": benchmark.file_pattern}
-
-
-def generator(name: str) -> ModuleType:
-    """The module making a generated benchmark (imported on demand: generators import this module)."""
-    return importlib.import_module(f"{__package__}.{GENERATORS[name]}")
 
 
 def reader(fmt: str | None) -> Callable[..., list[Example]]:

@@ -21,10 +21,10 @@ from typing import Any
 import av
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
-from .scenes import COLORS, NUMBER_WORDS, OUTLINES, _join, _with_article
-from .synthetic import Benchmark, Item, check_counts, write_meta, write_split
+from .scenes import COLORS, OUTLINES
+from .wording import NUMBER_WORDS, join_phrases, with_article
+from .writing import Benchmark, Item, write_benchmark
 
 GENERATOR_VERSION = 1
 FRAME_SIZE = 112
@@ -41,7 +41,8 @@ ACTION_KINDS = (("move", 3, tuple(DIRECTIONS)), ("size", 2, ("grow", "shrink")),
                 ("visibility", 2, ("appear", "disappear")), ("still", 1, ("still",)))
 QUESTION_TYPES = ("direction", "color", "count", "size")
 BENCHMARK = Benchmark(description="moving shapes", version=GENERATOR_VERSION, splits=SPLITS, media="videos",
-                      file_pattern=VIDEO_PATTERN, data_type="videos", plans="clips", question_types=QUESTION_TYPES)
+                      file_pattern=VIDEO_PATTERN, data_type="videos", plans="clips", question_types=QUESTION_TYPES,
+                      unit="clip", making="rendering")
 CAPTIONS_PER_CLIP = 5
 MAX_OBJECTS = 3
 SIDE = (18, 26)  # side of a shape's bounding square in pixels; growing doubles it, shrinking halves it
@@ -221,7 +222,7 @@ def _phrase(track: Track, rng: random.Random, form: int) -> str:
 
 
 def _clause(track: Track, rng: random.Random, article: str = "a") -> str:
-    subject = _with_article(track.name) if article == "a" else f"the {track.name}"
+    subject = with_article(track.name) if article == "a" else f"the {track.name}"
     return f"{subject} {_phrase(track, rng, 0)}"
 
 
@@ -243,16 +244,16 @@ def captions(tracks: list[Track], rng: random.Random) -> list[str]:
 def _caption_while(tracks: list[Track], rng: random.Random) -> str:
     """'a red circle moves to the left while a blue square grows'."""
     clauses = [_clause(t, rng) for t in tracks]
-    return clauses[0] if len(clauses) == 1 else f"{_join(clauses[:-1])} while {clauses[-1]}"
+    return clauses[0] if len(clauses) == 1 else f"{join_phrases(clauses[:-1])} while {clauses[-1]}"
 
 
 def _caption_and(tracks: list[Track], rng: random.Random) -> str:
-    return _join([_clause(t, rng) for t in tracks])
+    return join_phrases([_clause(t, rng) for t in tracks])
 
 
 def _caption_video_of(tracks: list[Track], rng: random.Random) -> str:
     """'a video of a red circle moving left and a blue square growing'."""
-    return "a video of " + _join([f"{_with_article(t.name)} {_phrase(t, rng, 1)}" for t in tracks])
+    return "a video of " + join_phrases([f"{with_article(t.name)} {_phrase(t, rng, 1)}" for t in tracks])
 
 
 def _caption_count(tracks: list[Track], rng: random.Random) -> str:
@@ -266,15 +267,15 @@ def _caption_in_this_video(tracks: list[Track], rng: random.Random) -> str:
 
 
 def _caption_the(tracks: list[Track], rng: random.Random) -> str:
-    return _join([_clause(t, rng, article="the") for t in tracks])
+    return join_phrases([_clause(t, rng, article="the") for t in tracks])
 
 
 def _caption_as(tracks: list[Track], rng: random.Random) -> str:
     """'the blue square grows as the red circle slides to the left'."""
     if len(tracks) == 1:
-        return f"we see {_with_article(tracks[0].name)} {_phrase(tracks[0], rng, 1)}"
+        return f"we see {with_article(tracks[0].name)} {_phrase(tracks[0], rng, 1)}"
     clauses = [_clause(t, rng, article="the") for t in tracks]
-    return f"{clauses[0]} as {_join(clauses[1:])}"
+    return f"{clauses[0]} as {join_phrases(clauses[1:])}"
 
 
 # ---- questions ------------------------------------------------------------------------------------
@@ -330,25 +331,11 @@ def _size(track: Track, tracks: list[Track], rng: random.Random) -> tuple[str, s
 
 # ---- writing a data set ---------------------------------------------------------------------------
 def make_videos(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str, Any]:
-    """Write the splits under ``out`` and return the summary also written to ``out/meta.json``.
-
-    Every clip has its own random stream seeded from (seed, split, index), so a split does not change
-    when another split's size does, and the same seed gives byte-identical files.
-    """
-    check_counts("clips", n_train, n_test)
-    out = Path(out)
-    (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {
-        "generator": "sensorium moving shapes", "version": GENERATOR_VERSION, "seed": seed,
-        "frame_size": FRAME_SIZE, "fps": FPS, "duration": list(DURATION), "shapes": list(SHAPES),
-        "colors": list(PALETTE), "actions": [a for _, _, actions in ACTION_KINDS for a in actions], "splits": {},
-    }
-    for split, count in (("train", n_train), ("test", n_test)):
-        rendered = (make_clip(out, split, index, seed)
-                    for index in tqdm(range(count), desc=f"rendering {split}", unit="clip"))
-        meta["splits"][split] = {"clips": count, **write_split(out, BENCHMARK, split, seed, rendered)}
-    write_meta(out, meta)
-    return meta
+    """Write the splits under ``out`` and return the summary also written to ``out/meta.json``; the same seed
+    gives byte-identical files."""
+    details = {"frame_size": FRAME_SIZE, "fps": FPS, "duration": list(DURATION), "shapes": list(SHAPES),
+               "colors": list(PALETTE), "actions": [a for _, _, actions in ACTION_KINDS for a in actions]}
+    return write_benchmark(out, BENCHMARK, make_clip, n_train, n_test, seed, details)
 
 
 def make_clip(out: Path, split: str, index: int, seed: int) -> Item:

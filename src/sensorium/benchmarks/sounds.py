@@ -20,19 +20,16 @@ import os
 import random
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
-from tqdm.auto import tqdm
 
-from .audio import Waveform
-from .scenes import NUMBER_WORDS, _join
-from .synthetic import Benchmark, Item, check_counts, write_meta, write_split
+from ..media.audio import Waveform
+from .wording import NUMBER_WORDS, join_phrases, with_article
+from .writing import Benchmark, Item, write_benchmark
 
 GENERATOR_VERSION = 1
 SAMPLE_RATE = 16_000
@@ -42,7 +39,8 @@ CLIP_PATTERN = "{subtype}_{image_id:06d}.wav"  # vqav2.image_path pattern of the
 KINDS = ("speech", "beeps", "tone", "sweep", "noise")
 QUESTION_TYPES = ("speech", "words", "count", "direction", "pitch")
 BENCHMARK = Benchmark(description="sound scenes", version=GENERATOR_VERSION, splits=SPLITS, media="clips",
-                      file_pattern=CLIP_PATTERN, data_type="audio", plans="clips", question_types=QUESTION_TYPES)
+                      file_pattern=CLIP_PATTERN, data_type="audio", plans="clips", question_types=QUESTION_TYPES,
+                      unit="clip", making="synthesising")
 CAPTIONS_PER_CLIP = 5
 SPEECH_SHARE = 0.5  # of clips: "is there speech?" is answered yes and no equally often
 NO_BEEPS_COUNT_SHARE = 0.25  # of clips without beeps that are asked how many beeps there are ("0")
@@ -198,7 +196,7 @@ def noun_phrase(event: Event, rng: random.Random) -> str:
     if event.kind == "tone":
         nouns = ("tone", "steady tone", "hum") if event.pitch == "low" else ("tone", "steady tone", "note")
         adjective = rng.choice(PITCH_WORDS[event.pitch])
-        return f"{'an' if adjective[0] in 'aeiou' else 'a'} {adjective} {rng.choice(nouns)}"
+        return with_article(f"{adjective} {rng.choice(nouns)}")
     if event.kind == "sweep":
         rising = event.direction == "rising"
         return rng.choice((f"a {event.direction} tone", f"a {event.direction} sweep",
@@ -235,7 +233,7 @@ def captions(events: list[Event], rng: random.Random) -> list[str]:
         lambda: " followed by ".join(noun_phrase(e, rng) for e in events),
         lambda: "we hear " + _then([noun_phrase(e, rng) for e in events]),
         lambda: " and then ".join(clause(e, rng) for e in events),
-        lambda: "the sound of " + _join([noun_phrase(e, rng) for e in events]) + ("" if len(events) == 1 else
+        lambda: "the sound of " + join_phrases([noun_phrase(e, rng) for e in events]) + ("" if len(events) == 1 else
                                                                                     ", in that order"),
         lambda: "a recording of " + " followed by ".join(noun_phrase(e, rng) for e in events),
     ]
@@ -287,31 +285,17 @@ def questions(events: list[Event], rng: random.Random) -> list[tuple[str, str, s
 
 # ---- writing a data set ---------------------------------------------------------------------------------------
 def make_audio(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int | None = None) -> dict[str, Any]:
-    """Write the splits under ``out`` and return the summary also written to ``out/meta.json``.
-
-    Every clip has its own random stream seeded from (seed, split, index), so a split does not change when
-    another split's size does, and the same seed gives byte-identical files. Clips are synthesised by
-    ``workers`` concurrent sox/espeak-ng processes (default: one per CPU).
-    """
+    """Write the splits under ``out`` and return the summary also written to ``out/meta.json``; the same seed
+    gives byte-identical files. Clips are synthesised by ``workers`` concurrent sox/espeak-ng processes (default:
+    one per CPU)."""
     for program, package in (("sox", "sox"), ("espeak-ng", "espeak-ng")):
         if shutil.which(program) is None:
             raise FileNotFoundError(f"'{program}' not found: the sound scenes are synthesised with it "
                                     f"(apt-get install {package})")
-    check_counts("clips", n_train, n_test)
-    out = Path(out)
-    (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {
-        "generator": "sensorium sound scenes", "version": GENERATOR_VERSION, "seed": seed,
-        "sampling_rate": SAMPLE_RATE, "duration": list(DURATION), "kinds": list(KINDS), "words": list(WORDS),
-        "question_types": list(QUESTION_TYPES), "splits": {},
-    }
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for split, count in (("train", n_train), ("test", n_test)):
-            jobs = pool.map(partial(make_clip, out, split, seed=seed), range(count))
-            synthesised = tqdm(jobs, total=count, desc=f"synthesising {split}", unit="clip")
-            meta["splits"][split] = {"clips": count, **write_split(out, BENCHMARK, split, seed, synthesised)}
-    write_meta(out, meta)
-    return meta
+    details = {"sampling_rate": SAMPLE_RATE, "duration": list(DURATION), "kinds": list(KINDS), "words": list(WORDS),
+               "question_types": list(QUESTION_TYPES)}
+    return write_benchmark(out, BENCHMARK, make_clip, n_train, n_test, seed, details,
+                           workers=workers or os.cpu_count() or 1)
 
 
 def make_clip(out: Path, split: str, index: int, seed: int) -> Item:

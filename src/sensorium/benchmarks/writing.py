@@ -1,20 +1,24 @@
-"""The files of one split of a procedural benchmark (shapes scenes, moving shapes, sound scenes).
+"""The files of a procedural benchmark (shapes scenes, moving shapes, sound scenes).
 
 The generators differ only in their media; each split is written in the formats users already have:
 COCO captions JSON, VQA v2 questions + annotations JSON (the question type is the annotation's
-``answer_type``), and a plan file keeping what every medium was generated from.
+``answer_type``), and a plan file keeping what every medium was generated from; ``meta.json`` sums them up.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .vqav2 import image_path
+from tqdm.auto import tqdm
+
+from ..data.vqav2 import image_path
 
 ANSWERS_PER_QUESTION = 10  # VQA v2 has ten human answers per question; here all ten are the one true answer
 
@@ -31,6 +35,8 @@ class Benchmark:
     data_type: str  # of the VQA files; a split's data_subtype is "{data_type}-{split}"
     plans: str  # the plan file "{plans}_{split}.json" lists the plans under this key
     question_types: tuple[str, ...]  # counted in the summary, in this order
+    unit: str  # what one medium is called in counts and messages: "image", "clip"
+    making: str  # what the progress bar says is being done to the media: "drawing", "rendering"
 
     def subtype(self, split: str) -> str:
         """The split's VQA ``data_subtype``, which also names its media files."""
@@ -51,16 +57,48 @@ class Item:
     questions: list[tuple[str, str, str]]  # (type, question, answer)
 
 
-def check_counts(unit: str, n_train: int, n_test: int) -> None:
+# Makes, writes and describes medium ``index`` of a split: make_item(out, split, index, seed=seed).
+MakeItem = Callable[..., Item]
+
+
+def write_benchmark(out: Path, benchmark: Benchmark, make_item: MakeItem, n_train: int, n_test: int, seed: int,
+                    details: dict[str, Any], workers: int = 1) -> dict[str, Any]:
+    """Write every split under ``out`` and return the summary also written to ``out/meta.json``.
+
+    ``train`` gets ``n_train`` media and every other split ``n_test``. Every medium has its own random stream
+    seeded from (seed, split, index) by ``make_item``, so a split does not change when another split's size
+    does, and the same seed gives byte-identical files however many ``workers`` make media at once (threads:
+    the work happens in native code or in other processes). ``details`` describe the generator in the
+    summary, after its name, version and seed.
+    """
+    _check_counts(f"{benchmark.unit}s", n_train, n_test)
+    out = Path(out)
+    (out / benchmark.media).mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {"generator": f"sensorium {benchmark.description}", "version": benchmark.version,
+                            "seed": seed, **details, "splits": {}}
+    for split in benchmark.splits:
+        count = n_train if split == "train" else n_test
+        made = _in_order(partial(make_item, out, split, seed=seed), count, workers)
+        items = tqdm(made, total=count, desc=f"{benchmark.making} {split}", unit=benchmark.unit)
+        meta["splits"][split] = {f"{benchmark.unit}s": count, **write_split(out, benchmark, split, seed, items)}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # beside the splits, for people to read
+    return meta
+
+
+def _check_counts(unit: str, n_train: int, n_test: int) -> None:
     """Every split needs at least one medium: an empty one could be neither trained on nor scored."""
     for what, count in (("train", n_train), ("test", n_test)):
         if count < 1:
             raise ValueError(f"the number of {what} {unit} must be at least 1, got {count}")
 
 
-def write_meta(out: Path, meta: dict[str, Any]) -> None:
-    """The generator's summary beside its splits, readable by people."""
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+def _in_order(make: Callable[[int], Item], count: int, workers: int) -> Iterator[Item]:
+    """The items of indices 0 to count - 1, in this order, made by ``workers`` threads at once.
+
+    A failure surfaces when its item is reached, and the media not yet started are then never made.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(make, range(count))
 
 
 def write_split(out: Path, benchmark: Benchmark, split: str, seed: int, items: Iterable[Item]) -> dict[str, Any]:

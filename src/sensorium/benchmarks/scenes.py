@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
-from .synthetic import Benchmark, Item, check_counts, write_meta, write_split
-from .vqav2 import COCO_PATTERN
+from ..data.vqav2 import COCO_PATTERN
+from .wording import NUMBER_WORDS, join_phrases, with_article
+from .writing import Benchmark, Item, write_benchmark
 
 GENERATOR_VERSION = 1
 IMAGE_SIZE = 224
@@ -42,14 +42,14 @@ SIZE_JITTER = 2  # +- pixels, so that sizes are not two exact values
 HELD_OUT = (("red", "triangle"), ("blue", "star"), ("green", "square"), ("yellow", "circle"), ("purple", "heart"))
 QUESTION_TYPES = ("existence", "count", "color", "shape", "position", "comparison")
 BENCHMARK = Benchmark(description="shapes scenes", version=GENERATOR_VERSION, splits=SPLITS, media="images",
-                      file_pattern=COCO_PATTERN, data_type="scenes", plans="scenes", question_types=QUESTION_TYPES)
+                      file_pattern=COCO_PATTERN, data_type="scenes", plans="scenes", question_types=QUESTION_TYPES,
+                      unit="image", making="drawing")
 CAPTIONS_PER_IMAGE = 5
 MAX_OBJECTS = 4
 STRIPED_PROBABILITY = 0.25
 MARGIN = 6  # pixels between every object and the image border
 MAX_OVERLAP = 0.1  # of the smaller bounding box: overlap stays mild, every object stays clearly visible
 OUTLINE = (35, 35, 35)
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 RELATION_PHRASES = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
@@ -102,7 +102,7 @@ class SceneObject:
 
     def describe(self, detailed: bool = True) -> str:
         """'a large striped red circle' (detailed) or 'a red circle'."""
-        return _with_article(self.detailed_name if detailed else self.name)
+        return with_article(self.detailed_name if detailed else self.name)
 
     def to_json(self) -> dict[str, Any]:
         x, y, side = self.box
@@ -111,14 +111,6 @@ class SceneObject:
 
 
 Scene = list[SceneObject]
-
-
-def _with_article(phrase: str) -> str:
-    return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
-
-
-def _join(phrases: list[str]) -> str:
-    return phrases[0] if len(phrases) == 1 else f"{', '.join(phrases[:-1])} and {phrases[-1]}"
 
 
 def relation(a: SceneObject, b: SceneObject) -> str | None:
@@ -228,11 +220,11 @@ def captions(objects: list[SceneObject], focus: list[SceneObject], rng: random.R
 
 
 def _caption_listing(objects: Scene, focus: Scene, rng: random.Random) -> str:
-    return _join([o.describe() for o in objects])
+    return join_phrases([o.describe() for o in objects])
 
 
 def _caption_short(objects: Scene, focus: Scene, rng: random.Random) -> str:
-    return _join([o.describe(detailed=False) for o in objects])
+    return join_phrases([o.describe(detailed=False) for o in objects])
 
 
 def _caption_count(objects: Scene, focus: Scene, rng: random.Random) -> str:
@@ -262,7 +254,7 @@ def _caption_relation(objects: Scene, focus: Scene, rng: random.Random) -> str |
     a, b, where = pair
     rest = [o.describe() for o in objects if o not in (a, b)]
     text = f"{a.describe()} {RELATION_PHRASES[where]} {b.describe()}"
-    return f"{text}, along with {_join(rest)}" if rest else text
+    return f"{text}, along with {join_phrases(rest)}" if rest else text
 
 
 def _caption_there_relation(objects: Scene, focus: Scene, rng: random.Random) -> str | None:
@@ -296,9 +288,9 @@ def _caption_grouped(objects: Scene, focus: Scene, rng: random.Random) -> str | 
     if len(groups[0]) == 1:
         return None
     parts = [group[0].describe() if len(group) == 1 else
-             f"{NUMBER_WORDS[len(group)]} {group[0].shape}s, {_join(['one ' + o.color for o in group])}"
+             f"{NUMBER_WORDS[len(group)]} {group[0].shape}s, {join_phrases(['one ' + o.color for o in group])}"
              for group in groups]
-    return f"{parts[0]}, with {_join(parts[1:])}" if len(parts) > 1 else parts[0]
+    return f"{parts[0]}, with {join_phrases(parts[1:])}" if len(parts) > 1 else parts[0]
 
 
 def _caption_region(objects: Scene, focus: Scene, rng: random.Random) -> str | None:
@@ -335,7 +327,7 @@ def questions(objects: list[SceneObject], focus: list[SceneObject], absent: list
 
 def _existence(name: str, answer: str, rng: random.Random) -> tuple[str, str]:
     template = rng.choice(["is there {}?", "is there {} in the picture?", "does the picture contain {}?"])
-    return template.format(_with_article(name)), answer
+    return template.format(with_article(name)), answer
 
 
 def _near_miss(objects: list[SceneObject], absent: list[tuple[str, str]], rng: random.Random) -> str:
@@ -357,24 +349,24 @@ def _count(objects: Scene, focus: Scene, rng: random.Random) -> tuple[str, str]:
 
 
 def _color_of(objects: Scene, focus: Scene, rng: random.Random) -> tuple[str, str] | None:
-    options = []
-    for thing in focus:
-        same_shape = [o for o in objects if o.shape == thing.shape]
-        if len(same_shape) == 1:
-            options.append((f"what color is the {thing.shape}?", thing.color))
-        elif sum(o.size == thing.size for o in same_shape) == 1:
-            options.append((f"what color is the {thing.size} {thing.shape}?", thing.color))
-    return rng.choice(options) if options else None
+    return _ask_about(objects, focus, rng, known="shape", asked="color", template="what color is the {}?")
 
 
 def _shape_of(objects: Scene, focus: Scene, rng: random.Random) -> tuple[str, str] | None:
+    return _ask_about(objects, focus, rng, known="color", asked="shape", template="what shape is the {} object?")
+
+
+def _ask_about(objects: Scene, focus: Scene, rng: random.Random, known: str, asked: str,
+               template: str) -> tuple[str, str] | None:
+    """The ``asked`` attribute of a focus object named by its ``known`` one, with its size where the ``known``
+    attribute alone names several objects; None when no focus object can be named unambiguously."""
     options = []
     for thing in focus:
-        same_color = [o for o in objects if o.color == thing.color]
-        if len(same_color) == 1:
-            options.append((f"what shape is the {thing.color} object?", thing.shape))
-        elif sum(o.size == thing.size for o in same_color) == 1:
-            options.append((f"what shape is the {thing.size} {thing.color} object?", thing.shape))
+        alike = [o for o in objects if getattr(o, known) == getattr(thing, known)]
+        if len(alike) == 1:
+            options.append((template.format(getattr(thing, known)), getattr(thing, asked)))
+        elif sum(o.size == thing.size for o in alike) == 1:
+            options.append((template.format(f"{thing.size} {getattr(thing, known)}"), getattr(thing, asked)))
     return rng.choice(options) if options else None
 
 
@@ -404,31 +396,17 @@ def describe(plan: dict[str, Any]) -> str:
                for o in plan["objects"]]
     relations = [f"the {a.name} is {RELATION_PHRASES[where]} the {b.name}"
                  for a, b in permutations(objects, 2) if (where := relation(a, b)) in ("left", "above")]
-    return "; ".join([_join([o.describe() for o in objects]), *relations])
+    return "; ".join([join_phrases([o.describe() for o in objects]), *relations])
 
 
 def make_scenes(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str, Any]:
     """Write the three splits under ``out`` and return the summary also written to ``out/meta.json``.
 
-    ``n_test`` images go to each of ``test`` and ``test-novel``. Every image has its own random stream
-    seeded from (seed, split, index), so a split does not change when another split's size does, and
-    the same seed gives byte-identical files.
+    ``n_test`` images go to each of ``test`` and ``test-novel``; the same seed gives byte-identical files.
     """
-    check_counts("images", n_train, n_test)
-    out = Path(out)
-    (out / BENCHMARK.media).mkdir(parents=True, exist_ok=True)
-    counts = {"train": n_train, "test": n_test, "test-novel": n_test}
-    meta: dict[str, Any] = {
-        "generator": "sensorium shapes scenes", "version": GENERATOR_VERSION, "seed": seed,
-        "image_size": IMAGE_SIZE, "shapes": list(SHAPES), "colors": list(COLORS), "sizes": SIZES,
-        "held_out": [list(c) for c in HELD_OUT], "splits": {},
-    }
-    for split in SPLITS:
-        drawn = (make_image(out, split, index, seed)
-                 for index in tqdm(range(counts[split]), desc=f"drawing {split}", unit="image"))
-        meta["splits"][split] = {"images": counts[split], **write_split(out, BENCHMARK, split, seed, drawn)}
-    write_meta(out, meta)
-    return meta
+    details = {"image_size": IMAGE_SIZE, "shapes": list(SHAPES), "colors": list(COLORS), "sizes": SIZES,
+               "held_out": [list(c) for c in HELD_OUT]}
+    return write_benchmark(out, BENCHMARK, make_image, n_train, n_test, seed, details)
 
 
 def make_image(out: Path, split: str, index: int, seed: int) -> Item:

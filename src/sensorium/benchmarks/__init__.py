@@ -1,0 +1,19 @@
+"""Procedural benchmarks: media generated from seeded plans, with captions and questions true by construction.
+
+Each generator writes its splits in the formats users already have (COCO captions, VQA v2 questions and
+annotations), so the standard readers of sensorium.data read them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# NAME of ``sensorium data make-NAME`` and of the data spec NAME:DIR/SPLIT -> the module of this package with
+# its BENCHMARK and make_NAME function.
+GENERATORS = {"scenes": "scenes", "videos": "videos", "audio": "sounds"}
+
+
+def generator(name: str) -> ModuleType:
+    """The module making a generated benchmark, imported on demand: each needs its own media libraries."""
+    return importlib.import_module(f"{__name__}.{GENERATORS[name]}")
