@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
 from PIL import Image
 
-from sensorium.data import parse_data_spec, read_dataset
+from sensorium.cli import build_parser
+from sensorium.data import FORMATS, data_spec_forms, parse_data_spec, read_dataset, reader
 from sensorium.data.easyvqa import answer_type
 from sensorium.errors import BadInputError
 from sensorium.media import load_image
@@ -82,6 +84,33 @@ def test_vqav2_malformed_annotations_are_named(tmp_path):
 def test_unknown_data_spec_is_reported():
     with pytest.raises(ValueError, match="unknown data spec 'coco-wat'"):
         parse_data_spec("coco-wat")
+
+
+def test_the_error_for_an_unknown_data_spec_lists_every_form():
+    with pytest.raises(ValueError) as error:
+        parse_data_spec("jsonl:x")
+    assert all(form in str(error.value) for form in data_spec_forms())
+
+
+def test_every_form_of_the_format_table_parses_back_to_its_format():
+    for name, fmt in FORMATS.items():
+        assert parse_data_spec(fmt.usage(name).replace("..", "x"))["format"] == name
+    for generated in ("scenes", "videos", "audio"):
+        assert parse_data_spec(f"{generated}:some/dir/test")["format"] == "vqav2"
+
+
+def test_every_format_reads_the_arguments_its_command_line_form_names():
+    for name, fmt in FORMATS.items():
+        parameters = inspect.signature(reader(name)).parameters
+        named = fmt.keys or (("path",) if fmt.suffix else ("split",))
+        assert set(named) <= set(parameters), name
+
+
+def test_the_cli_help_lists_every_data_spec_form(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--help"])
+    shown = "".join(capsys.readouterr().out.split())  # help wraps lines, even inside a form
+    assert all("".join(form.split()) in shown for form in data_spec_forms())
 
 
 def test_good_image_loads_as_rgb(tmp_path):

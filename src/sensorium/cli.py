@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .data import data_spec_forms
 from .errors import BadInputError
 
 USER_ERRORS = (BadInputError, FileNotFoundError, ValueError)
@@ -236,12 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")
     evaluate.add_argument("adapter", help="adapter folder")
     evaluate.add_argument("--data", required=True,
-                          help="easy-vqa:test | manifest.jsonl | vqav2:questions=..,annotations=..,images=.. | "
-                               "gqa:questions=..,images=.. | coco:annotations=..,images=.. | "
-                               "karpathy:path=..,images=..,split=.. | msrvtt-qa:questions=..,videos=.. | "
-                               "msrvtt-caption:path=..,videos=..,split=.. | audiocaps:csv=..,audio=.. | "
-                               "clotho:csv=..,audio=.. | asterisk:SPLIT | asterisk-caption:SPLIT | "
-                               "scenes:DIR/SPLIT | videos:DIR/SPLIT | audio:DIR/SPLIT")
+                          help=" | ".join(data_spec_forms()))
     evaluate.add_argument("--limit", type=positive_int, help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
                           "captions_results.json in the COCO results format for captions)")

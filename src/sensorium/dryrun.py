@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Generation
 
 from . import zoo
 from .connectors import CONNECTORS, ConnectorSetup, build_connector, connector_options
-from .data.examples import read_dataset, reader
+from .data import read_dataset, reader
 from .encoders import FRAMES_PREFIX, PACKAGED, PATCHLESS
 from .encoders.hf_vision import _vision_tower
 from .errors import BadInputError
