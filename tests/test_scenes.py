@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import file_bytes, qa_by_media, read_split
+from conftest import qa_by_media, read_split
+from generated_benchmarks import assert_a_split_ignores_the_training_size, assert_the_seed_decides_the_files
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -55,25 +56,14 @@ def find(objects, name):
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
-    first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    make_scenes(first, n_train=5, n_test=3, seed=1)
-    make_scenes(again, n_train=5, n_test=3, seed=1)
-    make_scenes(other, n_train=5, n_test=3, seed=2)
-    written = file_bytes(first)
-    assert len(written) == 5 + 3 + 3 + 13  # images, then 4 JSON files per split and meta.json
-    assert written == file_bytes(again)
-    different = file_bytes(other)
-    assert written.keys() == different.keys()
-    image = Path("images/COCO_scenes-train_000000000001.jpg")
-    assert written[image] != different[image]
-    assert read_split(first, "questions", "train") != read_split(other, "questions", "train")
+    assert_the_seed_decides_the_files(tmp_path, lambda out, seed: make_scenes(out, n_train=5, n_test=3, seed=seed),
+                                      files=5 + 3 + 3 + 13,  # images, then 4 JSON files per split and meta.json
+                                      medium="images/COCO_scenes-train_000000000001.jpg")
 
 
 def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
-    make_scenes(tmp_path / "small", n_train=2, n_test=3, seed=1)
-    make_scenes(tmp_path / "large", n_train=9, n_test=3, seed=1)
-    for kind in ("captions", "questions", "scenes"):
-        assert read_split(tmp_path / "small", kind, "test-novel") == read_split(tmp_path / "large", kind, "test-novel")
+    assert_a_split_ignores_the_training_size(tmp_path, lambda out, n: make_scenes(out, n_train=n, n_test=3, seed=1),
+                                             train_sizes=(2, 9), split="test-novel", plans="scenes")
 
 
 def test_summary_and_meta_name_the_held_out_combinations(scenes):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import file_bytes, qa_by_media, read_split
+from conftest import qa_by_media, read_split
+from generated_benchmarks import assert_a_split_ignores_the_training_size, assert_the_seed_decides_the_files
 from pycocotools.coco import COCO
 
 from sensorium.benchmarks import sounds as sound_scenes
@@ -57,21 +58,16 @@ def bursts(samples: np.ndarray) -> int:
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
-    first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    for folder, seed, workers in ((first, 1, 1), (again, 1, 3), (other, 2, 2)):
-        make_audio(folder, n_train=5, n_test=2, seed=seed, workers=workers)
-    written = file_bytes(first)
-    assert len(written) == 5 + 2 + 9  # clips, then 4 JSON files per split and meta.json
-    assert written == file_bytes(again)  # whatever the number of concurrent synthesisers
-    clip = Path("clips/audio-train_000001.wav")
-    assert written[clip] != file_bytes(other)[clip]
+    workers = iter((1, 3, 2))  # the same seed with one and with three concurrent synthesisers, then another seed
+    assert_the_seed_decides_the_files(
+        tmp_path, lambda out, seed: make_audio(out, n_train=5, n_test=2, seed=seed, workers=next(workers)),
+        files=5 + 2 + 9,  # clips, then 4 JSON files per split and meta.json
+        medium="clips/audio-train_000001.wav")
 
 
 def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
-    make_audio(tmp_path / "small", n_train=2, n_test=3, seed=1)
-    make_audio(tmp_path / "large", n_train=6, n_test=3, seed=1)
-    for kind in ("captions", "questions", "clips"):
-        assert read_split(tmp_path / "small", kind, "test") == read_split(tmp_path / "large", kind, "test")
+    assert_a_split_ignores_the_training_size(tmp_path, lambda out, n: make_audio(out, n_train=n, n_test=3, seed=1),
+                                             train_sizes=(2, 6), split="test", plans="clips")
 
 
 def test_summary_counts_and_every_question_type_occurs(scenes):

@@ -9,7 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import file_bytes, qa_by_media, read_split
+from conftest import qa_by_media, read_split
+from generated_benchmarks import assert_a_split_ignores_the_training_size, assert_the_seed_decides_the_files
 from pycocotools.coco import COCO
 
 from sensorium.benchmarks.scenes import COLORS
@@ -42,21 +43,14 @@ def plans(out, split) -> dict[int, list[dict]]:
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
-    first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    for folder, seed in ((first, 1), (again, 1), (other, 2)):
-        make_videos(folder, n_train=4, n_test=2, seed=seed)
-    written = file_bytes(first)
-    assert len(written) == 4 + 2 + 9  # clips, then 4 JSON files per split and meta.json
-    assert written == file_bytes(again)
-    clip = Path("videos/videos-train_000001.mp4")
-    assert written[clip] != file_bytes(other)[clip]
+    assert_the_seed_decides_the_files(tmp_path, lambda out, seed: make_videos(out, n_train=4, n_test=2, seed=seed),
+                                      files=4 + 2 + 9,  # clips, then 4 JSON files per split and meta.json
+                                      medium="videos/videos-train_000001.mp4")
 
 
 def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
-    make_videos(tmp_path / "small", n_train=2, n_test=3, seed=1)
-    make_videos(tmp_path / "large", n_train=7, n_test=3, seed=1)
-    for kind in ("captions", "questions", "clips"):
-        assert read_split(tmp_path / "small", kind, "test") == read_split(tmp_path / "large", kind, "test")
+    assert_a_split_ignores_the_training_size(tmp_path, lambda out, n: make_videos(out, n_train=n, n_test=3, seed=1),
+                                             train_sizes=(2, 7), split="test", plans="clips")
 
 
 def test_summary_counts_and_every_question_type_occurs(videos):
