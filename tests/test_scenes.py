@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from conftest import qa_by_media, read_split
-from generated_benchmarks import assert_a_split_ignores_the_training_size, assert_the_seed_decides_the_files
 from PIL import Image
 from pycocotools.coco import COCO
 
 from sensorium.benchmarks.scenes import COLORS, HELD_OUT, QUESTION_TYPES, SHAPES, SPLITS, make_scenes
 from sensorium.cli import main
-from sensorium.data import parse_data_spec, read_dataset
 
 HELD_OUT_NAMES = {f"{color} {shape}" for color, shape in HELD_OUT}
 RELATIONS = {"to the left of": "left", "to the right of": "right", " above ": "above", " below ": "below",
@@ -53,17 +50,6 @@ def where(objects, a_name, b_name):
 def find(objects, name):
     [match] = [o for o in objects if f"{o['color']} {o['shape']}" == name]
     return match
-
-
-def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
-    assert_the_seed_decides_the_files(tmp_path, lambda out, seed: make_scenes(out, n_train=5, n_test=3, seed=seed),
-                                      files=5 + 3 + 3 + 13,  # images, then 4 JSON files per split and meta.json
-                                      medium="images/COCO_scenes-train_000000000001.jpg")
-
-
-def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
-    assert_a_split_ignores_the_training_size(tmp_path, lambda out, n: make_scenes(out, n_train=n, n_test=3, seed=1),
-                                             train_sizes=(2, 9), split="test-novel", plans="scenes")
 
 
 def test_summary_and_meta_name_the_held_out_combinations(scenes):
@@ -174,24 +160,6 @@ def test_images_are_224_rgb_jpegs_with_coco_names(scenes):
     out, _ = scenes
     with Image.open(out / "images" / "COCO_scenes-test-novel_000000000030.jpg") as image:
         assert image.format == "JPEG" and image.mode == "RGB" and image.size == (224, 224)
-
-
-def test_vqav2_reader_loads_each_split_with_the_question_category_as_answer_type(scenes):
-    out, summary = scenes
-    for split in SPLITS:
-        examples = read_dataset(parse_data_spec(f"scenes:{out}/{split}"))
-        assert len(examples) == summary["splits"][split]["questions"]
-        assert {e.answer_type for e in examples} <= set(QUESTION_TYPES)
-        assert all(len(e.answers) == 10 and len(set(e.answers)) == 1 for e in examples)
-        assert all(Path(e.media).is_file() for e in examples)
-    direct = read_dataset({"format": "vqav2", "questions": str(out / "questions_test.json"),
-                           "annotations": str(out / "annotations_test.json"), "images": str(out / "images")})
-    assert [e.question for e in direct] == [e.question for e in read_dataset(parse_data_spec(f"scenes:{out}/test"))]
-
-
-def test_scenes_spec_rejects_an_unknown_split():
-    with pytest.raises(ValueError, match="test-novel"):
-        parse_data_spec("scenes:some/dir/validation")
 
 
 def test_captions_are_standard_coco(scenes):

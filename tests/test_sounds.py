@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 from conftest import qa_by_media, read_split
-from generated_benchmarks import assert_a_split_ignores_the_training_size, assert_the_seed_decides_the_files
-from pycocotools.coco import COCO
 
 from sensorium.benchmarks import sounds as sound_scenes
 from sensorium.benchmarks.sounds import DURATION, KINDS, QUESTION_TYPES, SAMPLE_RATE, SPLITS, WORDS, make_audio
 from sensorium.cli import main
-from sensorium.data import parse_data_spec, read_dataset
 
 FRAME = SAMPLE_RATE // 200  # 5 ms
 
@@ -55,19 +52,6 @@ def bursts(samples: np.ndarray) -> int:
     frames = samples[:len(samples) // FRAME * FRAME].reshape(-1, FRAME)
     loud = np.sqrt((frames ** 2).mean(axis=1)) > 0.2 * np.sqrt((frames ** 2).mean(axis=1)).max()
     return int(loud[0]) + int(np.sum(loud[1:] & ~loud[:-1]))
-
-
-def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
-    workers = iter((1, 3, 2))  # the same seed with one and with three concurrent synthesisers, then another seed
-    assert_the_seed_decides_the_files(
-        tmp_path, lambda out, seed: make_audio(out, n_train=5, n_test=2, seed=seed, workers=next(workers)),
-        files=5 + 2 + 9,  # clips, then 4 JSON files per split and meta.json
-        medium="clips/audio-train_000001.wav")
-
-
-def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
-    assert_a_split_ignores_the_training_size(tmp_path, lambda out, n: make_audio(out, n_train=n, n_test=3, seed=1),
-                                             train_sizes=(2, 6), split="test", plans="clips")
 
 
 def test_summary_counts_and_every_question_type_occurs(scenes):
@@ -177,21 +161,6 @@ def test_sampling_is_balanced():
     assert 0.45 < share["speech"] < 0.55 and all(share[kind] > 0.3 for kind in KINDS)
     counts = [e.count for plan in plans for e in plan if e.kind == "beeps"]
     assert set(counts) == {1, 2, 3, 4}
-
-
-def test_vqav2_and_coco_readers_load_the_splits(scenes):
-    out, summary = scenes
-    for split in SPLITS:
-        questions = read_dataset(parse_data_spec(f"audio:{out}/{split}"))
-        assert len(questions) == summary["splits"][split]["questions"]
-        assert {e.answer_type for e in questions} <= set(QUESTION_TYPES)
-        assert all(Path(e.media).is_file() and e.media.endswith(".wav") for e in questions)
-        captions = read_dataset({"format": "coco", "annotations": str(out / f"captions_{split}.json"),
-                                 "images": str(out / "clips")})
-        assert len(captions) == summary["splits"][split]["clips"]
-    assert len(COCO(str(out / "captions_test.json")).getImgIds()) == 12
-    with pytest.raises(ValueError, match="train, test"):
-        parse_data_spec(f"audio:{out}/validation")
 
 
 def test_cli_makes_audio_and_prints_a_summary(tmp_path, capsys):

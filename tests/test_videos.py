@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 from conftest import qa_by_media, read_split
-from generated_benchmarks import assert_a_split_ignores_the_training_size, assert_the_seed_decides_the_files
-from pycocotools.coco import COCO
 
 from sensorium.benchmarks.scenes import COLORS
 from sensorium.benchmarks.videos import (
@@ -26,7 +23,6 @@ from sensorium.benchmarks.videos import (
     make_videos,
 )
 from sensorium.cli import main
-from sensorium.data import parse_data_spec, read_dataset
 from sensorium.media import load_video
 
 NAME = re.compile(rf"\b({'|'.join(PALETTE)}) ({'|'.join(SHAPES)})\b")
@@ -40,17 +36,6 @@ def videos(tmp_path_factory):
 
 def plans(out, split) -> dict[int, list[dict]]:
     return {clip["image_id"]: clip["objects"] for clip in read_split(out, "clips", split)["clips"]}
-
-
-def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
-    assert_the_seed_decides_the_files(tmp_path, lambda out, seed: make_videos(out, n_train=4, n_test=2, seed=seed),
-                                      files=4 + 2 + 9,  # clips, then 4 JSON files per split and meta.json
-                                      medium="videos/videos-train_000001.mp4")
-
-
-def test_a_split_does_not_depend_on_the_size_of_another(tmp_path):
-    assert_a_split_ignores_the_training_size(tmp_path, lambda out, n: make_videos(out, n_train=n, n_test=3, seed=1),
-                                             train_sizes=(2, 7), split="test", plans="clips")
 
 
 def test_summary_counts_and_every_question_type_occurs(videos):
@@ -184,26 +169,6 @@ def test_track_states_follow_the_action():
     assert mover.at(0.5)[0] == (55, 50)
     recolor = Track("star", "green", "recolor", (50, 50), (50, 50), (20, 20), new_color="purple", change=0.5)
     assert recolor.at(0.2)[2] == "green" and recolor.at(0.8)[2] == "purple"
-
-
-def test_vqav2_and_coco_readers_load_the_splits(videos):
-    out, summary = videos
-    for split in SPLITS:
-        questions = read_dataset(parse_data_spec(f"videos:{out}/{split}"))
-        assert len(questions) == summary["splits"][split]["questions"]
-        assert {e.answer_type for e in questions} <= set(QUESTION_TYPES)
-        assert all(Path(e.media).is_file() and e.media.endswith(".mp4") for e in questions)
-        captions = read_dataset({"format": "coco", "annotations": str(out / f"captions_{split}.json"),
-                                 "images": str(out / "videos")})
-        assert len(captions) == summary["splits"][split]["clips"]
-        assert all(len(e.answers) == 5 == len(set(e.answers)) and Path(e.media).is_file() for e in captions)
-    coco = COCO(str(out / "captions_test.json"))
-    assert len(coco.getImgIds()) == 12
-
-
-def test_videos_spec_rejects_an_unknown_split():
-    with pytest.raises(ValueError, match="train, test"):
-        parse_data_spec("videos:some/dir/validation")
 
 
 def test_cli_makes_videos_and_prints_a_summary(tmp_path, capsys):
