@@ -170,15 +170,20 @@ def sample_scene(rng: random.Random, combinations: list[tuple[str, str]],
             for i, box in zip(order, boxes, strict=True)]
 
 
+def gradient(rng: random.Random, size: int, brightness: tuple[int, int], tint: int,
+             darkening: tuple[int, int]) -> Image.Image:
+    """A light square background: a random grey within ``brightness``, each channel tinted by up to ``tint``,
+    darkening from top to bottom by an amount within ``darkening``. Plain, but never the same twice."""
+    base = rng.randint(*brightness)
+    top = np.array([base + rng.randint(-tint, tint) for _ in range(3)], dtype=np.float32)
+    bottom = top - rng.randint(*darkening)
+    rows = np.linspace(0, 1, size, dtype=np.float32)[:, None] * (bottom - top) + top
+    return Image.fromarray(np.broadcast_to(rows[:, None, :], (size, size, 3)).round().astype(np.uint8))
+
+
 def draw(objects: list[SceneObject], rng: random.Random) -> Image.Image:
     """The scene on a light background with a gentle, randomly tinted vertical gradient."""
-    size = IMAGE_SIZE * SUPERSAMPLE
-    base = rng.randint(220, 240)
-    top = np.array([base + rng.randint(-6, 6) for _ in range(3)], dtype=np.float32)
-    bottom = top - rng.randint(8, 22)
-    rows = np.linspace(0, 1, size, dtype=np.float32)[:, None] * (bottom - top) + top
-    background = np.broadcast_to(rows[:, None, :], (size, size, 3)).round().astype(np.uint8)
-    image = Image.fromarray(background)
+    image = gradient(rng, IMAGE_SIZE * SUPERSAMPLE, brightness=(220, 240), tint=6, darkening=(8, 22))
     pen = ImageDraw.Draw(image)
     for thing in objects:
         x, y, side = (value * SUPERSAMPLE for value in thing.box)

@@ -22,7 +22,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .scenes import COLORS, OUTLINES
+from .scenes import COLORS, OUTLINES, gradient
 from .wording import NUMBER_WORDS, join_phrases, with_article
 from .writing import Benchmark, Item, write_benchmark
 
@@ -169,16 +169,6 @@ def sample_clip(rng: random.Random) -> list[Track]:
             return tracks
 
 
-def _background(rng: random.Random) -> Image.Image:
-    """A light background with a gentle, randomly tinted vertical gradient (drawn at the supersampled size)."""
-    size = FRAME_SIZE * SUPERSAMPLE
-    base = rng.randint(215, 240)
-    top = np.array([base + rng.randint(-8, 8) for _ in range(3)], dtype=np.float32)
-    bottom = top - rng.randint(8, 25)
-    rows = np.linspace(0, 1, size, dtype=np.float32)[:, None] * (bottom - top) + top
-    return Image.fromarray(np.broadcast_to(rows[:, None, :], (size, size, 3)).round().astype(np.uint8))
-
-
 def draw_frame(tracks: list[Track], u: float, background: Image.Image) -> Image.Image:
     """The shapes at fraction ``u`` of the clip, in plan order."""
     image = background.copy()
@@ -200,7 +190,7 @@ def write_clip(tracks: list[Track], frames: int, rng: random.Random, path: Path)
     One encoder thread, and no macroblock-tree rate control: with mbtree, x264's coding choices for some
     clips differed between two renders of identical frames, so the same seed gave different files.
     """
-    background = _background(rng)
+    background = gradient(rng, FRAME_SIZE * SUPERSAMPLE, brightness=(215, 240), tint=8, darkening=(8, 25))
     options = {"crf": "18", "preset": "veryfast", "x264-params": "mbtree=0"}
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=FPS, options=options)
