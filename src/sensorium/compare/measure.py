@@ -19,6 +19,7 @@ from ..evaluate import headline, predict_all, report
 from ..lm import load_lm
 from ..model import PerceptualLM
 from ..recipe import Recipe, TrainingOptions
+from ..train import ADAPTER_FOLDER, cached_features, lm_dtype, mixed_precision
 from .comparison import Comparison
 
 TEST_RESULT = "test.json"  # a run's test score, kept in its folder
@@ -38,12 +39,10 @@ class Evaluator:
     device: torch.device
 
     def load(self, run: Path) -> PerceptualLM:
-        model = PerceptualLM.from_pretrained(run / "adapter", lm=self.lm, tokenizer=self.tokenizer)
+        model = PerceptualLM.from_pretrained(run / ADAPTER_FOLDER, lm=self.lm, tokenizer=self.tokenizer)
         return model.to(self.device).eval()
 
     def features(self, model: PerceptualLM) -> tuple[list[Example], torch.Tensor, dict[str, int]]:
-        from ..train import cached_features
-
         examples, features, row_of, _ = cached_features(model, self.test, self.options, skip_bad=False)
         return examples, features, row_of
 
@@ -76,7 +75,7 @@ class Evaluator:
         prompt_tokens = statistics.mean(len(ids) for ids in model.prompt_ids([e.question for e in examples]))
         tokens = model.prefix_length + prompt_tokens + length
         return {"trainable_parameters": model.parameter_counts()[0],
-                "adapter_bytes": (run / "adapter" / WEIGHTS_NAME).stat().st_size,
+                "adapter_bytes": (run / ADAPTER_FOLDER / WEIGHTS_NAME).stat().st_size,
                 "slot_columns": model.slot_count, "prefix_columns": model.prefix_length,
                 "latency_ms_per_sample": 1000 * seconds / len(batch),
                 "kv_bytes_per_sample": kv_bytes_per_token(model.lm) * tokens * options.get("num_beams", 1)}
@@ -94,8 +93,6 @@ def kv_bytes_per_token(lm) -> int:
 def evaluator_for(comparison: Comparison) -> Evaluator:
     """The test set and the frozen LM as training holds it (bf16 on a GPU by default), loaded once, so that
     latency and KV cache are measured as the adapters would run."""
-    from ..train import lm_dtype, mixed_precision
-
     base = Recipe.from_dict(comparison.recipe)
     device = PartialState().device
     dtype = lm_dtype(base.training.lm_dtype, mixed_precision(base.training.mixed_precision), device)
