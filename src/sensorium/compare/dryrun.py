@@ -7,14 +7,13 @@ from pathlib import Path
 
 import yaml
 
+from ..dryrun import dry_run as dry_run_recipe
 from .comparison import Comparison
 from .runs import method_recipe, run_folder
 
 
 def dry_run(comparison: Comparison) -> tuple[int, str]:
     """Every method's recipe through ``train --dry-run`` (base data, first rate): (exit code, reports)."""
-    from ..dryrun import dry_run as dry_run_recipe
-
     reports, code = [], 0
     with tempfile.TemporaryDirectory() as scratch:
         for method in comparison.methods:

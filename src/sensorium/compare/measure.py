@@ -19,7 +19,7 @@ from ..evaluate import headline, predict_all, report
 from ..lm import load_lm
 from ..model import PerceptualLM
 from ..recipe import Recipe, TrainingOptions
-from ..train import ADAPTER_FOLDER, cached_features, lm_dtype, mixed_precision
+from ..train import ADAPTER_FOLDER, EncodedExamples, cached_features, lm_dtype, mixed_precision
 from .comparison import Comparison
 
 TEST_RESULT = "test.json"  # a run's test score, kept in its folder
@@ -42,7 +42,7 @@ class Evaluator:
         model = PerceptualLM.from_pretrained(run / ADAPTER_FOLDER, lm=self.lm, tokenizer=self.tokenizer)
         return model.to(self.device).eval()
 
-    def features(self, model: PerceptualLM) -> tuple[list[Example], torch.Tensor, dict[str, int]]:
+    def features(self, model: PerceptualLM) -> EncodedExamples:
         examples, features, row_of, _ = cached_features(model, self.test, self.options, skip_bad=False)
         return examples, features, row_of
 
