@@ -153,7 +153,7 @@ def test_defaults_and_round_trips_are_unchanged(tmp_path):
     config = AdapterConfig(task="caption", num_blocks=3)
     config.save(tmp_path)
     assert AdapterConfig.load(tmp_path) == config and config.template == "A picture of"
-    assert TrainingOptions.lr == 1e-3  # class defaults stay readable, as compare.py reads them
+    assert TrainingOptions.lr == 1e-3  # class defaults stay readable, as the comparison file reader reads them
 
 
 # ---- the batch rule: one statement, asked by training and by the dry run ------------------
