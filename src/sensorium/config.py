@@ -18,8 +18,8 @@ from .schema import Count, NonNegative, build
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
-# The adapter format this code writes, and the newest it reads: raised when a saved adapter would be
-# misread by code that only knows the formats before it.
+# The adapter format this code writes, and the newest it reads. It goes up with any change that code
+# knowing only the formats before it would misread (a setting renamed, weights laid out anew).
 FORMAT_VERSION = 1
 
 # What a task changes: the text around the media and how answers are decoded. A VQA answer is a word

@@ -454,15 +454,16 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     return summary
 
 
-def recorded_recipe(config: AdapterConfig, source: Path) -> Recipe:
+def recorded_recipe(config: AdapterConfig, folder: Path) -> Recipe:
     """The recipe an adapter was trained with, read back through the recipe's schema from the adapter's config,
     where ``train`` records every section but the model (which is the config itself); the defaults for an
-    adapter saved outside ``train``. A recorded section the schema refuses is a BadInputError naming ``source``.
+    adapter saved outside ``train``. A recorded section the schema refuses is a BadInputError naming the config
+    file of the adapter ``folder``.
     """
     try:
         recipe = Recipe.from_dict(config.training)
     except ValueError as error:
-        raise BadInputError(f"{source / CONFIG_NAME}: training (the recipe it was trained with): {error}") from error
+        raise BadInputError(f"{folder / CONFIG_NAME}: training (the recipe it was trained with): {error}") from error
     recipe.model = config
     return recipe
 
