@@ -10,85 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    Gemma3TextConfig,
-    GPT2Config,
-    GPTNeoXConfig,
-    LlamaConfig,
-    OPTConfig,
-    PhiConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    ViTConfig,
-    ViTModel,
-)
+
+from sensorium.testing import save_tiny_lm, save_tiny_vit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Converted packaged weights and feature caches of a test run never touch the user's cache.
 os.environ["SENSORIUM_CACHE"] = tempfile.mkdtemp(prefix="sensorium-test-cache-")
-
-WORDS = ("question answer what is the shape color there a an in image yes no red green blue circle "
-         "triangle rectangle does contain not of how many").split()
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-def _byte_level_bpe() -> Tokenizer:
-    """A tiny byte-level BPE: transformers loads Qwen2 folders with its own byte-level tokenizer class."""
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator([" ".join(WORDS) + " : ?"], trainer)
-    return core
-
-
-def make_tokenizer(with_bos: bool, byte_level: bool = False) -> PreTrainedTokenizerFast:
-    if byte_level:
-        core = _byte_level_bpe()
-    else:
-        vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, ":", "?", *WORDS])}
-        core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-        core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    if with_bos:
-        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
-
-
-def tiny_config(arch: str, vocab: int):
-    if arch == "llama":
-        return LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                           initializer_range=0.3)
-    if arch == "opt":
-        return OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
-                         word_embed_proj_dim=32, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, init_std=0.3)
-    if arch == "opt_proj":  # OPT-350m's shape: narrower embeddings projected into the layers, post-norm
-        return OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
-                         word_embed_proj_dim=16, do_layer_norm_before=False, max_position_embeddings=128,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, init_std=0.3)
-    if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128, bos_token_id=1,
-                          eos_token_id=2, initializer_range=0.3)
-    if arch == "qwen2":
-        return Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                           initializer_range=0.3)
-    if arch == "gpt_neox":
-        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                             num_attention_heads=4, max_position_embeddings=128, initializer_range=0.3)
-    if arch == "phi":
-        return PhiConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, max_position_embeddings=128, initializer_range=0.3)
-    if arch == "gemma3":
-        return Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                max_position_embeddings=128, initializer_range=0.3, sliding_window=8)
-    raise ValueError(arch)
 
 
 def read_split(out: Path, kind: str, split: str) -> dict:
@@ -126,35 +53,21 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_lm_folder(tmp_path_factory):
-    """tiny_lm_folder(arch) -> folder with a random causal LM and a word-level tokenizer.
-
-    A large initialisation makes the random LM sensitive to its inputs, so an injected token that
-    went missing would change the generated words.
-    """
+    """tiny_lm_folder(arch) -> folder with a random causal LM of that architecture and its tokenizer
+    (sensorium.testing.save_tiny_lm), made once per session."""
     made = {}
 
     def make(arch: str):
         if arch not in made:
-            folder = tmp_path_factory.mktemp(f"lm-{arch}")
-            tokenizer = make_tokenizer(with_bos=arch.startswith("opt"), byte_level=arch == "qwen2")
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)))
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-            made[arch] = folder
-        return str(made[arch])
+            made[arch] = save_tiny_lm(tmp_path_factory.mktemp(f"lm-{arch}"), arch)
+        return made[arch]
 
     return make
 
 
 @pytest.fixture(scope="session")
 def tiny_vit_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vit")
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-                       image_size=32, patch_size=8)
-    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_vit(tmp_path_factory.mktemp("vit"))
 
 
 def save_steered_adapter(config, seed: int, folder: Path) -> str:

@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from conftest import make_tokenizer, tiny_config
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, ViTConfig, ViTModel
+from transformers import AutoModelForCausalLM
 
 from sensorium import AdapterConfig, PerceptualLM
 from sensorium.lm import load_lm
 from sensorium.recipe import TrainingOptions
+from sensorium.testing import make_tokenizer, save_tiny_vit, tiny_config
 from sensorium.train import build_optimizer
 
 FOLDER = Path(__file__).parent / "data" / "epalm-reference"
@@ -34,15 +34,6 @@ CASES = {
     "llama-image": ("llama", None, {"num_blocks": 3, "inject_layers": [1, 2, 3], "prompt_length": 2}),
     "opt-frames": ("opt", 3, {"num_blocks": 2, "inject_layers": [2, 3], "prompt_length": 1, "temporal": "frames"}),
 }
-
-
-def tiny_vit(folder: Path) -> str:
-    """The encoder only gives the model its shape: features are passed in, so its weights never matter."""
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-                       image_size=32, patch_size=8)
-    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
-    return str(folder)
 
 
 def save_lm(arch: str, folder: Path) -> None:
@@ -91,7 +82,7 @@ def record(model: PerceptualLM, folder: Path) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
-        vit = tiny_vit(Path(scratch) / "vit")
+        vit = save_tiny_vit(Path(scratch) / "vit")
         for name, (arch, frames, settings) in CASES.items():
             folder = FOLDER / name
             save_lm(arch, folder / "lm")

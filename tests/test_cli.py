@@ -8,28 +8,18 @@ import shutil
 
 import pytest
 import torch
-from conftest import save_tiny_adapter
+from conftest import one_line_error, save_tiny_adapter
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from sensorium import train as training
 from sensorium.cli import main
+from sensorium.config import CONFIG_NAME, WEIGHTS_NAME
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory):
     return save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path_factory.mktemp("adapter"))
-
-
-@pytest.fixture
-def image(tmp_path):
-    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
-    return str(tmp_path / "blue.png")
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("sensorium: error: "), err
-    return err
 
 
 def test_ask_prints_an_answer(adapter, image, capsys):
@@ -53,9 +43,9 @@ def test_ask_on_a_missing_adapter(image, tmp_path, capsys):
 def broken_copy(adapter: str, folder, name: str, tensor: torch.Tensor) -> str:
     """A copy of the adapter whose tensor ``name`` is replaced."""
     shutil.copytree(adapter, folder)
-    state = load_file(folder / "adapter.safetensors")
+    state = load_file(folder / WEIGHTS_NAME)
     state[name] = tensor
-    save_file(state, folder / "adapter.safetensors")
+    save_file(state, folder / WEIGHTS_NAME)
     return str(folder)
 
 
@@ -70,7 +60,7 @@ def test_ask_refuses_adapter_weights_that_do_not_fit(adapter, image, tmp_path, c
     broken = broken_copy(adapter, tmp_path / "broken", name, tensor)
     assert main(["ask", broken, image, "what ?"]) == 2
     error = one_line_error(capsys)
-    assert f"{broken}/adapter.safetensors: tensor '{name}'" in error
+    assert f"{broken}/{WEIGHTS_NAME}: tensor '{name}'" in error
     assert re.search(reason, error), error
 
 
@@ -144,3 +134,33 @@ def test_eval_of_captions_prints_coco_metrics_and_writes_coco_results(caption_ad
     assert "CIDEr" in out and "Bleu_4" in out and "SPICE" in out
     [entry] = json.loads(results.read_text())
     assert entry["image_id"] == 7 and isinstance(entry["caption"], str)
+
+
+def eval_options(adapter: str, image: str, tmp_path, monkeypatch) -> tuple[int, list]:
+    """``sensorium eval`` of the adapter on one question about the image: (its exit code, the options its
+    features were made with)."""
+    manifest = tmp_path / "eval.jsonl"
+    manifest.write_text(json.dumps({"media": image, "question": "what color is the shape ?", "answers": ["blue"]}))
+    seen, encode = [], training.cached_features
+    monkeypatch.setattr(training, "cached_features", lambda model, examples, options, skip_bad: (
+        seen.append(options), encode(model, examples, options, skip_bad))[1])
+    code = main(["eval", adapter, "--data", str(manifest), "--predictions", str(tmp_path / "predictions.jsonl"),
+                 "--max-new-tokens", "2"])
+    return code, seen
+
+
+def test_eval_scores_a_blind_adapter_as_it_was_trained(tiny_lm_folder, tiny_vit_folder, image, tmp_path, monkeypatch):
+    """The recipe training recorded in the adapter's config says it was trained blind: evaluated blind too."""
+    blind = save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path / "blind",
+                              training={"training": {"blind": True}, "eval_batch_size": 8})
+    code, options = eval_options(blind, image, tmp_path, monkeypatch)
+    assert code == 0 and [(o.blind, o.oracle) for o in options] == [(True, False)]
+
+
+def test_eval_refuses_a_recorded_recipe_the_schema_refuses(tiny_lm_folder, tiny_vit_folder, image, tmp_path,
+                                                            monkeypatch, capsys):
+    adapter = save_tiny_adapter(tiny_lm_folder, tiny_vit_folder, tmp_path / "adapter",
+                                training={"training": {"blind": "yes"}})
+    assert eval_options(adapter, image, tmp_path, monkeypatch) == (2, [])
+    assert (f"{tmp_path / 'adapter' / CONFIG_NAME}: training (the recipe it was trained with): training.blind must "
+            "be true or false, not 'yes'") in one_line_error(capsys)

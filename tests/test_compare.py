@@ -13,7 +13,10 @@ from test_dryrun import refuse_weights
 
 from sensorium import compare, dryrun
 from sensorium.cli import main
+from sensorium.compare.report import _log_tick_label
+from sensorium.config import WEIGHTS_NAME
 from sensorium.data import Example
+from sensorium.recipe import Recipe
 
 COMPARISONS = sorted((Path(__file__).parents[1] / "recipes" / "compare").glob("*.yaml"))
 EASY_VQA = Path(__file__).parents[1] / "recipes" / "compare" / "easy-vqa.yaml"
@@ -39,7 +42,7 @@ def test_smoke_writes_the_table_the_json_and_the_plot(smoke_run, capsys):
         assert list(result["validation_by_lr"]) == ["0.001", "0.003"]
         assert result["validation_by_lr"][f"{result['chosen_lr']:g}"] == max(result["validation_by_lr"].values())
         assert [run["seed"] for run in result["runs"]] == [0, 1]
-        assert all(Path(run["folder"], "adapter", "adapter.safetensors").is_file() for run in result["runs"])
+        assert all(Path(run["folder"], "adapter", WEIGHTS_NAME).is_file() for run in result["runs"])
         assert all(0 <= run["test"] <= 100 for run in result["runs"])
         assert result["latency_ms_per_sample"] > 0 and result["trainable_parameters"] > 0
     assert all(value == 1 for value in by_name["epalm"]["relative"].values() if value != 0)
@@ -70,7 +73,7 @@ def test_log_axes_are_labelled_in_plain_numbers_that_do_not_overlap(limits, labe
 
     axes = Figure().subplots()
     axes.set(xscale="log", xlim=limits)
-    label = compare._log_tick_label(axes)
+    label = _log_tick_label(axes)
     assert [label(value, 0) for value in labelled] == [f"{value:g}" for value in labelled]
     assert all(label(value, 0) == "" for value in blank)
 
@@ -100,7 +103,7 @@ def test_worker_processes_train_the_same_runs_as_one_process(smoke_run, tmp_path
 
 
 def test_a_run_is_reused_only_with_the_recipe_it_was_trained_with(tmp_path, monkeypatch):
-    recipe = compare.Recipe.from_dict({"out": str(tmp_path / "run")})
+    recipe = Recipe.from_dict({"out": str(tmp_path / "run")})
     monkeypatch.setattr("sensorium.train.train", lambda recipe: {"trained": recipe.training.max_steps})
     assert compare.trained(recipe) == {"trained": 1000}
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"from": "the folder"}))  # as train() writes it

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tokenizer
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -20,6 +19,7 @@ from sensorium.injection import paper_layer_range, spread_blocks
 from sensorium.lm import load_lm
 from sensorium.model import generate_mixed
 from sensorium.recipe import TrainingOptions
+from sensorium.testing import make_tokenizer
 from sensorium.train import build_optimizer
 
 ARCHS = ["llama", "opt", "opt_proj", "gpt2", "qwen2", "gpt_neox", "phi", "gemma3"]

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from sensorium import train as training
 from sensorium.cache import FeatureCache
+from sensorium.config import CONFIG_NAME, WEIGHTS_NAME
 from sensorium.errors import BadInputError
 from sensorium.recipe import Recipe, apply_override
 
@@ -52,8 +53,8 @@ def tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, out, **training_optio
 def test_training_writes_adapter_summary_and_predictions(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
     summary = training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "run"))
     out = tmp_path / "run"
-    assert (out / "adapter" / "adapter.safetensors").is_file()
-    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["metrics"]["accuracy"] == \
+    assert (out / "adapter" / WEIGHTS_NAME).is_file()
+    assert json.loads((out / "adapter" / CONFIG_NAME).read_text())["metrics"]["accuracy"] == \
         summary["accuracy"]
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
@@ -66,8 +67,8 @@ def test_resume_continues_exactly(tiny_lm_folder, tiny_vit_folder, manifest, tmp
     interrupted = tmp_path / "interrupted"
     shutil.copytree(straight / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
     training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, interrupted), resume=True)
-    expected = load_file(straight / "adapter" / "adapter.safetensors")
-    resumed = load_file(interrupted / "adapter" / "adapter.safetensors")
+    expected = load_file(straight / "adapter" / WEIGHTS_NAME)
+    resumed = load_file(interrupted / "adapter" / WEIGHTS_NAME)
     assert expected.keys() == resumed.keys()
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0)
@@ -250,7 +251,7 @@ def test_caption_training_scores_with_coco_metrics(tiny_lm_folder, tiny_vit_fold
     assert {"CIDEr", "Bleu_4", "ROUGE_L"} <= set(summary["caption_scores"])
     results = json.loads((tmp_path / "run" / "captions_results.json").read_text())
     assert sorted(r["image_id"] for r in results) == [0, 1, 2]
-    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    saved = json.loads((tmp_path / "run" / "adapter" / CONFIG_NAME).read_text())
     assert saved["task"] == "caption" and saved["template"] == "A picture of"
 
 
@@ -260,7 +261,7 @@ def copy_run(run: Path, to: Path) -> Path:
 
 
 def assert_same_adapter(first: Path, second: Path) -> None:
-    expected, actual = load_file(first / "adapter.safetensors"), load_file(second / "adapter.safetensors")
+    expected, actual = load_file(first / WEIGHTS_NAME), load_file(second / WEIGHTS_NAME)
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(actual[name], expected[name]), name
@@ -326,16 +327,16 @@ def _drop_optimizer(folder: Path) -> None:
 
 
 def _widen_prompt(folder: Path) -> None:
-    adapter = load_file(folder / "adapter.safetensors")
+    adapter = load_file(folder / WEIGHTS_NAME)
     adapter["prompt"] = adapter["prompt"][:, :1].contiguous()
-    save_file(adapter, folder / "adapter.safetensors")
+    save_file(adapter, folder / WEIGHTS_NAME)
 
 
 CHECKPOINT_DAMAGES = {
     "training_state.pt: unreadable": lambda folder: _truncate(folder / training.STATE_NAME),
-    "adapter.safetensors: unreadable": lambda folder: _truncate(folder / "adapter.safetensors"),
+    f"{WEIGHTS_NAME}: unreadable": lambda folder: _truncate(folder / WEIGHTS_NAME),
     "training_state.pt: no valid optimizer": _drop_optimizer,
-    "adapter.safetensors: tensor 'prompt' has shape [1, 1]": _widen_prompt,
+    f"{WEIGHTS_NAME}: tensor 'prompt' has shape [1, 1]": _widen_prompt,
     "training_state.pt: unreadable (": lambda folder: (folder / training.STATE_NAME).unlink(),
 }
 

@@ -37,6 +37,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: dict[str, Any], out: str) -> str:
+    from .train import ADAPTER_FOLDER
+
     lines = [
         f"trainable parameters : {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
         f"({100 * summary['trainable_parameters'] / summary['total_parameters']:.3f}%)",
@@ -54,7 +56,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         lines.append("samples:")
         lines += [f"  {s['media']}\n    Q: {s['question']}\n    A: {s['prediction']}"
                   f"   (reference: {', '.join(s['answers'])})" for s in summary["samples"]]
-    lines.append(f"adapter saved to {Path(out) / 'adapter'}")
+    lines.append(f"adapter saved to {Path(out) / ADAPTER_FOLDER}")
     return "\n".join(lines)
 
 
@@ -62,15 +64,15 @@ def _eval(args: argparse.Namespace) -> None:
     from .data import parse_data_spec
     from .evaluate import predict_all, predictions_name, report, write_predictions
     from .recipe import TrainingOptions
-    from .train import cached_features, task_examples
+    from .train import cached_features, recorded_recipe, task_examples
 
     model = _load_model(args)
     spec = parse_data_spec(args.data)
     if args.limit:
         spec["limit"] = args.limit
     # A blind baseline is scored as it was trained: without the visual input; a text oracle with the truth as text.
-    trained = model.config.training.get("training", {})
-    options = TrainingOptions(blind=bool(trained.get("blind", False)), oracle=bool(trained.get("oracle", False)))
+    trained = recorded_recipe(model.config, Path(args.adapter)).training
+    options = TrainingOptions(blind=trained.blind, oracle=trained.oracle)
     examples, features, row_of, _ = cached_features(model, task_examples(spec, options), options, args.skip_bad)
     records = predict_all(model, examples, features, row_of, args.batch_size, _generation_options(args))
     task = model.config.task

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import string
 from dataclasses import field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from .schema import Count, NonNegative, build
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
+# The adapter format this code writes, and the newest it reads. It goes up with any change that code
+# knowing only the formats before it would misread (a setting renamed, weights laid out anew).
+FORMAT_VERSION = 1
 
 # What a task changes: the text around the media and how answers are decoded. A VQA answer is a word
 # or two, read greedily; a caption is a sentence, found by beam search as in the captioning literature.
@@ -34,6 +38,36 @@ TEMPORAL = ("mean", "frames", "change")
 TEMPLATE_FIELDS = ("question",)
 # Settings are declared: a wrong type or an unknown name is an error, never silently converted or ignored.
 SETTINGS = ConfigDict(extra="forbid")
+
+
+@dataclass(config=SETTINGS)
+class AdapterFormat:
+    """What wrote an adapter_config.json, recorded beside the settings as PEFT records its version: the
+    format, so that code older than the adapter refuses it in one line instead of misreading it, and the
+    sensorium release, to tell which code trained it."""
+
+    format_version: Count = 1  # a config saved before the format was recorded is format 1
+    sensorium_version: str | None = None  # None: saved from a source tree that was not installed
+
+    @field_validator("format_version")
+    @classmethod
+    def _readable(cls, format_version: int) -> int:
+        if format_version > FORMAT_VERSION:
+            raise ValueError(f"adapter format {format_version} is newer than this sensorium reads "
+                             f"({FORMAT_VERSION}); upgrade sensorium to load it")
+        return format_version
+
+    @classmethod
+    def current(cls) -> AdapterFormat:
+        """The format this code writes, and the installed release."""
+        try:
+            release = version("sensorium")
+        except PackageNotFoundError:
+            release = None
+        return cls(FORMAT_VERSION, release)
+
+
+FORMAT_FIELDS = tuple(spec.name for spec in dataclasses.fields(AdapterFormat))
 
 
 @dataclass(config=SETTINGS)
@@ -93,7 +127,9 @@ class AdapterConfig:
         return {**TASKS[self.task]["generation"], **self.generation}
 
     def save(self, folder: Path) -> None:
-        (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        """The settings, after the format and release that wrote them (AdapterFormat)."""
+        values = {**dataclasses.asdict(AdapterFormat.current()), **dataclasses.asdict(self)}
+        (folder / CONFIG_NAME).write_text(json.dumps(values, indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> AdapterConfig:
@@ -102,13 +138,21 @@ class AdapterConfig:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not an adapter folder (no {CONFIG_NAME})")
         try:
-            return cls.from_dict(json.loads(path.read_bytes()))
+            return cls._from_saved(json.loads(path.read_bytes()))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise BadInputError(f"{path}: not valid JSON ({error})") from error
         except RecursionError as error:
             raise BadInputError(f"{path}: not valid JSON (nested too deeply)") from error
         except ValueError as error:
             raise BadInputError(f"{path}: {error}") from error
+
+    @classmethod
+    def _from_saved(cls, values: Any) -> AdapterConfig:
+        """A saved config's settings, once its format is known to be readable: a newer format is refused
+        before its settings, which it may name or mean differently, are checked."""
+        if isinstance(values, dict):
+            build(AdapterFormat, {key: values.pop(key) for key in FORMAT_FIELDS if key in values}, "format field")
+        return cls.from_dict(values)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], prefix: str = "") -> AdapterConfig:

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .cache import FeatureCache
-from .config import WEIGHTS_NAME
+from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from .data import Example, read_dataset
 from .errors import BadInputError
 from .evaluate import contexts, headline, predict_all, predictions_name, report, write_predictions
@@ -67,6 +67,7 @@ from .tracking import (
 )
 
 STATE_NAME = "training_state.pt"
+ADAPTER_FOLDER = "adapter"  # the run folder's trained adapter
 LOCK_NAME = ".sensorium.lock"  # the run folder's lock; the holder's process id is in LOCK_NAME + ".pid"
 # Recipe keys that do not change what a run produces, only where it writes, what it records along the way
 # and how fast it encodes: a run may resume under other values of these. model.training, .generation and
@@ -78,6 +79,8 @@ BOOKKEEPING = ("out", "eval_batch_size", "training.trackers", "training.checkpoi
 # What a file that is not a checkpoint makes torch.load and safetensors raise.
 UNREADABLE = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError)
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Examples ready to answer: those whose media could be read, the media's features, each media file's row.
+EncodedExamples = tuple[list[Example], torch.Tensor, dict[str, int]]
 
 
 logger = logging.getLogger(__name__)
@@ -377,7 +380,7 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     fingerprint = recipe_fingerprint(recipe)
     micro_batch = options.micro_batch_size(accelerator.num_processes)
     set_seed(options.seed)
-    recipe.model.training = {k: v for k, v in recipe.to_dict().items() if k != "model"}
+    recipe.model.training = {k: v for k, v in recipe.to_dict().items() if k != "model"}  # see recorded_recipe
     recipe.model.generation = dict(recipe.generation)
     # Weights go straight to this process's device in their final dtype.
     lm, tokenizer = load_lm(recipe.model.lm, lm_dtype(options.lm_dtype, accelerator.mixed_precision,
@@ -441,7 +444,7 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
         _record(accelerator, metrics, step, {f"eval/{k}": v for k, v in scores.items()})
     if accelerator.is_main_process:
         core.config.metrics = summary
-        core.save_pretrained(out / "adapter")
+        core.save_pretrained(out / ADAPTER_FOLDER)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_curves(read_metrics(metrics.path), out / CURVES_NAME)
     # Not end_training(): it also tears down the process group, which outlives one run.
@@ -449,6 +452,20 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
         tracker.finish()
     accelerator.wait_for_everyone()  # every process returns once the run's files are complete
     return summary
+
+
+def recorded_recipe(config: AdapterConfig, folder: Path) -> Recipe:
+    """The recipe an adapter was trained with, read back through the recipe's schema from the adapter's config,
+    where ``train`` records every section but the model (which is the config itself); the defaults for an
+    adapter saved outside ``train``. A recorded section the schema refuses is a BadInputError naming the config
+    file of the adapter ``folder``.
+    """
+    try:
+        recipe = Recipe.from_dict(config.training)
+    except ValueError as error:
+        raise BadInputError(f"{folder / CONFIG_NAME}: training (the recipe it was trained with): {error}") from error
+    recipe.model = config
+    return recipe
 
 
 def _accelerator(options: TrainingOptions, out: Path) -> Accelerator:
@@ -518,7 +535,8 @@ def _rate(progress: tqdm, batch_size: int) -> float:
     return done * batch_size / elapsed if elapsed else 0.0
 
 
-def _quick_eval_set(recipe, train_examples, options, skip_bad, core):
+def _quick_eval_set(recipe: Recipe, train_examples: list[Example] | None, options: TrainingOptions, skip_bad: bool,
+                    core: PerceptualLM) -> EncodedExamples | None:
     """A small fixed sample for periodic evaluation: the eval set's, else held-in training data."""
     if not options.eval_every:
         return None
@@ -532,14 +550,16 @@ def _quick_eval_set(recipe, train_examples, options, skip_bad, core):
     return cached_features(core, examples, options, skip_bad)[:3]
 
 
-def _quick_score(core, quick_eval, recipe, accelerator) -> tuple[str, float]:
+def _quick_score(core: PerceptualLM, quick_eval: EncodedExamples, recipe: Recipe,
+                 accelerator: Accelerator) -> tuple[str, float]:
     examples, features, row_of = quick_eval
     core.eval()
     records = _answer_sharded(accelerator, core, examples, features, row_of, recipe, progress=False)
     return headline(report(core.config.task, records))
 
 
-def _final_eval(core, accelerator, recipe, options, skip_bad, out) -> dict[str, Any]:
+def _final_eval(core: PerceptualLM, accelerator: Accelerator, recipe: Recipe, options: TrainingOptions, skip_bad: bool,
+                out: Path) -> dict[str, Any]:
     examples, features, row_of, _ = cached_features(core, task_examples(recipe.data["eval"], options), options,
                                                     skip_bad)
     core.eval()
@@ -563,7 +583,8 @@ def _final_eval(core, accelerator, recipe, options, skip_bad, out) -> dict[str, 
     return summary
 
 
-def _answer_sharded(accelerator, core, examples, features, row_of, recipe, progress: bool) -> list[dict[str, Any]]:
+def _answer_sharded(accelerator: Accelerator, core: PerceptualLM, examples: list[Example], features: torch.Tensor,
+                    row_of: dict[str, int], recipe: Recipe, progress: bool) -> list[dict[str, Any]]:
     """Every process answers one consecutive share of the examples; every process gets all records.
 
     predict_all orders records by question length, stably; re-sorting the shares, concatenated in
