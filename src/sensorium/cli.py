@@ -116,16 +116,17 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> None:
-    from . import encoders, lm, zoo  # noqa: F401  (their modules register the packaged models)
+    from . import zoo
 
     rows = zoo.listing()
     width = max(len(row["name"]) for row in rows)
-    print(f"{'name':<{width}}  {'kind':<5}  {'size':>8}  {'installed':<9}  {'converted':<9}  packages")
+    print(f"{'name':<{width}}  {'kind':<13}  {'size':>8}  {'installed':<9}  {'converted':<9}  packages")
     for row in rows:
+        kind = f"{row['modality']} encoder" if row["modality"] else row["kind"]  # "lm", "image encoder", ...
         size = f"{row['bytes'] / 2**20:,.0f} MB" if row["bytes"] else "?"
         packages = row["packages"][0] if len(row["packages"]) == 1 else \
             f"{row['packages'][0]} ... {row['packages'][-1]} ({len(row['packages'])} parts)"
-        print(f"{row['name']:<{width}}  {row['kind']:<5}  {size:>8}  {'yes' if row['installed'] else 'no':<9}  "
+        print(f"{row['name']:<{width}}  {kind:<13}  {size:>8}  {'yes' if row['installed'] else 'no':<9}  "
               f"{'yes' if row['converted'] else 'no':<9}  {packages}")
     print(f"converted copies live in {zoo.cache_dir() / 'models'}; `make models` installs the optional LMs")
 

@@ -120,7 +120,7 @@ def cached_features(model: PerceptualLM, examples: list[Example], options: Train
                     skip_bad: bool) -> tuple[list[Example], torch.Tensor, dict[str, int], float]:
     """Features for the examples' media (encoder run only for files not cached yet)."""
     started = time.perf_counter()
-    cache = FeatureCache(model.encoder, blocks=model.feature_blocks)
+    cache = FeatureCache(model.encoder, blocks=model.layout.stored_blocks)
     features, row_of, errors = cache.features([e.media for e in examples], options.cache_batch_size,
                                               options.cache_workers, skip_bad)
     if errors:
