@@ -47,7 +47,8 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
                      f"in {summary['eval_seconds']:.1f} s")
     if "accuracy" in summary:
         lines.append(f"accuracy             : {summary['accuracy']:.2f}%")
-        lines += [f"  {kind:<19}: {value:.2f}%" for kind, value in sorted(summary["accuracy_per_type"].items())]
+        lines += [f"  {question_type:<19}: {value:.2f}%"
+                  for question_type, value in sorted(summary["accuracy_per_type"].items())]
     lines += [f"{name:<21}: {value:.2f}" for name, value in summary.get("caption_scores", {}).items()]
     if "samples" in summary:
         lines.append("samples:")
@@ -337,8 +338,8 @@ def _load_model(args: argparse.Namespace):
 
 
 def _generation_arguments(parser: argparse.ArgumentParser) -> None:
-    for name, (kind, text) in GENERATION_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text + " (default: the adapter's)")
+    for name, (value_type, text) in GENERATION_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=value_type, help=text + " (default: the adapter's)")
 
 
 def _generation_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -227,9 +227,9 @@ def read_state(folder: Path, step: int) -> dict[str, Any]:
         state = torch.load(folder / STATE_NAME, weights_only=True)
     except UNREADABLE as error:
         raise BadInputError(f"{folder / STATE_NAME}: unreadable ({_first_line(error)})") from error
-    kinds = {"step": int, "optimizer": dict, "scheduler": dict}
+    types = {"step": int, "optimizer": dict, "scheduler": dict}
     state = state if isinstance(state, dict) else {}
-    missing = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
+    missing = [key for key, expected in types.items() if not isinstance(state.get(key), expected)]
     if missing:
         raise BadInputError(f"{folder / STATE_NAME}: no valid {', '.join(missing)}")
     if state["step"] != step:
