@@ -88,11 +88,15 @@ def test_kv_cache_counts_keys_and_values_of_every_layer():
     assert kv_cache_bytes(SMOLLM, tokens=10, bytes_per_value=2) == 2 * 30 * 192 * 10 * 2
 
 
-@pytest.mark.parametrize("settings", [{"num_blocks": 2}, {"connector": "mapl", "image_size": 32,
-                                                          "connector_options": {"queries": 2, "depth": 1}}])
+@pytest.mark.parametrize("settings", [
+    {"num_blocks": 2},
+    {"connector": "mapl", "image_size": 32, "connector_options": {"queries": 2, "depth": 1}},
+    {"encoder": "frames:", "num_frames": 3, "temporal": "frames", "num_blocks": 2, "inject_layers": [2, 3]},
+], ids=["epalm", "mapl", "video-frames"])
 def test_the_dry_run_and_the_model_lay_out_alike(settings, tiny_lm_folder, tiny_vit_folder, tmp_path):
     """The model plans from the loaded models, the dry run from their configurations: the same facts."""
-    config = {"lm": tiny_lm_folder("opt_proj"), "encoder": tiny_vit_folder, **settings}
+    config = {"lm": tiny_lm_folder("opt_proj"), **settings,
+              "encoder": settings.get("encoder", "") + tiny_vit_folder}
     model = PerceptualLM(AdapterConfig(**config))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"model": config, "out": str(tmp_path / "run")}))
@@ -106,4 +110,6 @@ def test_the_dry_run_and_the_model_lay_out_alike(settings, tiny_lm_folder, tiny_
         assert f"({', '.join(map(str, layout.layers))}) receive the tokens of {len(layout.blocks)}" in report
     else:
         assert f"the tokens of encoder block {layout.blocks[0]} fill the slot columns" in report
+    trainable, total = model.parameter_counts()
+    assert f"trainable: {trainable:,} of {total:,} parameters" in report, report
     assert f"; {model.slot_count} slot column(s)" in report

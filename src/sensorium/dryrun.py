@@ -37,9 +37,9 @@ from .layout import (
     Layout,
     LMFacts,
     encoder_tokens,
-    fact_problems,
     kv_cache_bytes,
     plan,
+    problems,
     setting_problems,
 )
 from .lm import check_lm, check_lm_config, gguf_source, lm_facts
@@ -172,23 +172,23 @@ def _check_values(recipe: Recipe, report: DryRunReport) -> bool:
 
 
 def _choice_problems(recipe: Recipe) -> list[str]:
-    problems = setting_problems(recipe.model)
+    found = setting_problems(recipe.model)
     unknown = sorted(set(recipe.generation) - set(GenerationConfig().to_dict()))
     if unknown:
-        problems.append(f"unknown generation option(s): {', '.join(unknown)} (generate() would reject them)")
-    return problems
+        found.append(f"unknown generation option(s): {', '.join(unknown)} (generate() would reject them)")
+    return found
 
 
 def _number_problems(recipe: Recipe) -> list[str]:
     """Decoding numbers; the recipe's own numbers were checked by its schema when it was read."""
-    problems = []
+    found = []
     for name in ("num_beams", "max_new_tokens"):
         value = recipe.generation.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"generation.{name} must be a number, not {value!r}")
+            found.append(f"generation.{name} must be a number, not {value!r}")
         elif value <= 0:
-            problems.append(f"generation.{name} must be > 0, not {value}")
-    return problems
+            found.append(f"generation.{name} must be > 0, not {value}")
+    return found
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -432,10 +432,10 @@ def _check_layout(recipe: Recipe, lm: LMFacts | None, encoder: EncoderArchitectu
     facts = _encoder_facts(model, encoder, report)
     if facts is None or lm is None:
         return Sizing()
-    problems = fact_problems(model, facts, lm)
-    for problem in problems:
+    found = problems(model, facts, lm)  # the settings are sound: what is left is about the models
+    for problem in found:
         report.add("models", "error", problem)
-    if problems:
+    if found:
         return Sizing()
     layout = plan(model, facts, lm)
     blocks = ", ".join(map(str, layout.blocks))

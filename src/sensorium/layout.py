@@ -124,8 +124,6 @@ def _token_problems(config: AdapterConfig, encoder: EncoderFacts) -> list[str]:
     reads = encoder_tokens(config)
     if encoder.tokens != reads:
         return [f"connector '{config.connector}' reads {reads} tokens; encoder '{encoder.name}' gives {encoder.tokens}"]
-    if reads == "patches" and encoder.patch_grid is None:
-        return [f"encoder '{encoder.name}' gives patch tokens but no patch grid"]
     return []
 
 
@@ -152,26 +150,18 @@ def setting_problems(config: AdapterConfig) -> list[str]:
     return found
 
 
-def fact_problems(config: AdapterConfig, encoder: EncoderFacts, lm: LMFacts) -> list[str]:
-    """What is wrong with the adapter over these models, once its settings are sound (``setting_problems``)."""
-    found = _token_problems(config, encoder)
-    for decide, facts in ((_blocks, encoder), (_layers, lm), (_frames, encoder)):
-        found += decide(config, facts)[1]
-    return found
-
-
-def problems(config: AdapterConfig, encoder: EncoderFacts, lm: LMFacts) -> list[str]:
-    """Every reason the adapter cannot lay out over these models; none when ``plan`` succeeds."""
-    return setting_problems(config) or fact_problems(config, encoder, lm)
-
-
-def plan(config: AdapterConfig, encoder: EncoderFacts, lm: LMFacts) -> Layout:
-    """The adapter's layout over these models, or a one-line ValueError naming every problem."""
-    found = problems(config, encoder, lm)
+def _decide(config: AdapterConfig, encoder: EncoderFacts, lm: LMFacts) -> tuple[Layout | None, list[str]]:
+    """The layout, or None with every problem. The models are judged only once the settings are sound."""
+    found = setting_problems(config)
     if found:
-        raise ValueError("; ".join(found))
+        return None, found
+    blocks, block_problems = _blocks(config, encoder)
+    layers, layer_problems = _layers(config, lm)
+    frames, frame_problems = _frames(config, encoder)
+    found = _token_problems(config, encoder) + block_problems + layer_problems + frame_problems
+    if found:
+        return None, found
     connector = connector_type(config.connector)
-    blocks, layers, frames = _blocks(config, encoder)[0], _layers(config, lm)[0], _frames(config, encoder)[0]
     layer_tokens = tuple(spread_blocks(len(blocks), len(layers)))
     # Injected tokens live in the decoder layers' width, which can differ from the embedding width
     # (OPT-350m projects 512-d embeddings to 1024-d layers); input tokens in the embeddings'.
@@ -185,7 +175,20 @@ def plan(config: AdapterConfig, encoder: EncoderFacts, lm: LMFacts) -> Layout:
         stored, rows = None, tuple(blocks)
         shape = (encoder.blocks, *(() if encoder.frames is None else (encoder.frames,)), encoder.width)
     return Layout(connector.placement, tuple(blocks), tuple(layers), layer_tokens, frames, stored, rows, shape,
-                  FEATURE_DTYPES[connector.tokens], setup)
+                  FEATURE_DTYPES[connector.tokens], setup), []
+
+
+def problems(config: AdapterConfig, encoder: EncoderFacts, lm: LMFacts) -> list[str]:
+    """Every reason the adapter cannot lay out over these models (see ``_decide``); none when ``plan`` succeeds."""
+    return _decide(config, encoder, lm)[1]
+
+
+def plan(config: AdapterConfig, encoder: EncoderFacts, lm: LMFacts) -> Layout:
+    """The adapter's layout over these models, or a one-line ValueError naming every problem."""
+    layout, found = _decide(config, encoder, lm)
+    if found:
+        raise ValueError("; ".join(found))
+    return layout
 
 
 def kv_cache_bytes(lm: LMFacts, tokens: int, bytes_per_value: int) -> int:

@@ -55,7 +55,6 @@ def _deferred(module: str, function: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         return getattr(importlib.import_module(module, __package__), function)(*args, **kwargs)
 
-    call.__qualname__ = f"{module.lstrip('.')}.{function}"
     return call
 
 
