@@ -53,9 +53,9 @@ def features(model: PerceptualLM, batch: int, seed: int = 0) -> torch.Tensor:
     """Random features shaped as the model's encode() gives them."""
     generator = torch.Generator().manual_seed(seed)
     encoder = model.encoder
-    if model.feature_blocks is None:
+    if model.layout.stored_blocks is None:
         return torch.randn(batch, encoder.num_blocks, encoder.dim, generator=generator)
-    tokens = torch.randn(batch, len(model.feature_blocks), 1 + PATCHES, encoder.dim, generator=generator)
+    tokens = torch.randn(batch, len(model.layout.stored_blocks), 1 + PATCHES, encoder.dim, generator=generator)
     return tokens.to(torch.bfloat16)
 
 
@@ -83,16 +83,16 @@ def test_layout_and_shapes(variant, tiny_lm_folder, tiny_vit_folder):
     """OPT-350m's shape (16-d embeddings, 32-d layers): input tokens are embedding-wide, injected ones layer-wide."""
     model = build(variant, tiny_lm_folder, tiny_vit_folder, arch="opt_proj")
     columns, mapped, placement = EXPECTED[variant]
-    assert (model.placement, model.slot_count) == (placement, columns)
+    assert (model.layout.placement, model.slot_count) == (placement, columns)
     assert model.prefix_length == len(model.bos) + model.config.prompt_length + columns
     encoded = model.encode(images(2))
-    reads_patches = model.connector.reads == "patches"
+    reads_patches = model.connector.tokens == "patches"
     if reads_patches:  # only the blocks read, [CLS] + patches, in bfloat16
-        assert encoded.shape == (2, len(model.blocks), 1 + PATCHES, 32) and encoded.dtype == torch.bfloat16
+        assert encoded.shape == (2, len(model.layout.blocks), 1 + PATCHES, 32) and encoded.dtype == torch.bfloat16
     else:  # every block's [CLS], float32, as eP-ALM's cache always held
         assert encoded.shape == (2, 4, 32) and encoded.dtype == torch.float32
     assert model.map_features(encoded).shape == (2, *mapped)
-    assert model.blocks == ([1, 2, 3] if placement == "layers" else [3])
+    assert model.layout.blocks == ((1, 2, 3) if placement == "layers" else (3,))
     assert (model.injector is None) == (placement == "input")
     assert (model.slot_embedding is None) == (placement == "input")
 
@@ -103,7 +103,7 @@ def test_only_the_connector_and_prompt_train(variant, tiny_lm_folder, tiny_vit_f
     loss = model(features(model, 3), QUESTIONS, TARGETS)
     loss.backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    learned = {"prompt"} | ({"slot_embedding"} if model.placement == "layers" else set())
+    learned = {"prompt"} | ({"slot_embedding"} if model.layout.placement == "layers" else set())
     assert trainable == learned | {name for name in trainable if name.startswith("connector.")}
     assert {name for name, p in model.named_parameters() if p.grad is not None} == trainable
     assert all(p.grad.abs().sum() > 0 for p in model.trainable_parameters())
@@ -155,8 +155,8 @@ def test_per_layer_linears_map_each_layer_on_its_own(tiny_lm_folder, tiny_vit_fo
     assert len(model.connector.linears) == 3 and not hasattr(model.connector, "linear")
     feats = features(model, 2)
     mapped = model.map_features(feats)
-    chosen = nn.functional.layer_norm(feats[:, model.blocks], (32,))
-    for layer, (block, linear) in enumerate(zip(model.layer_tokens, model.connector.linears, strict=True)):
+    chosen = nn.functional.layer_norm(feats[:, model.layout.blocks], (32,))
+    for layer, (block, linear) in enumerate(zip(model.layout.layer_tokens, model.connector.linears, strict=True)):
         torch.testing.assert_close(mapped[:, layer], linear(chosen[:, block]))
 
 

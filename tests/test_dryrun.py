@@ -8,25 +8,29 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 from transformers import (
     ASTConfig,
     AutoModel,
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     OPTConfig,
     PreTrainedModel,
+    Qwen2Config,
     TimesformerConfig,
     ViTConfig,
     WhisperConfig,
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from sensorium import AdapterConfig, PerceptualLM, dryrun, zoo
+from sensorium import AdapterConfig, PerceptualLM, dryrun, packaged, zoo
 from sensorium.cli import main
 from sensorium.dryrun import PUBLISHED, dry_run
 from sensorium.encoders.dinov2_onnx import dinov2_small_config
 from sensorium.encoders.yamnet import YamNet
+from sensorium.layout import LMFacts
 
 # Training recipes; recipes/accelerate/ holds launcher configs (accelerate config files), and recipes/compare/
 # comparison files (`sensorium compare`, whose methods' recipes tests/test_compare.py dry-runs), not recipes.
@@ -191,6 +195,16 @@ PUBLISHED_ARCHITECTURES = {
     "smollm2-135m": (lambda: AutoModelForCausalLM.from_config(LlamaConfig(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
         vocab_size=49152, tie_word_embeddings=True)), 30, 576),
+    "gemma3-270m": (lambda: AutoModelForCausalLM.from_config(Gemma3TextConfig(
+        hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=256, vocab_size=262144, tie_word_embeddings=True)), 18, 640),
+    "qwen2.5-coder-0.5b": (lambda: AutoModelForCausalLM.from_config(Qwen2Config(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+        vocab_size=151936, tie_word_embeddings=False)), 24, 896),
+    "qwen2.5-coder-1.5b": (lambda: AutoModelForCausalLM.from_config(Qwen2Config(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+        vocab_size=151936, tie_word_embeddings=False)), 28, 1536),
+    "efficientnet-lite0": (lambda: EfficientNet.from_name("efficientnet-lite0"), 16, 320),
     "dinov2-small": (lambda: AutoModel.from_config(dinov2_small_config()), 12, 384),
     "MIT/ast-finetuned-audioset-10-10-0.4593": (lambda: AutoModel.from_config(ASTConfig(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=16,
@@ -205,11 +219,16 @@ PUBLISHED_ARCHITECTURES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
+# Sizes the dry run uses without a configuration: hub models' fallbacks and every packaged model's.
+PUBLISHED_FACTS = {**PUBLISHED, **{model.name: model.facts for model in packaged.MODELS}}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_FACTS))
 def test_published_sizes_match_their_architectures(name):
-    build, layers, width = PUBLISHED_ARCHITECTURES[name]
-    facts = PUBLISHED[name]
-    assert (facts.parameters, facts.layers, facts.width) == (_meta_count(build), layers, width)
+    build, depth, width = PUBLISHED_ARCHITECTURES[name]
+    facts = PUBLISHED_FACTS[name]
+    layers = facts.layers if isinstance(facts, LMFacts) else facts.blocks
+    assert (facts.parameters, layers, facts.width) == (_meta_count(build), depth, width)
 
 
 def test_hub_ids_are_looked_up_in_the_hugging_face_cache_offline(tiny_lm_folder, tiny_vit_folder, manifest,

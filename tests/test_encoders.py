@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoModel, CLIPConfig, Dinov2Config, SiglipVisionConfig, ViTConfig
 
 from sensorium import zoo
-from sensorium.encoders import PACKAGED, load_encoder
+from sensorium.encoders import load_encoder
 from sensorium.encoders.hf_vision import IMAGENET_MEAN, IMAGENET_STD
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -112,7 +112,7 @@ def test_other_image_sizes_interpolate_position_embeddings(tmp_path):
 
 
 def test_packaged_encoders_are_registered_by_modality():
-    assert {name: zoo.REGISTRY[name].kind for name in PACKAGED} == {
+    assert {name: zoo.REGISTRY[name].modality for name in zoo.packaged_names("encoder")} == {
         "dinov2-small": "image", "efficientnet-lite0": "image", "whisper-tiny": "audio", "yamnet": "audio"}
 
 

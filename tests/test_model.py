@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from sensorium import AdapterConfig, PerceptualLM, load
-from sensorium.injection import paper_layer_range, spread_blocks
+from sensorium.layout import paper_layer_range, spread_blocks
 from sensorium.lm import load_lm
 from sensorium.model import generate_mixed
 from sensorium.recipe import TrainingOptions

@@ -256,7 +256,8 @@ def test_mean_aggregation_gives_an_images_tokens(tiny_lm_folder, tiny_vit_folder
     features = torch.randn(2, 4, 3, 32)  # [batch, blocks, frames, dim]
     tokens = model.map_features(features)
     assert tokens.shape == (2, 2, 32) and model.slot_count == 1
-    torch.testing.assert_close(tokens, model.connector(features[:, model.blocks].mean(dim=2))[:, model.layer_tokens])
+    layout = model.layout
+    torch.testing.assert_close(tokens, model.connector(features[:, layout.blocks].mean(dim=2))[:, layout.layer_tokens])
     assert "connector.frame_position" not in model.adapter_state()
 
 
@@ -282,7 +283,7 @@ def test_change_aggregation_gives_the_mean_and_the_change_over_the_clip(tiny_lm_
     features = torch.randn(2, 4, 3, 32)
     tokens = model.map_features(features)
     assert tokens.shape == (2, 2, 2, 32)  # [batch, layers, mean and change, width]
-    chosen = features[:, model.blocks]
+    chosen = features[:, model.layout.blocks]
     expected = torch.stack([chosen.mean(dim=2), chosen[:, :, 2] - chosen[:, :, 0]], dim=2)
     torch.testing.assert_close(tokens, model.connector(expected))
     reversed_tokens = model.map_features(features.flip(2))  # same mean, the opposite change

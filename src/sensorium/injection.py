@@ -29,18 +29,6 @@ def decoder_layers(lm: nn.Module) -> nn.ModuleList:
     return candidates[0]
 
 
-def paper_layer_range(num_layers: int) -> list[int]:
-    """eP-ALM injects into layers 19..30 of OPT's 32 (1-based); keep that relative range."""
-    start = round(18 * num_layers / 32)
-    stop = round(30 * num_layers / 32)
-    return list(range(start, max(stop, start + 1)))
-
-
-def spread_blocks(num_tokens: int, num_layers: int) -> list[int]:
-    """Which token each injection layer receives: consecutive layers share one, shallow first."""
-    return [layer * num_tokens // num_layers for layer in range(num_layers)]
-
-
 class SlotInjector:
     """Forward pre-hooks that write per-layer tokens into ``columns`` consecutive positions of a frozen LM.
 

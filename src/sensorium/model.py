@@ -14,11 +14,18 @@ from torch import nn
 
 from .cache import stored_features
 from .config import WEIGHTS_NAME, AdapterConfig
-from .connectors import ConnectorSetup, build_connector, connector_type
+from .connectors import build_connector
 from .encoders import Encoder, load_encoder
 from .errors import BadInputError
-from .injection import SlotInjector, decoder_layers, paper_layer_range, spread_blocks
-from .lm import check_lm, load_lm
+from .injection import SlotInjector
+from .layout import EncoderFacts, encoder_tokens, plan
+from .lm import check_lm, lm_facts, load_lm
+
+
+def encoder_facts(encoder: Encoder) -> EncoderFacts:
+    """What the layout needs to know of a loaded encoder."""
+    return EncoderFacts(encoder.name, encoder.num_blocks, encoder.dim, encoder.tokens, encoder.patch_grid,
+                        encoder.num_tokens)
 
 
 def aggregate_time(features: torch.Tensor, temporal: str) -> torch.Tensor:
@@ -53,36 +60,16 @@ class PerceptualLM(nn.Module):
             lm, tokenizer = load_lm(config.lm)
         check_lm(lm, config.lm)
         self.lm, self.tokenizer = lm, tokenizer
-        kind = connector_type(config.connector)
-        self.placement = kind.placement
         self.encoder = encoder or load_encoder(config.encoder, image_size=config.image_size,
-                                               num_frames=config.num_frames, tokens=kind.reads)
-        if self.encoder.tokens != kind.reads:
-            raise ValueError(f"connector '{config.connector}' reads {kind.reads} tokens; encoder "
-                             f"'{self.encoder.name}' gives {self.encoder.tokens}")
+                                               num_frames=config.num_frames, tokens=encoder_tokens(config))
         self.encoder.freeze()
-        frames = self._frames(config, self.encoder)
-        if frames and not kind.keeps_frames:
-            raise ValueError(f"temporal '{config.temporal}': connector '{config.connector}' cannot keep frames "
-                             "apart; use temporal: mean, or the epalm connector")
-        self.blocks = self._chosen_blocks(config, self.encoder)
-        # Patch tokens are large: features hold only the chosen blocks' (see cache.py); [CLS] features hold all.
-        self.feature_blocks = self.blocks if kind.reads == "patches" else None
-        self._feature_rows = self.blocks if self.feature_blocks is None else list(range(len(self.blocks)))
-        layers = self._injection_layers(config, lm)
-        self.layer_tokens = spread_blocks(len(self.blocks), len(layers)) if layers else []
-
-        # Injected tokens live in the decoder layers' width, which can differ from the embedding
-        # width (OPT-350m projects 512-d embeddings to 1024-d layers); input tokens in the embeddings'.
-        embeddings = lm.get_input_embeddings()
-        width = lm.config.get_text_config().hidden_size if layers else embeddings.weight.shape[1]
-        setup = ConnectorSetup(self.encoder.dim, width, len(self.blocks), tuple(self.layer_tokens),
-                               self.encoder.patch_grid, frames, config.token_norm, config.shared_linear)
-        self.connector = build_connector(config.connector, setup, config.connector_options)
+        self.layout = plan(config, encoder_facts(self.encoder), lm_facts(lm))
+        self.connector = build_connector(config.connector, self.layout.setup, config.connector_options)
         self.slot_count = self.connector.columns
         # Start the learned input vectors among real token embeddings, as the embedding layer outputs
         # them: the right scale for any LM, Gemma's sqrt(hidden) embedding scaling included, because
         # the prefix replaces that layer's output and never passes through it again.
+        embeddings = lm.get_input_embeddings()
         generator = torch.Generator().manual_seed(0)
         picks = torch.randint(0, embeddings.weight.shape[0], (config.prompt_length + 1,), generator=generator)
         with torch.no_grad():
@@ -90,6 +77,7 @@ class PerceptualLM(nn.Module):
         self.prompt = nn.Parameter(start[:-1].clone())
         # One vector, repeated in every slot column until the first injection layer overwrites them;
         # input connectors fill the slot themselves.
+        layers = list(self.layout.layers)
         self.slot_embedding = nn.Parameter(start[-1].clone()) if layers else None
         self.bos = self._leading_bos(tokenizer)
         self.slot_index = len(self.bos) + config.prompt_length  # slot's first column after a row's padding
@@ -97,49 +85,9 @@ class PerceptualLM(nn.Module):
         self.injector = SlotInjector(lm, layers, self.slot_count) if layers else None
 
     @property
-    def layout(self) -> tuple:
+    def batch_layout(self) -> tuple:
         """What adapters sharing one generate() call must agree on: placement, injection layers, slot columns."""
-        layers = tuple(self.injector.layers) if self.injector else ()
-        return self.placement, layers, self.slot_index, self.slot_count
-
-    @staticmethod
-    def _frames(config: AdapterConfig, encoder: Encoder) -> int | None:
-        """Time steps the connector sees per block: every frame (``frames``), mean and change (``change``: 2),
-        or None when the frames are averaged (or the media is an image)."""
-        if config.temporal == "mean":
-            return None
-        if encoder.num_tokens is None:
-            raise ValueError(f"temporal '{config.temporal}' needs an encoder with one token per frame "
-                             f"('frames:NAME'); '{encoder.name}' gives one token per block")
-        return 2 if config.temporal == "change" else encoder.num_tokens
-
-    def _chosen_blocks(self, config: AdapterConfig, encoder: Encoder) -> list[int]:
-        """Injecting connectors: the last ``num_blocks`` blocks or ``encoder_blocks``; input connectors: one block."""
-        if self.placement == "input":
-            blocks = config.encoder_blocks or [encoder.num_blocks - 1]
-            if len(blocks) != 1:
-                raise ValueError(f"connector '{config.connector}' reads one encoder block, not {blocks}")
-        elif config.encoder_blocks is None and config.num_blocks > encoder.num_blocks:
-            raise ValueError(f"num_blocks={config.num_blocks} but encoder '{config.encoder}' has only "
-                             f"{encoder.num_blocks} blocks")
-        else:
-            blocks = config.encoder_blocks or list(range(encoder.num_blocks - config.num_blocks, encoder.num_blocks))
-        if not blocks or min(blocks) < 0 or max(blocks) >= encoder.num_blocks:
-            raise ValueError(f"encoder blocks {blocks} out of range 0..{encoder.num_blocks - 1}")
-        return blocks
-
-    def _injection_layers(self, config: AdapterConfig, lm) -> list[int]:
-        """The LM layers whose slot the connector's tokens overwrite; none for input connectors."""
-        if self.placement == "input":
-            if config.inject_layers:
-                raise ValueError(f"connector '{config.connector}' writes its tokens into the input; "
-                                 "inject_layers applies to injecting connectors (epalm, epalm-patches)")
-            return []
-        num_layers = len(decoder_layers(lm))
-        layers = config.inject_layers or paper_layer_range(num_layers)
-        if min(layers) < 0 or max(layers) >= num_layers:
-            raise ValueError(f"injection layers {layers} out of range 0..{num_layers - 1}")
-        return layers
+        return self.layout.placement, self.layout.layers, self.slot_index, self.slot_count
 
     @staticmethod
     def _leading_bos(tokenizer) -> list[int]:
@@ -175,7 +123,7 @@ class PerceptualLM(nn.Module):
         loaded = [self.encoder.load(item) if isinstance(item, (str, Path)) else item for item in media]
         device = next(self.encoder.parameters()).device
         return stored_features(self.encoder, self.encoder(self.encoder.preprocess(loaded).to(device)),
-                               self.feature_blocks)
+                               self.layout.stored_blocks)
 
     def map_features(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (as ``encode`` gives them) -> the connector's LM-width tokens.
@@ -184,7 +132,7 @@ class PerceptualLM(nn.Module):
         input connectors: [batch, k, width]. Per-frame features are first aggregated over time (see
         ``aggregate_time``).
         """
-        chosen = features[:, self._feature_rows].to(self.prompt.device, torch.float32)
+        chosen = features[:, self.layout.feature_rows].to(self.prompt.device, torch.float32)
         if self.encoder.num_tokens is not None:
             chosen = aggregate_time(chosen, self.config.temporal)
         return self.connector(chosen)
@@ -417,7 +365,7 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
     """
     lead = samples[0][0]
     for model, _, _ in samples:
-        if model.lm is not lead.lm or model.layout != lead.layout:
+        if model.lm is not lead.lm or model.batch_layout != lead.batch_layout:
             raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
                              "length and slot width")
     ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])

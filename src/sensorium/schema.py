@@ -51,14 +51,14 @@ def _problem(error: dict[str, Any], prefix: str) -> str:
     field = (prefix + ".".join(str(part) for part in error["loc"])).removesuffix(".") or "value"
     given = repr(error["input"])
     given = given if len(given) <= _INPUT_CHARS else given[:_INPUT_CHARS] + "..."
-    kind = error["type"]
-    if kind == "value_error":  # our own validators say the whole reason
+    error_type = error["type"]
+    if error_type == "value_error":  # our own validators say the whole reason
         return f"{field}: {error['msg'].removeprefix('Value error, ')}"
-    if kind == "literal_error":
+    if error_type == "literal_error":
         hint = " (YAML reads a bare yes/no/on/off as true/false: quote it)" if isinstance(error["input"], bool) else ""
-        return f"{field} '{error['input']}' {_PREDICATES[kind].format(**error['ctx'])}{hint}"
-    if kind in _PREDICATES:
-        return f"{field} {_PREDICATES[kind].format(**error.get('ctx', {}))}, not {given}"
+        return f"{field} '{error['input']}' {_PREDICATES[error_type].format(**error['ctx'])}{hint}"
+    if error_type in _PREDICATES:
+        return f"{field} {_PREDICATES[error_type].format(**error.get('ctx', {}))}, not {given}"
     return f"{field}: {error['msg']} (got {given})"
 
 

@@ -123,7 +123,7 @@ def cached_features(model: PerceptualLM, examples: list[Example], options: Train
                     skip_bad: bool) -> tuple[list[Example], torch.Tensor, dict[str, int], float]:
     """Features for the examples' media (encoder run only for files not cached yet)."""
     started = time.perf_counter()
-    cache = FeatureCache(model.encoder, blocks=model.feature_blocks)
+    cache = FeatureCache(model.encoder, blocks=model.layout.stored_blocks)
     features, row_of, errors = cache.features([e.media for e in examples], options.cache_batch_size,
                                               options.cache_workers, skip_bad)
     if errors:
@@ -230,9 +230,9 @@ def read_state(folder: Path, step: int) -> dict[str, Any]:
         state = torch.load(folder / STATE_NAME, weights_only=True)
     except UNREADABLE as error:
         raise BadInputError(f"{folder / STATE_NAME}: unreadable ({_first_line(error)})") from error
-    kinds = {"step": int, "optimizer": dict, "scheduler": dict}
+    types = {"step": int, "optimizer": dict, "scheduler": dict}
     state = state if isinstance(state, dict) else {}
-    missing = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
+    missing = [key for key, expected in types.items() if not isinstance(state.get(key), expected)]
     if missing:
         raise BadInputError(f"{folder / STATE_NAME}: no valid {', '.join(missing)}")
     if state["step"] != step:

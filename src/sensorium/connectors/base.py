@@ -31,15 +31,16 @@ class ConnectorSetup:
 class Connector(nn.Module):
     """The trainable map from frozen encoder tokens to LM-width tokens.
 
-    A connector says where its tokens go (``placement``), what it reads of each encoder block (``reads``:
-    ``"cls"``, features ``[batch, blocks, (frames,) dim]``, or ``"patches"``, ``[batch, blocks, 1 + patches,
-    dim]``) and how many slot columns its tokens need (``columns``); the model lays the input out from that.
+    A connector says where its tokens go (``placement``), which tokens of each encoder block it reads
+    (``tokens``, the word encoders use for what they give: ``"cls"``, features ``[batch, blocks, (frames,)
+    dim]``, or ``"patches"``, ``[batch, blocks, 1 + patches, dim]``) and how many slot columns its tokens need
+    (``columns``); the model lays the input out from that.
     ``forward`` gives ``[batch, columns, lm_dim]`` for the input, or ``[batch, layers, columns, lm_dim]``
     (``[batch, layers, lm_dim]`` for one column) for the injection layers.
     """
 
     placement: ClassVar[str]
-    reads: ClassVar[str]
+    tokens: ClassVar[str]
     keeps_frames: ClassVar[bool] = False  # whether it can give one column per video frame
     columns: int
 

@@ -23,7 +23,7 @@ class EPALMConnector(Connector):
     """
 
     placement = "layers"
-    reads = "cls"
+    tokens = "cls"
     keeps_frames = True
 
     def __init__(self, setup: ConnectorSetup) -> None:

@@ -28,7 +28,7 @@ class EPALMPatchesConnector(EPALMConnector):
     The pooled tokens then go through eP-ALM's token norm and linear layer (shared, or one per layer).
     """
 
-    reads = "patches"
+    tokens = "patches"
     keeps_frames = False
 
     def __init__(self, setup: ConnectorSetup, pool: str = "mean", tokens: int = 4) -> None:

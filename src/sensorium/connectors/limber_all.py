@@ -17,7 +17,7 @@ class LimberAllConnector(Connector):
     """
 
     placement = "input"
-    reads = "patches"
+    tokens = "patches"
 
     def __init__(self, setup: ConnectorSetup, mlp: bool = False) -> None:
         super().__init__()

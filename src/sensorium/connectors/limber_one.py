@@ -17,7 +17,7 @@ class LimberOneConnector(Connector):
     """
 
     placement = "input"
-    reads = "cls"
+    tokens = "cls"
 
     def __init__(self, setup: ConnectorSetup) -> None:
         super().__init__()

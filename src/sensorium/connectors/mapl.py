@@ -19,7 +19,7 @@ class MAPLConnector(Connector):
     """
 
     placement = "input"
-    reads = "patches"
+    tokens = "patches"
 
     def __init__(self, setup: ConnectorSetup, queries: int = 32, depth: int = 4, width: int = 256,
                  heads: int = 8) -> None:

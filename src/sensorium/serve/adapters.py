@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WEIGHTS_NAME, AdapterConfig
-from ..connectors import connector_type
 from ..encoders import Encoder, load_encoder
+from ..layout import encoder_tokens
 from ..lm import load_lm
 from ..media.video import DEFAULT_FRAMES
 from ..model import PerceptualLM
@@ -42,8 +42,7 @@ class HostedAdapter:
 
     @property
     def modality(self) -> str:
-        # Encoders of other media declare what they read; the image encoders came first and do not.
-        return getattr(self.model.encoder, "modality", "image")
+        return self.model.encoder.modality
 
     @property
     def num_frames(self) -> int:
@@ -53,7 +52,7 @@ class HostedAdapter:
     @property
     def batch_key(self) -> tuple:
         """Adapters with equal keys can share one generate() call (see ``model.generate_mixed``)."""
-        return _source_key(self.model.config.lm), self.model.layout
+        return _source_key(self.model.config.lm), self.model.batch_layout
 
     def describe(self) -> dict[str, Any]:
         config = self.model.config
@@ -80,7 +79,7 @@ class AdapterRegistry:
         lm_key = _source_key(config.lm)
         if lm_key not in self._lms:
             self._lms[lm_key] = load_lm(config.lm)
-        tokens = connector_type(config.connector).reads
+        tokens = encoder_tokens(config)
         encoder_key = (_source_key(config.encoder), config.image_size, tokens, config.num_frames)
         if encoder_key not in self._encoders:
             self._encoders[encoder_key] = load_encoder(config.encoder, image_size=config.image_size,

@@ -191,11 +191,11 @@ def _add_error_handlers(app: FastAPI) -> None:
                     for problem in exc.errors()]
         return error(422, "; ".join(problems))
 
-    for kind, status in STATUS_OF_ERROR.items():
+    for error_class, status in STATUS_OF_ERROR.items():
         async def known_error(request: Request, exc: Exception, status: int = status) -> JSONResponse:
             return error(status, str(exc))
 
-        app.add_exception_handler(kind, known_error)
+        app.add_exception_handler(error_class, known_error)
 
 
 def load_registry(adapters: list[tuple[str, str | Path]], device: str = "cpu") -> AdapterRegistry:

@@ -143,7 +143,7 @@ class Batcher:
         rows_of: dict[tuple, list[int]] = {}
         for row, job in enumerate(group):
             model = job.adapter.model
-            rows_of.setdefault((id(model.encoder), tuple(model.feature_blocks or ())), []).append(row)
+            rows_of.setdefault((id(model.encoder), model.layout.stored_blocks), []).append(row)
         for rows in rows_of.values():
             encoded = group[rows[0]].adapter.model.encode([group[row].media for row in rows])
             for row, tokens in zip(rows, encoded, strict=True):
