@@ -2,12 +2,12 @@
 
 A server holds many adapters (PerceptualLM objects) over one shared LM and answers a request with one
 of them; the others must cost that request nothing. One greedy request (batch 1, an easy-vqa test
-question, exactly --new-tokens tokens) is decoded by the first adapter of each group, the groups timed
-in turn at every repetition so that a busy machine slows them alike. A group is --adapters freshly
-initialised adapters sharing one LM (decoding does not depend on the weights); each group has its own LM.
-Decode ms/token is the time from the first new token's scores to the last one's over the tokens between,
-so the prefill is left out; the table also counts the forward hooks on the LM and its decoder layers
-between requests.
+question, exactly --new-tokens tokens) is decoded by the first adapter of each group, the groups
+timed in turn at every repetition, in alternate order, so that a busy machine slows them alike.
+A group is --adapters freshly initialised adapters sharing one LM (decoding does not depend on the
+weights); each group has its own LM. Decode ms/token is the time from the first new token's scores
+to the last one's over the tokens between, so the prefill is left out; the table also counts the
+forward hooks on the LM and its decoder layers between requests.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def idle_hooks(lm: nn.Module) -> int:
 
 
 def decode_seconds_per_token(model: PerceptualLM, features: torch.Tensor, question: str, new_tokens: int) -> float:
+    """Mean decode step of one greedy answer: the prefill ends where the first new token's scores arrive."""
     clock = StepClock()
     model.generate(features, [question], max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1,
                    logits_processor=LogitsProcessorList([clock]))
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     features = groups[args.adapters[0]][0].encode(images([example]))
     times: dict[int, list[float]] = {count: [] for count in groups}
     for repetition in range(args.warmup + args.repeats):
-        for count, group in groups.items():
+        turn = list(groups.items())
+        for count, group in turn[::-1] if repetition % 2 else turn:  # neither group always goes first
             seconds = decode_seconds_per_token(group[0], features, example.question, args.new_tokens)
             if repetition >= args.warmup:
                 times[count].append(seconds)
