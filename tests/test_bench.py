@@ -85,3 +85,12 @@ def test_serve_smoke(models, tmp_path, capsys):
         assert row["requests"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
     assert 1 <= batching["mean_batch"] <= 2 and one_by_one["mean_batch"] == 1
     assert_ratios(line)
+
+
+def test_adapters(common, tmp_path, capsys):
+    line = main(["adapters", *common, "--adapters", "1", "3", "--new-tokens", "3"])
+    appended(tmp_path, line, capsys, "one request, greedy, 3 new tokens")
+    assert [row["adapters"] for row in line["rows"]] == [1, 3]
+    assert all(row["decode_ms_per_token"] > 0 for row in line["rows"])
+    assert [row["idle_hooks"] for row in line["rows"]] == [0, 0], "hooks outside a request cost every adapter"
+    assert_ratios(line)

@@ -122,7 +122,7 @@ def test_slot_holds_the_injected_tokens_inside_each_layer(frames, tiny_lm_folder
     model(feats, QUESTIONS[:2], ["circle", "red"])
     for hook in hooks:
         hook.remove()
-    # Hooks run in registration order; ours were registered first, so these see the overwritten state.
+    # The injector puts its hooks before any other while injecting, so these see the overwritten state.
     expected = model.map_features(feats).detach()
     expected = expected[:, :, None] if frames is None else expected  # [batch, layers, columns, width]
     _, mask = model._token_ids([p + a for p, a in zip(model.prompt_ids(QUESTIONS[:2]),

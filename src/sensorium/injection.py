@@ -10,8 +10,9 @@ unmodified decoder, for any transformers architecture.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -29,8 +30,52 @@ def decoder_layers(lm: nn.Module) -> nn.ModuleList:
     return candidates[0]
 
 
+_INJECTED_LMS: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # LMs inside some injector's ``injecting``
+
+
 class SlotInjector:
-    """Forward pre-hooks that write per-layer tokens into ``columns`` consecutive positions of a frozen LM.
+    """Writes per-layer tokens into ``columns`` consecutive positions of a frozen LM, inside ``injecting``.
+
+    The hooks exist only inside ``injecting``: adapters sharing one LM (a server holding many) add
+    nothing to each other's forwards, and a dropped adapter leaves no reference to itself in the LM.
+    """
+
+    def __init__(self, lm: nn.Module, layers: list[int], columns: int = 1) -> None:
+        self.columns = columns
+        self.layers = layers
+        self._lm = lm
+        blocks = decoder_layers(lm)
+        self._blocks = [blocks[index] for index in layers]
+
+    @contextmanager
+    def injecting(self, tokens: torch.Tensor, slots: torch.Tensor) -> Iterator[None]:
+        """Inject ``tokens`` into every forward run inside the block, at columns ``slots`` (one per sample).
+
+        ``tokens`` is [batch, len(layers), columns, dim], or [batch, len(layers), dim] for a one-column slot.
+        One injection per LM at a time, since two would both write the slot: a nested one, or another
+        adapter's on the same LM, is refused (``generate_mixed`` injects several adapters' tokens as one).
+        """
+        tokens = tokens[:, :, None] if tokens.ndim == 3 else tokens
+        if tokens.shape[1:3] != (len(self.layers), self.columns):
+            raise ValueError(f"expected {len(self.layers)} layers x {self.columns} tokens per sample, "
+                             f"got {tuple(tokens.shape[1:3])}")
+        if self._lm in _INJECTED_LMS:
+            raise RuntimeError("this LM is already injecting another call's tokens; adapters sharing an LM "
+                               "inject one at a time, or together through generate_mixed")
+        write = _SlotWrite(tokens, slots, self.columns)
+        with ExitStack() as hooks:
+            _INJECTED_LMS.add(self._lm)
+            hooks.callback(_INJECTED_LMS.discard, self._lm)
+            # First among the modules' pre-hooks, so that any other sees the layer input with the slot written.
+            hooks.callback(self._lm.register_forward_pre_hook(write.track_chunk, with_kwargs=True, prepend=True).remove)
+            for position, block in enumerate(self._blocks):
+                hook = write.overwrite_hook(position)
+                hooks.callback(block.register_forward_pre_hook(hook, with_kwargs=True, prepend=True).remove)
+            yield
+
+
+class _SlotWrite:
+    """One injection's tokens and slot columns, and the hooks that write them while it lasts.
 
     Which part of the slot lies in the chunk being computed is decided from the cache length seen by
     the model's top-level forward: prefill, chunked prefill (even one splitting the slot), decode steps,
@@ -38,53 +83,25 @@ class SlotInjector:
     comparison.
     """
 
-    def __init__(self, lm: nn.Module, layers: list[int], columns: int = 1) -> None:
+    def __init__(self, tokens: torch.Tensor, slots: torch.Tensor, columns: int) -> None:
+        self.tokens = tokens  # [batch, layers, columns, dim]
+        self.slots = slots  # [batch]: each row's first slot column
         self.columns = columns
-        self.layers = layers
-        self._tokens: torch.Tensor | None = None  # [batch, len(layers), columns, dim]
-        self._slots: torch.Tensor | None = None  # [batch]: each row's first slot column
-        self._span = (0, 0)  # first slot column of any row, last one + 1: a Python test for decode steps
-        self._chunk_start = 0
-        blocks = decoder_layers(lm)
-        self._handles = [lm.register_forward_pre_hook(self._track_chunk, with_kwargs=True)]
-        for position, index in enumerate(layers):
-            hook = self._overwrite_hook(position)
-            self._handles.append(blocks[index].register_forward_pre_hook(hook, with_kwargs=True))
+        self.span = (int(slots.min()), int(slots.max()) + columns)  # first slot column of any row, last one + 1
+        self.chunk_start = 0
 
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    @contextmanager
-    def injecting(self, tokens: torch.Tensor, slots: torch.Tensor) -> Iterator[None]:
-        """Inject ``tokens`` into every forward run inside the block, at columns ``slots`` (one per sample).
-
-        ``tokens`` is [batch, len(layers), columns, dim], or [batch, len(layers), dim] for a one-column slot.
-        """
-        tokens = tokens[:, :, None] if tokens.ndim == 3 else tokens
-        if tokens.shape[1:3] != (len(self.layers), self.columns):
-            raise ValueError(f"expected {len(self.layers)} layers x {self.columns} tokens per sample, "
-                             f"got {tuple(tokens.shape[1:3])}")
-        self._tokens, self._slots = tokens, slots
-        self._span = (int(slots.min()), int(slots.max()) + self.columns)
-        try:
-            yield
-        finally:
-            self._tokens = self._slots = None
-
-    def _track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        self._chunk_start = cache.get_seq_length() if cache is not None else 0
+        self.chunk_start = cache.get_seq_length() if cache is not None else 0
 
-    def _overwrite_hook(self, position: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict):
-            if self._tokens is None:
-                return None
+    def overwrite_hook(self, position: int) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict] | None]:
+        """The pre-hook of the ``position``-th injection layer: writes that layer's tokens into the slot."""
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             hidden = args[0] if args else kwargs["hidden_states"]
-            start, length = self._chunk_start, hidden.shape[1]
-            if self._span[0] >= start + length or self._span[1] <= start:  # no slot column in this chunk
+            start, length = self.chunk_start, hidden.shape[1]
+            if self.span[0] >= start + length or self.span[1] <= start:  # no slot column in this chunk
                 return None
-            hidden = self._overwrite(hidden, self._tokens[:, position], start)
+            hidden = self._overwrite(hidden, self.tokens[:, position], start)
             if args:
                 return (hidden, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": hidden}
@@ -94,14 +111,14 @@ class SlotInjector:
     def _overwrite(self, hidden: torch.Tensor, tokens: torch.Tensor, chunk_start: int) -> torch.Tensor:
         """``hidden`` [batch, chunk, dim] with its rows' slot columns inside the chunk replaced by ``tokens``."""
         batch = hidden.shape[0]
-        slots = self._slots.to(hidden.device)
+        slots = self.slots.to(hidden.device)
         tokens = tokens.to(hidden.device, hidden.dtype)
         if tokens.shape[0] != batch:  # beam search / sampling expand the batch
             tokens = tokens.repeat_interleave(batch // tokens.shape[0], dim=0)
             slots = slots.repeat_interleave(batch // len(slots))
         columns = (slots - chunk_start)[:, None] + torch.arange(self.columns, device=hidden.device)
         rows = torch.arange(batch, device=hidden.device)[:, None].expand_as(columns)
-        if not (self._span[0] >= chunk_start and self._span[1] <= chunk_start + hidden.shape[1]):
+        if not (self.span[0] >= chunk_start and self.span[1] <= chunk_start + hidden.shape[1]):
             inside = (columns >= 0) & (columns < hidden.shape[1])  # a chunk that splits some row's slot
             rows, columns, tokens = rows[inside], columns[inside], tokens[inside]
         # Out of place (index_put, not index_put_): the hidden state is needed unmodified by autograd.

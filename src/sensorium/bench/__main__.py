@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import encode, generation, gpu, serve, training
+from . import adapters, encode, generation, gpu, serve, training
 
-SUITES = {"generation": generation, "training": training, "encode": encode, "gpu": gpu, "serve": serve}
+SUITES = {"generation": generation, "training": training, "encode": encode, "gpu": gpu, "serve": serve,
+          "adapters": adapters}
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -1,0 +1,87 @@
+"""Slot injection hooks exist only while a call injects: adapters over one LM cost nothing idle and can be dropped."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+from test_model import QUESTIONS, build, features
+from torch import nn
+
+from sensorium import PerceptualLM
+from sensorium.injection import decoder_layers
+
+
+def hooks_on(lm: nn.Module) -> int:
+    """Forward hooks on the LM and on each of its decoder layers, where the injector puts its own."""
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in [lm, *decoder_layers(lm)])
+
+
+def sibling(model: PerceptualLM) -> PerceptualLM:
+    """Another adapter of the same layout over the same LM, tokenizer and encoder, as a server holds them."""
+    return PerceptualLM(model.config, lm=model.lm, tokenizer=model.tokenizer, encoder=model.encoder).eval()
+
+
+def test_hooks_exist_only_while_injecting(tiny_lm_folder, tiny_vit_folder):
+    model = build("llama", tiny_lm_folder, tiny_vit_folder)
+    assert hooks_on(model.lm) == 0
+    feats = features(model, 1)
+    _, mask = model._token_ids(model.prompt_ids(QUESTIONS[:1]))
+    with model.injector.injecting(model.map_features(feats), model.slot_columns(mask)):
+        assert hooks_on(model.lm) == 1 + len(model.injector.layers)
+    model.generate(feats, QUESTIONS[:1], max_new_tokens=3)
+    model(feats, QUESTIONS[:1], ["circle"])
+    assert hooks_on(model.lm) == 0
+
+
+def test_an_error_inside_leaves_no_hooks(tiny_lm_folder, tiny_vit_folder):
+    model = build("llama", tiny_lm_folder, tiny_vit_folder)
+    feats = features(model, 1)
+    _, mask = model._token_ids(model.prompt_ids(QUESTIONS[:1]))
+    with pytest.raises(KeyError), model.injector.injecting(model.map_features(feats), model.slot_columns(mask)):
+        raise KeyError("interrupted")
+    with pytest.raises(ValueError):  # refused by generate() itself, inside the injection
+        model.generate(feats, QUESTIONS[:1], max_new_tokens=3, num_beams=2, num_return_sequences=3)
+    assert hooks_on(model.lm) == 0
+    assert model.generate(feats, QUESTIONS[:1], max_new_tokens=4) == model.generate_uncached(
+        feats, QUESTIONS[:1], max_new_tokens=4)
+
+
+def test_many_adapters_over_one_lm_leave_no_hooks_and_answer_as_alone(tiny_lm_folder, tiny_vit_folder):
+    first = build("llama", tiny_lm_folder, tiny_vit_folder)
+    feats = features(first, len(QUESTIONS))
+    alone = first.generate(feats, QUESTIONS, max_new_tokens=6)
+    others = [sibling(first) for _ in range(15)]
+    assert hooks_on(first.lm) == 0
+    assert first.generate(feats, QUESTIONS, max_new_tokens=6) == alone
+    for model in others:
+        model.generate(feats[:1], QUESTIONS[:1], max_new_tokens=2)
+    assert hooks_on(first.lm) == 0
+
+
+def test_a_dropped_adapter_is_collected_while_its_lm_lives(tiny_lm_folder, tiny_vit_folder):
+    first = build("llama", tiny_lm_folder, tiny_vit_folder)
+    dropped = sibling(first)
+    dropped.generate(features(first, 1), QUESTIONS[:1], max_new_tokens=2)
+    gone = [weakref.ref(dropped), weakref.ref(dropped.injector)]
+    del dropped
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
+    assert first.lm is not None
+
+
+def test_a_second_injection_into_one_lm_is_refused(tiny_lm_folder, tiny_vit_folder):
+    """Two injections at once would both write the slot: nested (same or another adapter) is an error."""
+    first = build("llama", tiny_lm_folder, tiny_vit_folder)
+    second = sibling(first)
+    feats = features(first, 1)
+    _, mask = first._token_ids(first.prompt_ids(QUESTIONS[:1]))
+    tokens, slots = first.map_features(feats), first.slot_columns(mask)
+    with first.injector.injecting(tokens, slots):
+        for model in (first, second):
+            with pytest.raises(RuntimeError, match="already injecting"):
+                model.generate(feats, QUESTIONS[:1], max_new_tokens=2)
+        assert hooks_on(first.lm) == 1 + len(first.injector.layers)
+    assert hooks_on(first.lm) == 0
+    second.generate(feats, QUESTIONS[:1], max_new_tokens=2)  # free again once the first is done
