@@ -115,6 +115,33 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> None:
+    from .merge import merge, read_ingredient, save
+
+    soup = merge([read_ingredient(path) for path in args.adapters], args.weights)
+    weights = ", ".join(f"{w:.3f}" for w in soup.config.training["merge"]["weights"])
+    print(f"merged {len(args.adapters)} adapters (weights {weights}) into {save(soup, args.out)}")
+
+
+def _soup(args: argparse.Namespace) -> None:
+    from .data import parse_data_spec
+    from .merge import HeldOutScorer, greedy_soup, merge, read_ingredient, save
+
+    ingredients = [read_ingredient(path) for path in args.adapters]
+    merge(ingredients)  # refuses mismatched layouts before any evaluation
+    scorer = HeldOutScorer(ingredients[0].config, parse_data_spec(args.data), args.batch_size)
+    if args.greedy:
+        chosen, held_out, _ = greedy_soup(ingredients, scorer)
+    else:
+        chosen = ingredients
+        held_out = scorer(merge(chosen).state)
+    soup = merge(chosen) if len(chosen) > 1 else chosen[0]
+    save(soup, args.out, scorer.model.lm, scorer.model.tokenizer, scorer.model.encoder)
+    kind = "greedy" if args.greedy else "uniform"
+    print(f"{kind} soup of {len(chosen)} of {len(ingredients)} adapters: held-out score {held_out:.2f}; "
+          f"saved to {args.out}")
+
+
 def _models(args: argparse.Namespace) -> None:
     from . import encoders, lm, zoo  # noqa: F401  (their modules register the packaged models)
 
@@ -150,6 +177,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def weight_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
 
 
 def adapter_spec(text: str) -> tuple[str, str]:
@@ -266,6 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(caption)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
+
+    merge = verbs.add_parser("merge", help="average adapters of one layout into one adapter (a model soup)")
+    merge.add_argument("adapters", nargs="+", help="adapter folders (or training runs' output folders)")
+    merge.add_argument("--weights", type=weight_list, help="comma-separated weights, normalised to sum to one "
+                                                           "(default: uniform)")
+    merge.add_argument("--out", required=True, help="folder of the merged adapter")
+    merge.set_defaults(run=_merge)
+
+    soup = verbs.add_parser("soup", help="uniform or greedy soup of adapters, scored on a held-out split")
+    soup.add_argument("adapters", nargs="+", help="adapter folders (or training runs' output folders) of one task")
+    soup.add_argument("--data", required=True, help="held-out data (not the test split), as for eval --data")
+    soup.add_argument("--greedy", action="store_true",
+                      help="add ingredients best first, each kept only if the held-out score does not drop")
+    soup.add_argument("--batch-size", type=positive_int, default=64)
+    soup.add_argument("--out", required=True, help="folder of the soup's adapter")
+    soup.set_defaults(run=_soup)
 
     models = verbs.add_parser("models", help="list the packaged models: kind, size, installed, converted")
     models.set_defaults(run=_models)
