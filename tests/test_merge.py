@@ -145,3 +145,16 @@ def test_merge_command_refuses_mismatched_adapters_in_one_line(adapters, tiny_lm
     caption = save_steered_adapter(config(tiny_lm_folder, tiny_vit_folder, num_blocks=3), 6, tmp_path / "three")
     assert main(["merge", adapters[0], caption, "--out", str(tmp_path / "x")]) != 0
     assert "num_blocks: 2" in one_line_error(capsys)
+
+
+def test_interpolate_command_scores_both_tasks_at_every_weight(adapters, tiny_lm_folder, tiny_vit_folder, held_out,
+                                                               tmp_path, capsys):
+    captions = save_steered_adapter(config(tiny_lm_folder, tiny_vit_folder, task="caption"), 7, tmp_path / "cap")
+    assert main(["interpolate", adapters[0], captions, "--first-data", held_out, "--second-data", held_out,
+                 "--steps", "3", "--out", str(tmp_path / "path")]) == 0
+    table = json.loads((tmp_path / "path" / "interpolation.json").read_text())
+    assert [row["alpha"] for row in table["rows"]] == [0.0, 0.5, 1.0]
+    assert table["labels"][0].startswith("accuracy (vqa") and table["labels"][1].startswith("CIDEr (caption")
+    assert (tmp_path / "path" / "interpolation.png").stat().st_size > 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 4  # header and three weights

@@ -142,6 +142,28 @@ def _soup(args: argparse.Namespace) -> None:
           f"saved to {args.out}")
 
 
+def _interpolate(args: argparse.Namespace) -> None:
+    import json
+
+    from .data import parse_data_spec
+    from .evaluate import headline_name
+    from .merge import interpolation_table, plot_interpolation, read_ingredient
+
+    first, second = read_ingredient(args.first), read_ingredient(args.second)
+    rows = interpolation_table(first, second, parse_data_spec(args.first_data), parse_data_spec(args.second_data),
+                               args.steps, args.batch_size)
+    labels = tuple(f"{headline_name(i.config.task)} ({i.config.task}, {i.folder})" for i in (first, second))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "interpolation.json").write_text(json.dumps({"first": str(first.folder), "second": str(second.folder),
+                                                        "labels": labels, "rows": rows}, indent=2) + "\n")
+    plot_interpolation(rows, labels, out / "interpolation.png")
+    print(f"| a | {labels[0]} | {labels[1]} |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row['alpha']:.1f} | {row['first']:.2f} | {row['second']:.2f} |")
+    print(f"table and plot written to {out}")
+
+
 def _models(args: argparse.Namespace) -> None:
     from . import encoders, lm, zoo  # noqa: F401  (their modules register the packaged models)
 
@@ -316,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--batch-size", type=positive_int, default=64)
     soup.add_argument("--out", required=True, help="folder of the soup's adapter")
     soup.set_defaults(run=_soup)
+
+    interpolate = verbs.add_parser("interpolate", help="score (1 - a) * FIRST + a * SECOND on both adapters' "
+                                                       "held-out data for a = 0, 0.1, ..., 1; table and plot")
+    interpolate.add_argument("first", help="adapter folder (e.g. a VQA adapter)")
+    interpolate.add_argument("second", help="adapter folder of the same layout (e.g. a caption adapter)")
+    interpolate.add_argument("--first-data", required=True, help="held-out data of the first adapter's task")
+    interpolate.add_argument("--second-data", required=True, help="held-out data of the second adapter's task")
+    interpolate.add_argument("--steps", type=positive_int, default=11, help="weights from 0 to 1 (default 11)")
+    interpolate.add_argument("--batch-size", type=positive_int, default=64)
+    interpolate.add_argument("--out", required=True, help="folder for interpolation.json and interpolation.png")
+    interpolate.set_defaults(run=_interpolate)
 
     models = verbs.add_parser("models", help="list the packaged models: kind, size, installed, converted")
     models.set_defaults(run=_models)

@@ -175,3 +175,35 @@ def interpolation(first: Ingredient, second: Ingredient, steps: int = 11) -> lis
         raise BadInputError("adapters cannot be interpolated: " + "; ".join(layout_differences([first, second])))
     alphas = [round(i / (steps - 1), 6) for i in range(steps)]
     return [(a, average([first.state, second.state], [1 - a, a])) for a in alphas]
+
+
+def interpolation_table(first: Ingredient, second: Ingredient, first_data: dict, second_data: dict,
+                        steps: int = 11, batch_size: int = 64) -> list[dict]:
+    """Both tasks' held-out scores at each weight a of (1 - a) * first + a * second (one LM loaded once).
+
+    Each task is scored with its own adapter's settings (template, decoding): the weights move, the tasks stay.
+    """
+    first_scorer = HeldOutScorer(first.config, first_data, batch_size)
+    shared = first_scorer.model
+    second_scorer = HeldOutScorer(second.config, second_data, batch_size, shared.lm, shared.tokenizer, shared.encoder)
+    return [{"alpha": alpha, "first": first_scorer(state), "second": second_scorer(state)}
+            for alpha, state in interpolation(first, second, steps)]
+
+
+def plot_interpolation(rows: list[dict], labels: tuple[str, str], path: Path) -> None:
+    """Each task's score against the interpolation weight; one axis per task, as their metrics differ in scale."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no display, no pyplot state
+
+    figure = Figure(figsize=(6.5, 4), layout="constrained")
+    left = figure.subplots()
+    right = left.twinx()
+    alphas = [row["alpha"] for row in rows]
+    left.plot(alphas, [row["first"] for row in rows], marker="o", color="tab:blue")
+    right.plot(alphas, [row["second"] for row in rows], marker="s", color="tab:orange")
+    left.set(xlabel="a: weight of the second adapter", ylabel=labels[0])
+    right.set_ylabel(labels[1])
+    left.yaxis.label.set_color("tab:blue")
+    right.yaxis.label.set_color("tab:orange")
+    left.grid(alpha=0.3)
+    figure.suptitle("(1 - a) * first + a * second")
+    figure.savefig(path, dpi=100)
