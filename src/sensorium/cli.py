@@ -119,6 +119,55 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> None:
+    from .merge import merge, read_ingredient, save
+
+    soup = merge([read_ingredient(path) for path in args.adapters], args.weights)
+    weights = ", ".join(f"{w:.3f}" for w in soup.config.training["merge"]["weights"])
+    print(f"merged {len(args.adapters)} adapters (weights {weights}) into {save(soup, args.out)}")
+
+
+def _soup(args: argparse.Namespace) -> None:
+    from .data import parse_data_spec
+    from .merge import HeldOutScorer, greedy_soup, merge, read_ingredient, save
+
+    ingredients = [read_ingredient(path) for path in args.adapters]
+    merge(ingredients)  # refuses mismatched layouts before any evaluation
+    scorer = HeldOutScorer(ingredients[0].config, parse_data_spec(args.data), args.batch_size)
+    if args.greedy:
+        chosen, held_out, _ = greedy_soup(ingredients, scorer)
+    else:
+        chosen = ingredients
+        held_out = scorer(merge(chosen).state)
+    soup = merge(chosen) if len(chosen) > 1 else chosen[0]
+    save(soup, args.out, scorer.model.lm, scorer.model.tokenizer, scorer.model.encoder)
+    kind = "greedy" if args.greedy else "uniform"
+    print(f"{kind} soup of {len(chosen)} of {len(ingredients)} adapters: held-out score {held_out:.2f}; "
+          f"saved to {args.out}")
+
+
+def _interpolate(args: argparse.Namespace) -> None:
+    import json
+
+    from .data import parse_data_spec
+    from .evaluate import headline_name
+    from .merge import interpolation_table, plot_interpolation, read_ingredient
+
+    first, second = read_ingredient(args.first), read_ingredient(args.second)
+    rows = interpolation_table(first, second, parse_data_spec(args.first_data), parse_data_spec(args.second_data),
+                               args.steps, args.batch_size)
+    labels = tuple(f"{headline_name(i.config.task)} ({i.config.task}, {i.folder})" for i in (first, second))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "interpolation.json").write_text(json.dumps({"first": str(first.folder), "second": str(second.folder),
+                                                        "labels": labels, "rows": rows}, indent=2) + "\n")
+    plot_interpolation(rows, labels, out / "interpolation.png")
+    print(f"| a | {labels[0]} | {labels[1]} |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row['alpha']:.1f} | {row['first']:.2f} | {row['second']:.2f} |")
+    print(f"table and plot written to {out}")
+
+
 def _models(args: argparse.Namespace) -> None:
     from . import zoo
 
@@ -155,6 +204,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def weight_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
 
 
 def adapter_spec(text: str) -> tuple[str, str]:
@@ -266,6 +322,33 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(caption)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
+
+    merge = verbs.add_parser("merge", help="average adapters of one layout into one adapter (a model soup)")
+    merge.add_argument("adapters", nargs="+", help="adapter folders (or training runs' output folders)")
+    merge.add_argument("--weights", type=weight_list, help="comma-separated weights, normalised to sum to one "
+                                                           "(default: uniform)")
+    merge.add_argument("--out", required=True, help="folder of the merged adapter")
+    merge.set_defaults(run=_merge)
+
+    soup = verbs.add_parser("soup", help="uniform or greedy soup of adapters, scored on a held-out split")
+    soup.add_argument("adapters", nargs="+", help="adapter folders (or training runs' output folders) of one task")
+    soup.add_argument("--data", required=True, help="held-out data (not the test split), as for eval --data")
+    soup.add_argument("--greedy", action="store_true",
+                      help="add ingredients best first, each kept only if the held-out score does not drop")
+    soup.add_argument("--batch-size", type=positive_int, default=64)
+    soup.add_argument("--out", required=True, help="folder of the soup's adapter")
+    soup.set_defaults(run=_soup)
+
+    interpolate = verbs.add_parser("interpolate", help="score (1 - a) * FIRST + a * SECOND on both adapters' "
+                                                       "held-out data for a = 0, 0.1, ..., 1; table and plot")
+    interpolate.add_argument("first", help="adapter folder (e.g. a VQA adapter)")
+    interpolate.add_argument("second", help="adapter folder of the same layout (e.g. a caption adapter)")
+    interpolate.add_argument("--first-data", required=True, help="held-out data of the first adapter's task")
+    interpolate.add_argument("--second-data", required=True, help="held-out data of the second adapter's task")
+    interpolate.add_argument("--steps", type=positive_int, default=11, help="weights from 0 to 1 (default 11)")
+    interpolate.add_argument("--batch-size", type=positive_int, default=64)
+    interpolate.add_argument("--out", required=True, help="folder for interpolation.json and interpolation.png")
+    interpolate.set_defaults(run=_interpolate)
 
     models = verbs.add_parser("models", help="list the packaged models: kind, size, installed, converted")
     models.set_defaults(run=_models)

@@ -54,11 +54,16 @@ def report(task: str, records: list[dict[str, Any]]) -> VQAReport | CaptionRepor
     return summarize([r for r in records if r["accuracy"] is not None])
 
 
+def headline_name(task: str) -> str:
+    """The name of the one number a run is judged by."""
+    return "CIDEr" if task == "caption" else "accuracy"
+
+
 def headline(result: VQAReport | CaptionReport) -> tuple[str, float]:
     """The one number a run is judged by: VQA accuracy, or CIDEr for captions."""
     if isinstance(result, CaptionReport):
-        return "CIDEr", result.scores["CIDEr"]
-    return "accuracy", result.overall.accuracy
+        return headline_name("caption"), result.scores["CIDEr"]
+    return headline_name("vqa"), result.overall.accuracy
 
 
 def predictions_name(task: str) -> str:

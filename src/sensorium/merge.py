@@ -1,0 +1,209 @@
+"""Adapters combined without training: weighted averages of their trainable tensors.
+
+An adapter is a few hundred KB over one shared frozen LM, so what model soups (Wortsman et al. 2022) and
+weight interpolation between tasks (UnIVAL, Shukor et al. 2023) do to whole networks costs almost nothing
+here. Averaging is only meaningful between adapters that put the same tensors in the same places: the same
+frozen LM and encoder, the same connector and the same layout of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
+from .errors import BadInputError
+from .evaluate import headline, predict_all, report
+from .model import PerceptualLM, read_weights
+
+# Settings that decide which tensors an adapter has and where its tokens enter the LM. Adapters that agree on
+# all of them can be averaged; task, template, decoding and training settings may differ (a VQA adapter and a
+# caption adapter of one image domain interpolate).
+LAYOUT_SETTINGS = ("lm", "encoder", "image_size", "num_frames", "temporal", "connector", "connector_options",
+                   "num_blocks", "encoder_blocks", "inject_layers", "shared_linear", "prompt_length", "token_norm")
+# What an adapter was trained to read besides the media: a blind adapter never saw features, an oracle the
+# truth as text; averaging one with a seeing adapter mixes inputs that never met.
+INPUT_SETTINGS = ("blind", "oracle")
+
+
+@dataclass(frozen=True)
+class Ingredient:
+    """One adapter read from its folder."""
+
+    folder: Path
+    config: AdapterConfig
+    state: dict[str, torch.Tensor]
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """The adapter folder itself, or the ``adapter`` folder of a training run's output."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file() and (path / "adapter" / CONFIG_NAME).is_file():
+        return path / "adapter"
+    return path
+
+
+def read_ingredient(path: str | Path) -> Ingredient:
+    folder = adapter_folder(path)
+    return Ingredient(folder, AdapterConfig.load(folder), read_weights(folder / WEIGHTS_NAME))
+
+
+def _trained_input(config: AdapterConfig) -> dict[str, bool]:
+    options = config.training.get("training", {})
+    return {name: bool(options.get(name, False)) for name in INPUT_SETTINGS}
+
+
+def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
+    """What the adapters disagree on that averaging cannot bridge, one phrase each, against the first."""
+    first, problems = ingredients[0], []
+    for other in ingredients[1:]:
+        for name in LAYOUT_SETTINGS:
+            mine, theirs = getattr(first.config, name), getattr(other.config, name)
+            if mine != theirs:
+                problems.append(f"{name}: {mine!r} in {first.folder}, {theirs!r} in {other.folder}")
+        if _trained_input(first.config) != _trained_input(other.config):
+            problems.append(f"trained input: {_trained_input(first.config)} in {first.folder}, "
+                            f"{_trained_input(other.config)} in {other.folder}")
+        shapes = {name: tuple(t.shape) for name, t in first.state.items()}
+        other_shapes = {name: tuple(t.shape) for name, t in other.state.items()}
+        if not problems and shapes != other_shapes:
+            changed = sorted(n for n in shapes.keys() | other_shapes.keys() if shapes.get(n) != other_shapes.get(n))
+            problems.append(f"tensors {', '.join(changed)} differ between {first.folder} and {other.folder}")
+    return problems
+
+
+def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
+    """Weights summing to one (uniform when none are given): a soup is an average, not a sum."""
+    weights = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(weights) != count:
+        raise ValueError(f"{len(weights)} weight(s) for {count} adapters")
+    if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights must be >= 0 with a positive sum, not {weights}")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def average(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """sum_i weights[i] * states[i], tensor by tensor, in float32."""
+    return {name: sum(w * state[name].float() for w, state in zip(weights, states, strict=True))
+            for name in states[0]}
+
+
+def merge(ingredients: Sequence[Ingredient], weights: Sequence[float] | None = None) -> Ingredient:
+    """The weighted average of adapters that share a layout, or one line naming what differs.
+
+    The result keeps the first adapter's settings (task, template, decoding) and records where it came from.
+    """
+    if len(ingredients) < 2:
+        raise ValueError("merging needs at least two adapters")
+    problems = layout_differences(ingredients)
+    if problems:
+        raise BadInputError("adapters cannot be merged: " + "; ".join(problems))
+    weights = normalised(weights, len(ingredients))
+    first = ingredients[0]
+    provenance = {"ingredients": [str(i.folder) for i in ingredients], "weights": weights}
+    config = replace(first.config, training={**first.config.training, "merge": provenance}, metrics={})
+    return Ingredient(first.folder, config, average([i.state for i in ingredients], weights))
+
+
+def save(soup: Ingredient, out: str | Path, lm=None, tokenizer=None, encoder=None) -> Path:
+    """Write the soup as an ordinary adapter folder: it loads, evaluates and serves like any other. The tensors
+    are checked against a model of the soup's layout (over ``lm`` and ``encoder`` where given) first."""
+    model = PerceptualLM(soup.config, lm=lm, tokenizer=tokenizer, encoder=encoder)
+    model.load_adapter_state(soup.state, "merged adapter")
+    model.save_pretrained(out)
+    return Path(out)
+
+
+class HeldOutScorer:
+    """The headline score (VQA accuracy or CIDEr) of adapter tensors on a held-out split.
+
+    One model of the layout is built and the split's features cached once; each call only swaps the trainable
+    tensors, so a greedy soup over N ingredients costs 2N - 1 evaluations and no reload. ``config`` says the
+    task: a VQA adapter's config scores tensors on VQA data, a caption adapter's on caption data.
+    """
+
+    def __init__(self, config: AdapterConfig, data: dict, batch_size: int = 64, lm=None, tokenizer=None,
+                 encoder=None) -> None:
+        from .recipe import TrainingOptions
+        from .train import cached_features, task_examples
+
+        self.model = PerceptualLM(config, lm=lm, tokenizer=tokenizer, encoder=encoder).eval()
+        options = TrainingOptions(**_trained_input(config))
+        self.examples, self.features, self.row_of, _ = cached_features(
+            self.model, task_examples(data, options), options, skip_bad=False)
+        self.batch_size = batch_size
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> float:
+        self.model.load_adapter_state(state, "scored adapter")
+        records = predict_all(self.model, self.examples, self.features, self.row_of, self.batch_size, progress=False)
+        return headline(report(self.model.config.task, records))[1]
+
+
+def greedy_soup(ingredients: Sequence[Ingredient], score: Callable[[dict[str, torch.Tensor]], float],
+                log: Callable[[str], None] = print) -> tuple[list[Ingredient], float, list[dict]]:
+    """Greedy soup: ingredients ranked by their own held-out score; each joins the uniform average only when
+    the average's held-out score does not drop. Never below the best single ingredient on that split.
+
+    Returns the chosen ingredients, the soup's held-out score and one record per ingredient.
+    """
+    own = [score(ingredient.state) for ingredient in ingredients]
+    ranked = sorted(zip(own, ingredients, strict=True), key=lambda pair: -pair[0])
+    best_score, chosen = ranked[0]
+    soup, soup_score = [chosen], best_score
+    records = [{"adapter": str(chosen.folder), "own_score": best_score, "kept": True, "soup_score": soup_score}]
+    log(f"{chosen.folder}: {best_score:.2f} (best single adapter, kept)")
+    for own_score, candidate in ranked[1:]:
+        trial = soup + [candidate]
+        trial_score = score(average([i.state for i in trial], normalised(None, len(trial))))
+        kept = trial_score >= soup_score
+        if kept:
+            soup, soup_score = trial, trial_score
+        records.append({"adapter": str(candidate.folder), "own_score": own_score, "kept": kept,
+                        "soup_score": trial_score})
+        log(f"{candidate.folder}: {own_score:.2f} alone, soup with it {trial_score:.2f} "
+            f"({'kept' if kept else 'left out'})")
+    return soup, soup_score, records
+
+
+def interpolation(first: Ingredient, second: Ingredient, steps: int = 11) -> list[tuple[float, dict]]:
+    """(a, (1 - a) * first + a * second) for a = 0, 1/(steps - 1), ..., 1: the path between two tasks' adapters."""
+    if layout_differences([first, second]):
+        raise BadInputError("adapters cannot be interpolated: " + "; ".join(layout_differences([first, second])))
+    alphas = [round(i / (steps - 1), 6) for i in range(steps)]
+    return [(a, average([first.state, second.state], [1 - a, a])) for a in alphas]
+
+
+def interpolation_table(first: Ingredient, second: Ingredient, first_data: dict, second_data: dict,
+                        steps: int = 11, batch_size: int = 64) -> list[dict]:
+    """Both tasks' held-out scores at each weight a of (1 - a) * first + a * second (one LM loaded once).
+
+    Each task is scored with its own adapter's settings (template, decoding): the weights move, the tasks stay.
+    """
+    first_scorer = HeldOutScorer(first.config, first_data, batch_size)
+    shared = first_scorer.model
+    second_scorer = HeldOutScorer(second.config, second_data, batch_size, shared.lm, shared.tokenizer, shared.encoder)
+    return [{"alpha": alpha, "first": first_scorer(state), "second": second_scorer(state)}
+            for alpha, state in interpolation(first, second, steps)]
+
+
+def plot_interpolation(rows: list[dict], labels: tuple[str, str], path: Path) -> None:
+    """Each task's score against the interpolation weight; one axis per task, as their metrics differ in scale."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no display, no pyplot state
+
+    figure = Figure(figsize=(6.5, 4), layout="constrained")
+    left = figure.subplots()
+    right = left.twinx()
+    alphas = [row["alpha"] for row in rows]
+    left.plot(alphas, [row["first"] for row in rows], marker="o", color="tab:blue")
+    right.plot(alphas, [row["second"] for row in rows], marker="s", color="tab:orange")
+    left.set(xlabel="a: weight of the second adapter", ylabel=labels[0])
+    right.set_ylabel(labels[1])
+    left.yaxis.label.set_color("tab:blue")
+    right.yaxis.label.set_color("tab:orange")
+    left.grid(alpha=0.3)
+    figure.suptitle("(1 - a) * first + a * second")
+    figure.savefig(path, dpi=100)
