@@ -41,7 +41,7 @@ def test_merge_is_the_normalised_weighted_average_of_every_tensor(adapters):
     assert set(soup.state) == set(first.state)
     for name, tensor in soup.state.items():
         torch.testing.assert_close(tensor, 0.25 * first.state[name] + 0.75 * second.state[name])
-    assert soup.config.training["merge"] == {"ingredients": [str(first.folder), str(second.folder)],
+    assert soup.config.merged_from == {"ingredients": [str(first.folder), str(second.folder)],
                                             "weights": [0.25, 0.75]}
     assert not torch.equal(soup.state["prompt"], first.state["prompt"])
 
@@ -74,7 +74,7 @@ def test_a_soup_saves_as_an_ordinary_adapter_that_reloads_to_the_same_answers(ad
     direct.load_adapter_state(soup.state)
     questions = ["what color ?"]
     assert reloaded.ask([image], questions, max_new_tokens=4) == direct.ask([image], questions, max_new_tokens=4)
-    assert reloaded.config.training["merge"]["weights"] == pytest.approx([1 / 3] * 3)
+    assert reloaded.config.merged_from["weights"] == pytest.approx([1 / 3] * 3)
 
 
 def test_greedy_soup_keeps_an_ingredient_only_when_the_held_out_score_does_not_drop():
@@ -121,7 +121,7 @@ def test_held_out_scorer_scores_swapped_tensors_like_a_loaded_adapter(adapters, 
     from sensorium.train import cached_features, task_examples
 
     ingredient = read_ingredient(adapters[1])
-    scorer = HeldOutScorer(ingredient.config, {"format": "jsonl", "path": held_out})
+    scorer = HeldOutScorer(ingredient, {"format": "jsonl", "path": held_out})
     model = PerceptualLM.from_pretrained(adapters[1])
     options = TrainingOptions()
     examples, features, row_of, _ = cached_features(model, task_examples({"format": "jsonl", "path": held_out},
@@ -158,3 +158,10 @@ def test_interpolate_command_scores_both_tasks_at_every_weight(adapters, tiny_lm
     assert (tmp_path / "path" / "interpolation.png").stat().st_size > 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert len(rows) == 4  # header and three weights
+
+
+def test_a_blind_adapter_is_not_averaged_with_a_seeing_one(adapters, tiny_lm_folder, tiny_vit_folder, tmp_path):
+    blind = config(tiny_lm_folder, tiny_vit_folder, training={"training": {"blind": True}})
+    folder = save_steered_adapter(blind, 8, tmp_path / "blind")
+    with pytest.raises(BadInputError, match="trained input: {'blind': False"):
+        merge([read_ingredient(adapters[0]), read_ingredient(folder)])

@@ -123,7 +123,7 @@ def _merge(args: argparse.Namespace) -> None:
     from .merge import merge, read_ingredient, save
 
     soup = merge([read_ingredient(path) for path in args.adapters], args.weights)
-    weights = ", ".join(f"{w:.3f}" for w in soup.config.training["merge"]["weights"])
+    weights = ", ".join(f"{w:.3f}" for w in soup.config.merged_from["weights"])
     print(f"merged {len(args.adapters)} adapters (weights {weights}) into {save(soup, args.out)}")
 
 
@@ -133,7 +133,7 @@ def _soup(args: argparse.Namespace) -> None:
 
     ingredients = [read_ingredient(path) for path in args.adapters]
     merge(ingredients)  # refuses mismatched layouts before any evaluation
-    scorer = HeldOutScorer(ingredients[0].config, parse_data_spec(args.data), args.batch_size)
+    scorer = HeldOutScorer(ingredients[0], parse_data_spec(args.data), args.batch_size)
     if args.greedy:
         chosen, held_out, _ = greedy_soup(ingredients, scorer)
     else:

@@ -94,6 +94,7 @@ class AdapterConfig:
     generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's defaults
     training: dict[str, Any] = field(default_factory=dict)  # recipe that produced the weights
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at save time
+    merged_from: dict[str, Any] = field(default_factory=dict)  # a merged adapter's ingredients and weights
 
     @field_validator("task", "temporal")
     @classmethod

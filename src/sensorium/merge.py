@@ -18,6 +18,8 @@ from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from .errors import BadInputError
 from .evaluate import headline, predict_all, report
 from .model import PerceptualLM, read_weights
+from .recipe import TrainingOptions
+from .train import ADAPTER_FOLDER, cached_features, recorded_recipe, task_examples
 
 # Settings that decide which tensors an adapter has and where its tokens enter the LM. Adapters that agree on
 # all of them can be averaged; task, template, decoding and training settings may differ (a VQA adapter and a
@@ -39,10 +41,10 @@ class Ingredient:
 
 
 def adapter_folder(path: str | Path) -> Path:
-    """The adapter folder itself, or the ``adapter`` folder of a training run's output."""
+    """The adapter folder itself, or the adapter folder of a training run's output."""
     path = Path(path)
-    if not (path / CONFIG_NAME).is_file() and (path / "adapter" / CONFIG_NAME).is_file():
-        return path / "adapter"
+    if not (path / CONFIG_NAME).is_file() and (path / ADAPTER_FOLDER / CONFIG_NAME).is_file():
+        return path / ADAPTER_FOLDER
     return path
 
 
@@ -51,9 +53,9 @@ def read_ingredient(path: str | Path) -> Ingredient:
     return Ingredient(folder, AdapterConfig.load(folder), read_weights(folder / WEIGHTS_NAME))
 
 
-def _trained_input(config: AdapterConfig) -> dict[str, bool]:
-    options = config.training.get("training", {})
-    return {name: bool(options.get(name, False)) for name in INPUT_SETTINGS}
+def _trained_input(ingredient: Ingredient) -> dict[str, bool]:
+    options = recorded_recipe(ingredient.config, ingredient.folder).training
+    return {name: getattr(options, name) for name in INPUT_SETTINGS}
 
 
 def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
@@ -64,9 +66,9 @@ def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
             mine, theirs = getattr(first.config, name), getattr(other.config, name)
             if mine != theirs:
                 problems.append(f"{name}: {mine!r} in {first.folder}, {theirs!r} in {other.folder}")
-        if _trained_input(first.config) != _trained_input(other.config):
-            problems.append(f"trained input: {_trained_input(first.config)} in {first.folder}, "
-                            f"{_trained_input(other.config)} in {other.folder}")
+        if _trained_input(first) != _trained_input(other):
+            problems.append(f"trained input: {_trained_input(first)} in {first.folder}, "
+                            f"{_trained_input(other)} in {other.folder}")
         shapes = {name: tuple(t.shape) for name, t in first.state.items()}
         other_shapes = {name: tuple(t.shape) for name, t in other.state.items()}
         if not problems and shapes != other_shapes:
@@ -105,7 +107,7 @@ def merge(ingredients: Sequence[Ingredient], weights: Sequence[float] | None = N
     weights = normalised(weights, len(ingredients))
     first = ingredients[0]
     provenance = {"ingredients": [str(i.folder) for i in ingredients], "weights": weights}
-    config = replace(first.config, training={**first.config.training, "merge": provenance}, metrics={})
+    config = replace(first.config, merged_from=provenance, metrics={})
     return Ingredient(first.folder, config, average([i.state for i in ingredients], weights))
 
 
@@ -126,13 +128,10 @@ class HeldOutScorer:
     task: a VQA adapter's config scores tensors on VQA data, a caption adapter's on caption data.
     """
 
-    def __init__(self, config: AdapterConfig, data: dict, batch_size: int = 64, lm=None, tokenizer=None,
+    def __init__(self, ingredient: Ingredient, data: dict, batch_size: int = 64, lm=None, tokenizer=None,
                  encoder=None) -> None:
-        from .recipe import TrainingOptions
-        from .train import cached_features, task_examples
-
-        self.model = PerceptualLM(config, lm=lm, tokenizer=tokenizer, encoder=encoder).eval()
-        options = TrainingOptions(**_trained_input(config))
+        self.model = PerceptualLM(ingredient.config, lm=lm, tokenizer=tokenizer, encoder=encoder).eval()
+        options = TrainingOptions(**_trained_input(ingredient))
         self.examples, self.features, self.row_of, _ = cached_features(
             self.model, task_examples(data, options), options, skip_bad=False)
         self.batch_size = batch_size
@@ -183,9 +182,9 @@ def interpolation_table(first: Ingredient, second: Ingredient, first_data: dict,
 
     Each task is scored with its own adapter's settings (template, decoding): the weights move, the tasks stay.
     """
-    first_scorer = HeldOutScorer(first.config, first_data, batch_size)
+    first_scorer = HeldOutScorer(first, first_data, batch_size)
     shared = first_scorer.model
-    second_scorer = HeldOutScorer(second.config, second_data, batch_size, shared.lm, shared.tokenizer, shared.encoder)
+    second_scorer = HeldOutScorer(second, second_data, batch_size, shared.lm, shared.tokenizer, shared.encoder)
     return [{"alpha": alpha, "first": first_scorer(state), "second": second_scorer(state)}
             for alpha, state in interpolation(first, second, steps)]
 
