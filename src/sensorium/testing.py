@@ -107,7 +107,8 @@ def save_tiny_lm(folder: Path, arch: str = "llama", words: Sequence[str] = WORDS
     """
     tokenizer = make_tokenizer(with_bos=arch.startswith("opt"), byte_level=arch == "qwen2", words=words)
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), **shape)).save_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), **shape), trust_remote_code=False)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
