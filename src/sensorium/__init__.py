@@ -1,7 +1,7 @@
 """Sensorium: give a frozen language model senses by training only a tiny connector (eP-ALM)."""
 
-from .config import AdapterConfig
+from .config import RELEASE, AdapterConfig
 from .model import PerceptualLM, load
 
 __all__ = ["AdapterConfig", "PerceptualLM", "load"]
-__version__ = "0.1.0"
+__version__ = RELEASE or "unknown"

@@ -21,6 +21,10 @@ WEIGHTS_NAME = "adapter.safetensors"
 # The adapter format this code writes, and the newest it reads. It goes up with any change that code
 # knowing only the formats before it would misread (a setting renamed, weights laid out anew).
 FORMAT_VERSION = 1
+try:
+    RELEASE: str | None = version("sensorium")  # the installed release, as its package metadata says
+except PackageNotFoundError:  # a source tree that was not installed
+    RELEASE = None
 
 # What a task changes: the text around the media and how answers are decoded. A VQA answer is a word
 # or two, read greedily; a caption is a sentence, found by beam search as in the captioning literature.
@@ -60,11 +64,7 @@ class AdapterFormat:
     @classmethod
     def current(cls) -> AdapterFormat:
         """The format this code writes, and the installed release."""
-        try:
-            release = version("sensorium")
-        except PackageNotFoundError:
-            release = None
-        return cls(FORMAT_VERSION, release)
+        return cls(FORMAT_VERSION, RELEASE)
 
 
 FORMAT_FIELDS = tuple(spec.name for spec in dataclasses.fields(AdapterFormat))

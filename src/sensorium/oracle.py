@@ -27,7 +27,7 @@ def truths(spec: dict[str, Any]) -> dict[str, str]:
         return {Path(path).name: text for path, text in easyvqa.truths(spec.get("split", "train")).items()}
     folder = Path(spec.get("images", "")).parent
     meta = folder / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("generator") == "sensorium shapes scenes":
+    if meta.is_file() and json.loads(meta.read_text()).get("generator") == scenes.BENCHMARK.generator:
         described = {}
         for split in scenes.SPLITS:
             plans = folder / f"{scenes.BENCHMARK.plans}_{split}.json"

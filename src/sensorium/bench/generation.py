@@ -82,7 +82,7 @@ def _patch_prefix(model: PerceptualLM, pictures: list[Image.Image],
 
 
 @torch.inference_mode()
-def kv_cache_bytes(model: PerceptualLM, embeds: torch.Tensor, mask: torch.Tensor) -> int:
+def measured_kv_bytes(model: PerceptualLM, embeds: torch.Tensor, mask: torch.Tensor) -> int:
     """Bytes of keys + values that a prefill of this input leaves in the cache."""
     cache = model.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1).cache
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
@@ -114,8 +114,8 @@ def measure(model: PerceptualLM, inputs: Inputs, new_tokens: int, beams: int, ti
     # Generation runs in the LM's own dtype, as `sensorium ask` and `eval` do: under autocast every
     # frozen weight would be cast again at every new token, which costs more than the token itself.
     seconds = time_generation(model, inputs, new_tokens, beams, timer)
-    epalm_kv = kv_cache_bytes(model, *model._embed(model.prompt_ids(inputs.questions)))
-    patch_kv = kv_cache_bytes(model, inputs.patch_embeds, inputs.patch_mask)
+    epalm_kv = measured_kv_bytes(model, *model._embed(model.prompt_ids(inputs.questions)))
+    patch_kv = measured_kv_bytes(model, inputs.patch_embeds, inputs.patch_mask)
     return {
         "batch": len(inputs.questions), "new_tokens": new_tokens, "beams": beams,
         **{f"{name}_ms": 1000 * value for name, value in seconds.items()},

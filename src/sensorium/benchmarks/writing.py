@@ -38,6 +38,11 @@ class Benchmark:
     unit: str  # what one medium is called in counts and messages: "image", "clip"
     making: str  # what the progress bar says is being done to the media: "drawing", "rendering"
 
+    @property
+    def generator(self) -> str:
+        """What meta.json names as the set's generator: how readers recognise a set this code made."""
+        return f"sensorium {self.description}"
+
     def subtype(self, split: str) -> str:
         """The split's VQA ``data_subtype``, which also names its media files."""
         return f"{self.data_type}-{split}"
@@ -74,7 +79,7 @@ def write_benchmark(out: Path, benchmark: Benchmark, make_item: MakeItem, n_trai
     _check_counts(f"{benchmark.unit}s", n_train, n_test)
     out = Path(out)
     (out / benchmark.media).mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {"generator": f"sensorium {benchmark.description}", "version": benchmark.version,
+    meta: dict[str, Any] = {"generator": benchmark.generator, "version": benchmark.version,
                             "seed": seed, **details, "splits": {}}
     for split in benchmark.splits:
         count = n_train if split == "train" else n_test

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..connectors import connector_options
+from ..layout import setting_problems
 from ..recipe import Recipe, TrainingOptions
 
 SETTINGS = ("recipe", "overrides", "methods", "baseline", "seeds", "lr_grid", "validation", "latency_batch",
@@ -89,10 +89,9 @@ def load_comparison(path: str | Path) -> Comparison:
     comparison.out = Path(values.get("out", comparison.out))
     for method in methods:  # every method must make a valid recipe before hours of training start
         model = Recipe.from_dict(merge_recipe(recipe, method.overrides)).model
-        unknown = sorted(set(model.connector_options) - set(connector_options(model.connector)))
-        if unknown:
-            raise ValueError(f"{file}: method '{method.name}': connector '{model.connector}' has no option "
-                             f"{', '.join(unknown)}")
+        problems = setting_problems(model)
+        if problems:
+            raise ValueError(f"{file}: method '{method.name}': {'; '.join(problems)}")
     if "eval" not in recipe.get("data", {}):
         raise ValueError(f"{base}: the base recipe needs data.eval, the set every method is scored on")
     return comparison

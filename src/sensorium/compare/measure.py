@@ -16,7 +16,8 @@ from accelerate import PartialState
 from ..config import WEIGHTS_NAME
 from ..data import Example, read_dataset
 from ..evaluate import headline, predict_all, report
-from ..lm import load_lm
+from ..layout import kv_cache_bytes
+from ..lm import lm_facts, load_lm
 from ..model import PerceptualLM
 from ..recipe import Recipe, TrainingOptions
 from ..train import ADAPTER_FOLDER, EncodedExamples, cached_features, lm_dtype, mixed_precision
@@ -73,21 +74,13 @@ class Evaluator:
         timer = Timer(str(self.device), self.latency_repeats, warmup=1)
         seconds = timer.median(lambda: model.generate(batch_features, questions, **exact))
         prompt_tokens = statistics.mean(len(ids) for ids in model.prompt_ids([e.question for e in examples]))
-        tokens = model.prefix_length + prompt_tokens + length
+        tokens = model.prefix_length + prompt_tokens + length  # a mean over the test questions
+        per_token = kv_cache_bytes(lm_facts(model.lm), 1, next(model.lm.parameters()).element_size())
         return {"trainable_parameters": model.parameter_counts()[0],
                 "adapter_bytes": (run / ADAPTER_FOLDER / WEIGHTS_NAME).stat().st_size,
                 "slot_columns": model.slot_count, "prefix_columns": model.prefix_length,
                 "latency_ms_per_sample": 1000 * seconds / len(batch),
-                "kv_bytes_per_sample": kv_bytes_per_token(model.lm) * tokens * options.get("num_beams", 1)}
-
-
-def kv_bytes_per_token(lm) -> int:
-    """Keys and values of one position over all layers, in the LM's weight dtype."""
-    text = lm.config.get_text_config()
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    return 2 * text.num_hidden_layers * kv_heads * head_dim * next(lm.parameters()).element_size()
+                "kv_bytes_per_sample": per_token * tokens * options.get("num_beams", 1)}
 
 
 def evaluator_for(comparison: Comparison) -> Evaluator:
