@@ -94,3 +94,15 @@ def test_adapters(common, tmp_path, capsys):
     assert all(row["decode_ms_per_token"] > 0 for row in line["rows"])
     assert [row["idle_hooks"] for row in line["rows"]] == [0, 0], "hooks outside a request cost every adapter"
     assert_ratios(line)
+
+
+def test_floor(common, tmp_path, capsys):
+    line = main(["floor", *common, "--batches", "1", "2", "--new-tokens", "3", "--copy-mib", "8"])
+    appended(tmp_path, line, capsys, "greedy decode steps (3 new tokens")
+    rows = {(row["weights"], row["batch"]): row for row in line["rows"]}
+    assert set(rows) == {(w, b) for w in ("float32", "bfloat16", "int8") for b in (1, 2)}
+    read = {w: rows[w, 1]["weight_bytes_per_token"] for w in ("float32", "bfloat16", "int8")}
+    assert read["float32"] == 2 * read["bfloat16"], "bfloat16 halves every weight"
+    assert read["bfloat16"] > read["int8"] > read["float32"] / 4, "int8 data is a quarter, plus its scales"
+    assert line["copy_bytes_per_second"] > 0
+    assert all(row["decode_over_floor"] > 0 for row in line["rows"])

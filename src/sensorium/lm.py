@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 
 import torch
@@ -135,3 +136,39 @@ def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+# How the frozen LM's weights can be held at inference; the adapter stays float32 whatever is chosen.
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+
+
+def hold_weights(lm: nn.Module, weights: str) -> nn.Module:
+    """The frozen LM with its weights held as ``weights``, in place: ``float32``, ``bfloat16`` (a cast), or
+    ``int8``: torchao's weight-only quantisation of every linear layer (one scale per output row), so a
+    decode step reads a quarter of the float32 bytes while activations stay in the LM's float dtype."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format '{weights}'; available: {', '.join(WEIGHT_FORMATS)}")
+    if weights != "int8":
+        return lm.to(getattr(torch, weights))
+    # torchao reports the GPU-only kernels it cannot load on a CPU machine when imported: not the user's concern.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(lm, Int8WeightOnlyConfig())
+    return lm
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor occupies, through the inner tensors of a quantised one (int8 data, scales)."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(stored_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def weight_bytes_per_token(lm: nn.Module) -> int:
+    """Weight bytes one decode step must read: every parameter once, except an input embedding table that is
+    not also the output head (a step looks up one row of it)."""
+    embedding, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+    return sum(stored_bytes(p) for p in lm.parameters() if p is head or p is not embedding)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import adapters, encode, generation, gpu, serve, training
+from . import adapters, encode, floor, generation, gpu, serve, training
 
 SUITES = {"generation": generation, "training": training, "encode": encode, "gpu": gpu, "serve": serve,
-          "adapters": adapters}
+          "adapters": adapters, "floor": floor}
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

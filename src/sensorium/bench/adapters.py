@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any
 
-import torch
 from torch import nn
-from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..injection import decoder_layers
 from ..model import PerceptualLM
-from .common import add_common_arguments, build_model, examples, images, print_table, record
+from .common import (
+    add_common_arguments,
+    build_model,
+    decode_seconds_per_token,
+    examples,
+    images,
+    print_table,
+    record,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,19 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapters", type=int, nargs="+", default=[1, 16],
                         help="adapters per shared LM, one group each; the ratio is the last over the first")
     parser.add_argument("--new-tokens", type=int, default=16, help="exact answer length (at least 2)")
-
-
-class StepClock(LogitsProcessor):
-    """Notes when each new token's scores arrive: the gaps between the notes are decode steps."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if scores.is_cuda:
-            torch.cuda.synchronize()
-        self.stamps.append(time.perf_counter())
-        return scores
 
 
 def adapter_group(args: argparse.Namespace, count: int) -> list[PerceptualLM]:
@@ -60,14 +52,6 @@ def idle_hooks(lm: nn.Module) -> int:
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in modules)
 
 
-def decode_seconds_per_token(model: PerceptualLM, features: torch.Tensor, question: str, new_tokens: int) -> float:
-    """Mean decode step of one greedy answer: the prefill ends where the first new token's scores arrive."""
-    clock = StepClock()
-    model.generate(features, [question], max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1,
-                   logits_processor=LogitsProcessorList([clock]))
-    return (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.new_tokens < 2:
         raise ValueError("--new-tokens must be at least 2: decode steps are the gaps between new tokens")
@@ -78,7 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for repetition in range(args.warmup + args.repeats):
         turn = list(groups.items())
         for count, group in turn[::-1] if repetition % 2 else turn:  # neither group always goes first
-            seconds = decode_seconds_per_token(group[0], features, example.question, args.new_tokens)
+            seconds = decode_seconds_per_token(group[0], features, [example.question], args.new_tokens)
             if repetition >= args.warmup:
                 times[count].append(seconds)
     rows = [{"adapters": count, "idle_hooks": idle_hooks(group[0].lm),

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import transformers
 from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..config import AdapterConfig
 from ..data import Example, read_dataset
@@ -84,6 +85,31 @@ def build_model(args: argparse.Namespace) -> PerceptualLM:
                            num_blocks=min(AdapterConfig.num_blocks, encoder.num_blocks))
     torch.manual_seed(0)
     return PerceptualLM(config, encoder=encoder).to(args.device).eval()
+
+
+class StepClock(LogitsProcessor):
+    """Notes when each new token's scores arrive: the gaps between the notes are decode steps."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.is_cuda:
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def decode_seconds_per_token(model: PerceptualLM, features: torch.Tensor, questions: list[str],
+                             new_tokens: int) -> float:
+    """Mean decode step of a greedy batch of exactly ``new_tokens`` tokens: the prefill ends where the first new
+    token's scores arrive, and each later arrival closes one step."""
+    if new_tokens < 2:
+        raise ValueError("at least 2 new tokens: decode steps are the gaps between them")
+    clock = StepClock()
+    model.generate(features, questions, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1,
+                   logits_processor=LogitsProcessorList([clock]))
+    return (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
 
 
 def examples(split: str, count: int, limit: int | None) -> list[Example]:
