@@ -164,3 +164,19 @@ def test_eval_refuses_a_recorded_recipe_the_schema_refuses(tiny_lm_folder, tiny_
     assert eval_options(adapter, image, tmp_path, monkeypatch) == (2, [])
     assert (f"{tmp_path / 'adapter' / CONFIG_NAME}: training (the recipe it was trained with): training.blind must "
             "be true or false, not 'yes'") in one_line_error(capsys)
+
+
+def test_ask_with_an_int8_frozen_lm_answers_close_to_float32(adapter, image, capsys):
+    from sensorium import load
+    from sensorium.lm import weight_bytes_per_token
+
+    assert main(["ask", adapter, image, "what color ?", "--dtype", "int8", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()
+    full, int8 = load(adapter), load(adapter, weights="int8")
+    assert weight_bytes_per_token(int8.lm) < weight_bytes_per_token(full.lm) / 2
+    # Weight-only int8 keeps each output row's scale: the first-token scores stay close to float32's.
+    embeds, mask = full._embed(full.prompt_ids(["what color ?"]))
+    with torch.no_grad():
+        first = full.lm(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
+        second = int8.lm(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
+    assert torch.nn.functional.cosine_similarity(first, second, dim=0) > 0.99

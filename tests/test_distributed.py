@@ -204,7 +204,7 @@ def test_bf16_lm_trains_a_float32_adapter_and_loads_with_a_device_map(tiny_lm_fo
     adapter = load_file(out / "adapter" / "adapter.safetensors")
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in adapter.values())
 
-    model = sensorium.load(out / "adapter", dtype=torch.bfloat16, device_map="auto")
+    model = sensorium.load(out / "adapter", weights="bfloat16", device_map="auto")
     assert next(model.lm.parameters()).dtype == torch.bfloat16 and model.prompt.dtype == torch.float32
     image = shapes.parent / "red.png"
     with Image.open(image) as picture:

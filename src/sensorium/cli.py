@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .config import WEIGHT_FORMATS
 from .data import data_spec_forms
 from .errors import BadInputError
 
@@ -404,18 +405,17 @@ GENERATION_FLAGS = {  # flag -> (type, help); unset flags keep the adapter's own
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                        help="dtype of the frozen LM's weights (the adapter stays float32)")
+    parser.add_argument("--dtype", choices=WEIGHT_FORMATS, default="float32",
+                        help="how the frozen LM holds its weights (int8: weight-only, by torchao); the adapter "
+                             "stays float32")
     parser.add_argument("--device-map", help="'auto': spread the LM over the visible GPUs (then CPU RAM); "
                                              "'cuda:0': all on that device. Default: CPU")
 
 
 def _load_model(args: argparse.Namespace):
-    import torch
-
     from .model import load
 
-    return load(args.adapter, dtype=getattr(torch, args.dtype), device_map=args.device_map)
+    return load(args.adapter, weights=args.dtype, device_map=args.device_map)
 
 
 def _generation_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,8 @@ TASKS: dict[str, dict[str, Any]] = {
     "caption": {"template": "A picture of", "generation": {"max_new_tokens": 30, "num_beams": 3}},
 }
 
+# How the frozen LM can hold its weights at inference; the adapter stays float32 whatever is chosen.
+WEIGHT_FORMATS = ("float32", "bfloat16", "float16", "int8")
 # How a video encoder's per-frame tokens reach the LM: averaged into one token per block, exactly like an
 # image's; one token per frame in time order (the slot then spans one column per frame); or two tokens,
 # the mean and the change from the first frame to the last (what moved, grew or turned, as one vector the

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from . import zoo
+from .config import WEIGHT_FORMATS
 from .injection import decoder_layers
 from .layout import LMFacts
 from .safe_load import from_pretrained
@@ -138,13 +139,9 @@ def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
     return model, tokenizer
 
 
-# How the frozen LM's weights can be held at inference; the adapter stays float32 whatever is chosen.
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
-
-
 def hold_weights(lm: nn.Module, weights: str) -> nn.Module:
-    """The frozen LM with its weights held as ``weights``, in place: ``float32``, ``bfloat16`` (a cast), or
-    ``int8``: torchao's weight-only quantisation of every linear layer (one scale per output row), so a
+    """The frozen LM with its weights held as ``weights``, in place: ``float32``, ``bfloat16``, ``float16`` (a
+    cast), or ``int8``: torchao's weight-only quantisation of every linear layer (one scale per output row), so a
     decode step reads a quarter of the float32 bytes while activations stay in the LM's float dtype."""
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format '{weights}'; available: {', '.join(WEIGHT_FORMATS)}")

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from ..lm import WEIGHT_FORMATS, hold_weights, weight_bytes_per_token
+from ..config import WEIGHT_FORMATS
+from ..lm import hold_weights, weight_bytes_per_token
 from .common import (
     Timer,
     add_common_arguments,
@@ -32,7 +33,7 @@ from .common import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    parser.add_argument("--weights", nargs="+", choices=WEIGHT_FORMATS, default=list(WEIGHT_FORMATS),
+    parser.add_argument("--weights", nargs="+", choices=WEIGHT_FORMATS, default=["float32", "bfloat16", "int8"],
                         help="formats of the frozen LM's weights to measure")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="questions decoded together")
     parser.add_argument("--new-tokens", type=int, default=16, help="exact answer length (at least 2)")
