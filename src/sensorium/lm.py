@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 from pathlib import Path
 
 import torch
@@ -147,9 +146,6 @@ def hold_weights(lm: nn.Module, weights: str) -> nn.Module:
         raise ValueError(f"unknown weight format '{weights}'; available: {', '.join(WEIGHT_FORMATS)}")
     if weights != "int8":
         return lm.to(getattr(torch, weights))
-    # torchao reports the GPU-only kernels it cannot load on a CPU machine when imported: not the user's concern.
-    for noisy in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
     quantize_(lm, Int8WeightOnlyConfig())
