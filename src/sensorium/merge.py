@@ -66,9 +66,9 @@ def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
             mine, theirs = getattr(first.config, name), getattr(other.config, name)
             if mine != theirs:
                 problems.append(f"{name}: {mine!r} in {first.folder}, {theirs!r} in {other.folder}")
-        if _trained_input(first) != _trained_input(other):
-            problems.append(f"trained input: {_trained_input(first)} in {first.folder}, "
-                            f"{_trained_input(other)} in {other.folder}")
+        mine, theirs = _trained_input(first), _trained_input(other)
+        if mine != theirs:
+            problems.append(f"trained input: {mine} in {first.folder}, {theirs} in {other.folder}")
         shapes = {name: tuple(t.shape) for name, t in first.state.items()}
         other_shapes = {name: tuple(t.shape) for name, t in other.state.items()}
         if not problems and shapes != other_shapes:
@@ -170,8 +170,9 @@ def greedy_soup(ingredients: Sequence[Ingredient], score: Callable[[dict[str, to
 
 def interpolation(first: Ingredient, second: Ingredient, steps: int = 11) -> list[tuple[float, dict]]:
     """(a, (1 - a) * first + a * second) for a = 0, 1/(steps - 1), ..., 1: the path between two tasks' adapters."""
-    if layout_differences([first, second]):
-        raise BadInputError("adapters cannot be interpolated: " + "; ".join(layout_differences([first, second])))
+    problems = layout_differences([first, second])
+    if problems:
+        raise BadInputError("adapters cannot be interpolated: " + "; ".join(problems))
     alphas = [round(i / (steps - 1), 6) for i in range(steps)]
     return [(a, average([first.state, second.state], [1 - a, a])) for a in alphas]
 
