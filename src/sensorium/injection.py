@@ -1,17 +1,18 @@
 """Where mapped perceptual tokens enter the frozen LM: a reserved slot overwritten inside layers.
 
 The input sequence reserves a *slot* right after the soft prompt: one position, or k consecutive ones
-when each layer receives k tokens (one per video frame). In a left-padded batch each row's slot sits
-after its own padding, so the hooks take one slot column per row. A forward pre-hook on each injection layer
-overwrites the slot's hidden states with that layer's perceptual tokens. The sequence length never
-changes inside the model, so attention masks, positions and the KV cache stay exactly those of the
-unmodified decoder, for any transformers architecture.
+when each layer receives k tokens (one per video frame), or several groups of columns when several senses
+share the LM (compose.py: each sense's soft prompt, then its slot). In a left-padded batch each row's slot
+sits after its own padding, so the hooks take the slot's first column per row and the columns' offsets
+from it. A forward pre-hook on each injection layer overwrites the slot's hidden states with that layer's
+perceptual tokens. The sequence length never changes inside the model, so attention masks, positions and
+the KV cache stay exactly those of the unmodified decoder, for any transformers architecture.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -34,14 +35,19 @@ _INJECTED_LMS: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # LMs inside some
 
 
 class SlotInjector:
-    """Writes per-layer tokens into ``columns`` consecutive positions of a frozen LM, inside ``injecting``.
+    """Writes per-layer tokens into the slot columns of a frozen LM, inside ``injecting``.
+
+    ``offsets`` are the slot's columns counted from its first (``range(k)`` for one adapter's k columns),
+    in the order of the tokens' column axis.
 
     The hooks exist only inside ``injecting``: adapters sharing one LM (a server holding many) add
     nothing to each other's forwards, and a dropped adapter leaves no reference to itself in the LM.
     """
 
-    def __init__(self, lm: nn.Module, layers: list[int], columns: int = 1) -> None:
-        self.columns = columns
+    def __init__(self, lm: nn.Module, layers: list[int], offsets: Sequence[int] = (0,)) -> None:
+        if list(offsets) != sorted(set(offsets)) or min(offsets) < 0:
+            raise ValueError(f"slot offsets must be distinct, increasing and non-negative, not {list(offsets)}")
+        self.offsets = tuple(offsets)
         self.layers = layers
         self._lm = lm
         blocks = decoder_layers(lm)
@@ -51,18 +57,18 @@ class SlotInjector:
     def injecting(self, tokens: torch.Tensor, slots: torch.Tensor) -> Iterator[None]:
         """Inject ``tokens`` into every forward run inside the block, at columns ``slots`` (one per sample).
 
-        ``tokens`` is [batch, len(layers), columns, dim], or [batch, len(layers), dim] for a one-column slot.
+        ``tokens`` is [batch, len(layers), len(offsets), dim], or [batch, len(layers), dim] for a one-column slot.
         One injection per LM at a time, since two would both write the slot: a nested one, or another
         adapter's on the same LM, is refused (``generate_mixed`` injects several adapters' tokens as one).
         """
         tokens = tokens[:, :, None] if tokens.ndim == 3 else tokens
-        if tokens.shape[1:3] != (len(self.layers), self.columns):
-            raise ValueError(f"expected {len(self.layers)} layers x {self.columns} tokens per sample, "
+        if tokens.shape[1:3] != (len(self.layers), len(self.offsets)):
+            raise ValueError(f"expected {len(self.layers)} layers x {len(self.offsets)} tokens per sample, "
                              f"got {tuple(tokens.shape[1:3])}")
         if self._lm in _INJECTED_LMS:
             raise RuntimeError("this LM is already injecting another call's tokens; adapters sharing an LM "
                                "inject one at a time, or together through generate_mixed")
-        write = _SlotWrite(tokens, slots, self.columns)
+        write = _SlotWrite(tokens, slots, self.offsets)
         with ExitStack() as hooks:
             _INJECTED_LMS.add(self._lm)
             hooks.callback(_INJECTED_LMS.discard, self._lm)
@@ -83,11 +89,11 @@ class _SlotWrite:
     comparison.
     """
 
-    def __init__(self, tokens: torch.Tensor, slots: torch.Tensor, columns: int) -> None:
-        self.tokens = tokens  # [batch, layers, columns, dim]
+    def __init__(self, tokens: torch.Tensor, slots: torch.Tensor, offsets: tuple[int, ...]) -> None:
+        self.tokens = tokens  # [batch, layers, len(offsets), dim]
         self.slots = slots  # [batch]: each row's first slot column
-        self.columns = columns
-        self.span = (int(slots.min()), int(slots.max()) + columns)  # first slot column of any row, last one + 1
+        self.offsets = torch.tensor(offsets, device=tokens.device)
+        self.span = (int(slots.min()) + offsets[0], int(slots.max()) + offsets[-1] + 1)  # slot columns of any row
         self.chunk_start = 0
 
     def track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -116,10 +122,11 @@ class _SlotWrite:
         if tokens.shape[0] != batch:  # beam search / sampling expand the batch
             tokens = tokens.repeat_interleave(batch // tokens.shape[0], dim=0)
             slots = slots.repeat_interleave(batch // len(slots))
-        columns = (slots - chunk_start)[:, None] + torch.arange(self.columns, device=hidden.device)
+        columns = (slots - chunk_start)[:, None] + self.offsets.to(hidden.device)
         rows = torch.arange(batch, device=hidden.device)[:, None].expand_as(columns)
         if not (self.span[0] >= chunk_start and self.span[1] <= chunk_start + hidden.shape[1]):
-            inside = (columns >= 0) & (columns < hidden.shape[1])  # a chunk that splits some row's slot
+            inside = (columns >= 0) & (columns < hidden.shape[1])  # a chunk that splits some row's slot or falls
+            # between a composed slot's groups
             rows, columns, tokens = rows[inside], columns[inside], tokens[inside]
         # Out of place (index_put, not index_put_): the hidden state is needed unmodified by autograd.
         return hidden.index_put((rows, columns), tokens)

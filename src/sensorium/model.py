@@ -39,55 +39,35 @@ def aggregate_time(features: torch.Tensor, temporal: str) -> torch.Tensor:
     return features
 
 
-class PerceptualLM(nn.Module):
-    """A frozen causal LM that sees through a frozen encoder, taught by a tiny trainable connector.
+class PrefixedLM(nn.Module):
+    """A frozen causal LM whose every sequence starts with learned columns: the sequence machinery of eP-ALM.
 
-    Input layout, identical in training and generation:
-    ``[pads][bos?][soft prompt][slot x k][question tokens][answer tokens]``. The connector decides what the
-    k slot columns hold: for injecting connectors (eP-ALM) a learned slot embedding at the input, overwritten
-    inside each injection layer by that layer's tokens (k = 1, one per video frame with ``temporal: frames``,
-    two with ``change``, or the pooled patch tokens of ``epalm-patches``); for input connectors (LiMBeR,
-    LLaVA, MAPL) the mapped tokens themselves, written into the input embeddings. Padding comes first, as
-    in any left-padded batch, so the slot lies a sample's own text length before its end: an LM with sliding
-    window attention (Gemma3) sees the slot from every text token however much the batch pads; the slot's
-    column is then ``slot_index`` after each row's padding, and positions come from the attention mask.
+    Input layout, identical in training and generation: ``[pads][bos?][learned prefix][question tokens][answer
+    tokens]``. A subclass says what the prefix holds and which of its columns the injection layers overwrite
+    (``perceive``, ``injector``, ``slot_index``): one adapter's soft prompt and slot (``PerceptualLM``), or several
+    senses' in turn (``compose.ComposedLM``). Padding comes first, as in any left-padded batch, so the prefix lies
+    a sample's own text length before its end: an LM with sliding window attention (Gemma3) sees it from every
+    text token however much the batch pads; a row's slot is then ``slot_index`` after its padding, and positions
+    come from the attention mask.
+
+    Subclasses set ``config`` (its template, task and decoding settings are the model's), ``lm``, ``tokenizer``,
+    ``bos``, ``slot_index``, ``prefix_length`` (columns before a row's text) and ``injector`` (None without
+    injection layers).
     """
 
-    def __init__(self, config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None):
-        super().__init__()
-        self.config = config
-        if lm is None:
-            lm, tokenizer = load_lm(config.lm)
-        check_lm(lm, config.lm)
-        self.lm, self.tokenizer = lm, tokenizer
-        self.encoder = encoder or load_encoder(config.encoder, image_size=config.image_size,
-                                               num_frames=config.num_frames, tokens=encoder_tokens(config))
-        self.encoder.freeze()
-        self.layout = plan(config, encoder_facts(self.encoder), lm_facts(lm))
-        self.connector = build_connector(config.connector, self.layout.setup, config.connector_options)
-        self.slot_count = self.connector.columns
-        # Start the learned input vectors among real token embeddings, as the embedding layer outputs
-        # them: the right scale for any LM, Gemma's sqrt(hidden) embedding scaling included, because
-        # the prefix replaces that layer's output and never passes through it again.
-        embeddings = lm.get_input_embeddings()
-        generator = torch.Generator().manual_seed(0)
-        picks = torch.randint(0, embeddings.weight.shape[0], (config.prompt_length + 1,), generator=generator)
-        with torch.no_grad():
-            start = embeddings(picks.to(embeddings.weight.device)).float().cpu()
-        self.prompt = nn.Parameter(start[:-1].clone())
-        # One vector, repeated in every slot column until the first injection layer overwrites them;
-        # input connectors fill the slot themselves.
-        layers = list(self.layout.layers)
-        self.slot_embedding = nn.Parameter(start[-1].clone()) if layers else None
-        self.bos = self._leading_bos(tokenizer)
-        self.slot_index = len(self.bos) + config.prompt_length  # slot's first column after a row's padding
-        self.prefix_length = self.slot_index + self.slot_count  # columns before a row's text
-        self.injector = SlotInjector(lm, layers, self.slot_count) if layers else None
+    config: AdapterConfig
+    bos: list[int]
+    slot_index: int
+    prefix_length: int
+    injector: SlotInjector | None
 
-    @property
-    def batch_layout(self) -> tuple:
-        """What adapters sharing one generate() call must agree on: placement, injection layers, slot columns."""
-        return self.layout.placement, self.layout.layers, self.slot_index, self.slot_count
+    def perceive(self, features) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The learned prefix [batch or 1, prefix_length - len(bos), width] and the injection layers' tokens."""
+        raise NotImplementedError
+
+    def learned_prefix(self) -> torch.Tensor:
+        """The prefix when it does not depend on the media (injecting connectors only)."""
+        raise NotImplementedError
 
     @staticmethod
     def _leading_bos(tokenizer) -> list[int]:
@@ -105,50 +85,11 @@ class PerceptualLM(nn.Module):
         trainable = sum(p.numel() for p in self.trainable_parameters())
         return trainable, sum(p.numel() for p in self.parameters())
 
-    def train(self, mode: bool = True) -> PerceptualLM:
+    def train(self, mode: bool = True) -> PrefixedLM:
         # Only the connector trains; the frozen LM keeps dropout off and the encoder stays in eval.
         super().train(mode)
         self.lm.eval()
         return self
-
-    # ---- encode -> map ----------------------------------------------------------------------
-    @torch.inference_mode()
-    def encode(self, media: list[Any]) -> torch.Tensor:
-        """Encoder tokens as the feature cache stores them for this model.
-
-        [batch, encoder blocks, (frames,) dim] for [CLS] tokens; [batch, chosen blocks, 1 + patches, dim]
-        (bfloat16) for patch tokens. ``media`` are file paths, read by the encoder (images, videos, sounds),
-        or media it has already read.
-        """
-        loaded = [self.encoder.load(item) if isinstance(item, (str, Path)) else item for item in media]
-        device = next(self.encoder.parameters()).device
-        return stored_features(self.encoder, self.encoder(self.encoder.preprocess(loaded).to(device)),
-                               self.layout.stored_blocks)
-
-    def map_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Encoder tokens (as ``encode`` gives them) -> the connector's LM-width tokens.
-
-        Injecting connectors: [batch, layers, width], or [batch, layers, k, width] with k slot columns;
-        input connectors: [batch, k, width]. Per-frame features are first aggregated over time (see
-        ``aggregate_time``).
-        """
-        chosen = features[:, self.layout.feature_rows].to(self.prompt.device, torch.float32)
-        if self.encoder.num_tokens is not None:
-            chosen = aggregate_time(chosen, self.config.temporal)
-        return self.connector(chosen)
-
-    def perceive(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What the features become: the learned input prefix and the injection layers' tokens.
-
-        The prefix is [batch or 1, prompt + slot columns, embedding width]: the soft prompt, then the slot
-        embedding (injecting connectors, whose layer tokens come second) or the mapped tokens themselves
-        (input connectors, which have no layer tokens).
-        """
-        mapped = self.map_features(features)
-        if self.injector is None:
-            prompt = self.prompt.expand(len(mapped), -1, -1)
-            return torch.cat([prompt, mapped.to(prompt.dtype)], dim=1), None
-        return self.learned_prefix()[None], mapped
 
     def _injecting(self, layer_tokens: torch.Tensor | None, mask: torch.Tensor) -> AbstractContextManager:
         if layer_tokens is None:
@@ -174,10 +115,6 @@ class PerceptualLM(nn.Module):
     def slot_columns(self, mask: torch.Tensor) -> torch.Tensor:
         """Column of each row's first slot column, [batch]."""
         return self._leading_pads(mask) + self.slot_index
-
-    def learned_prefix(self) -> torch.Tensor:
-        """Injecting connectors: the soft prompt and the slot embedding in each slot column, [prompt + slot, width]."""
-        return torch.cat([self.prompt, self.slot_embedding.expand(self.slot_count, -1)])
 
     def _with_learned_prefix(self, embeds: torch.Tensor, pads: torch.Tensor,
                              learned: torch.Tensor | None = None) -> torch.Tensor:
@@ -277,6 +214,96 @@ class PerceptualLM(nn.Module):
         finally:
             hook.remove()
         return self._decode(output[:, ids.shape[1]:])
+
+
+class PerceptualLM(PrefixedLM):
+    """A frozen causal LM that sees through a frozen encoder, taught by a tiny trainable connector.
+
+    Its learned prefix is ``[soft prompt][slot x k]``. The connector decides what the k slot columns hold: for
+    injecting connectors (eP-ALM) a learned slot embedding at the input, overwritten inside each injection
+    layer by that layer's tokens (k = 1, one per video frame with ``temporal: frames``, two with ``change``,
+    or the pooled patch tokens of ``epalm-patches``); for input connectors (LiMBeR, LLaVA, MAPL) the mapped
+    tokens themselves, written into the input embeddings.
+    """
+
+    def __init__(self, config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None):
+        super().__init__()
+        self.config = config
+        if lm is None:
+            lm, tokenizer = load_lm(config.lm)
+        check_lm(lm, config.lm)
+        self.lm, self.tokenizer = lm, tokenizer
+        self.encoder = encoder or load_encoder(config.encoder, image_size=config.image_size,
+                                               num_frames=config.num_frames, tokens=encoder_tokens(config))
+        self.encoder.freeze()
+        self.layout = plan(config, encoder_facts(self.encoder), lm_facts(lm))
+        self.connector = build_connector(config.connector, self.layout.setup, config.connector_options)
+        self.slot_count = self.connector.columns
+        # Start the learned input vectors among real token embeddings, as the embedding layer outputs
+        # them: the right scale for any LM, Gemma's sqrt(hidden) embedding scaling included, because
+        # the prefix replaces that layer's output and never passes through it again.
+        embeddings = lm.get_input_embeddings()
+        generator = torch.Generator().manual_seed(0)
+        picks = torch.randint(0, embeddings.weight.shape[0], (config.prompt_length + 1,), generator=generator)
+        with torch.no_grad():
+            start = embeddings(picks.to(embeddings.weight.device)).float().cpu()
+        self.prompt = nn.Parameter(start[:-1].clone())
+        # One vector, repeated in every slot column until the first injection layer overwrites them;
+        # input connectors fill the slot themselves.
+        layers = list(self.layout.layers)
+        self.slot_embedding = nn.Parameter(start[-1].clone()) if layers else None
+        self.bos = self._leading_bos(tokenizer)
+        self.slot_index = len(self.bos) + config.prompt_length  # slot's first column after a row's padding
+        self.prefix_length = self.slot_index + self.slot_count  # columns before a row's text
+        self.injector = SlotInjector(lm, layers, range(self.slot_count)) if layers else None
+
+    @property
+    def batch_layout(self) -> tuple:
+        """What adapters sharing one generate() call must agree on: placement, injection layers, slot columns."""
+        return self.layout.placement, self.layout.layers, self.slot_index, self.slot_count
+
+    # ---- encode -> map ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, media: list[Any]) -> torch.Tensor:
+        """Encoder tokens as the feature cache stores them for this model.
+
+        [batch, encoder blocks, (frames,) dim] for [CLS] tokens; [batch, chosen blocks, 1 + patches, dim]
+        (bfloat16) for patch tokens. ``media`` are file paths, read by the encoder (images, videos, sounds),
+        or media it has already read.
+        """
+        loaded = [self.encoder.load(item) if isinstance(item, (str, Path)) else item for item in media]
+        device = next(self.encoder.parameters()).device
+        return stored_features(self.encoder, self.encoder(self.encoder.preprocess(loaded).to(device)),
+                               self.layout.stored_blocks)
+
+    def map_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens (as ``encode`` gives them) -> the connector's LM-width tokens.
+
+        Injecting connectors: [batch, layers, width], or [batch, layers, k, width] with k slot columns;
+        input connectors: [batch, k, width]. Per-frame features are first aggregated over time (see
+        ``aggregate_time``).
+        """
+        chosen = features[:, self.layout.feature_rows].to(self.prompt.device, torch.float32)
+        if self.encoder.num_tokens is not None:
+            chosen = aggregate_time(chosen, self.config.temporal)
+        return self.connector(chosen)
+
+    def perceive(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the features become: the learned input prefix and the injection layers' tokens.
+
+        The prefix is [batch or 1, prompt + slot columns, embedding width]: the soft prompt, then the slot
+        embedding (injecting connectors, whose layer tokens come second) or the mapped tokens themselves
+        (input connectors, which have no layer tokens).
+        """
+        mapped = self.map_features(features)
+        if self.injector is None:
+            prompt = self.prompt.expand(len(mapped), -1, -1)
+            return torch.cat([prompt, mapped.to(prompt.dtype)], dim=1), None
+        return self.learned_prefix()[None], mapped
+
+    def learned_prefix(self) -> torch.Tensor:
+        """Injecting connectors: the soft prompt and the slot embedding in each slot column, [prompt + slot, width]."""
+        return torch.cat([self.prompt, self.slot_embedding.expand(self.slot_count, -1)])
 
     def ask(self, media: list[Any], questions: list[str], **options) -> list[str]:
         """Answers about images, videos or sounds: file paths, or media the encoder has read (see ``encode``)."""
