@@ -85,8 +85,43 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
+    if args.adapter:  # --adapter A --adapter B MEDIA... QUESTION: the adapters composed, one sense each
+        media, question = args.inputs[:-1], args.inputs[-1]
+    else:  # ADAPTER MEDIA... QUESTION
+        args.adapter, media, question = args.inputs[0], args.inputs[1:-1], args.inputs[-1]
+    if not media:
+        raise BadInputError("ask needs a media file before the question")
+    from .compose import ComposedLM
+
     model = _load_model(args)
-    print(model.ask([args.media], [args.question], **_generation_options(args))[0])
+    if len(media) > 1 and not isinstance(model, ComposedLM):
+        raise BadInputError(f"{len(media)} media files for one adapter: compose adapters (--adapter A --adapter B) "
+                            "to read one file per sense")
+    print(model.ask([media[0] if len(media) == 1 else tuple(media)], [question], **_generation_options(args))[0])
+
+
+def _compose(args: argparse.Namespace) -> None:
+    from .compose import Tuning, compose, tune
+    from .data import parse_data_spec, read_dataset
+    from .recipe import TrainingOptions
+    from .train import cached_features
+
+    model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh)
+    print(f"composed {', '.join(model.names)} over {model.config.lm}: {model.prefix_length} prefix columns, "
+          f"{model.parameter_counts()[0]:,} trainable parameters")
+    if args.tune:
+        examples, features, row_of, _ = cached_features(model, read_dataset(parse_data_spec(args.tune)),
+                                                        TrainingOptions(), args.skip_bad)
+        started = time.perf_counter()
+        tuning = Tuning(args.steps, args.batch_size, args.lr, args.prompt_lr, min(args.warmup_steps, args.steps),
+                        args.seed)
+        losses = tune(model, examples, features, row_of, tuning)
+        print(f"tuned {args.steps} steps on {len(examples):,} examples in {time.perf_counter() - started:.1f} s: "
+              f"loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f} (mean of the last 10)")
+    elif args.fresh:
+        raise BadInputError("--fresh starts every sense untrained: give --tune DATA to train them")
+    model.save_pretrained(args.out)
+    print(f"composed model saved to {args.out}")
 
 
 def _caption(args: argparse.Namespace) -> None:
@@ -296,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(run=_compare)
 
     evaluate = verbs.add_parser("eval", help="evaluate an adapter on a data set")
-    evaluate.add_argument("adapter", help="adapter folder")
+    evaluate.add_argument("adapter", help="adapter folder, or a composed model's")
     evaluate.add_argument("--data", required=True,
                           help=" | ".join(data_spec_forms()))
     evaluate.add_argument("--limit", type=positive_int, help="a fixed seeded sample of this many questions")
@@ -308,10 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
 
-    ask = verbs.add_parser("ask", help="answer a question about an image, a video or a sound")
-    ask.add_argument("adapter")
-    ask.add_argument("media", help="an image, or a video or sound file for a video or audio adapter")
-    ask.add_argument("question")
+    ask = verbs.add_parser("ask", help="answer a question about an image, a video or a sound",
+                           usage="sensorium ask ADAPTER MEDIA QUESTION | "
+                                 "sensorium ask --adapter A --adapter B MEDIA [MEDIA ...] QUESTION")
+    ask.add_argument("inputs", nargs="+", metavar="[ADAPTER] MEDIA... QUESTION",
+                     help="an adapter folder (or a composed model's), an image or a video or sound file, and the "
+                          "question; a composed model reads one file with every sense (a video and its sound "
+                          "track) or one file per sense, in order")
+    ask.add_argument("--adapter", action="append", help="compose adapters into one model, one sense each, in order "
+                                                        "(then no ADAPTER among the inputs)")
     _model_arguments(ask)
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
@@ -323,6 +363,28 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(caption)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
+
+    composer = verbs.add_parser("compose", help="adapters of one LM, each reading its own sense, as one model "
+                                                 "(optionally tuned on data needing every sense)")
+    composer.add_argument("adapters", nargs="+", help="adapter folders, in prefix order (the first leads: its "
+                                                      "template, task and decoding settings)")
+    composer.add_argument("--out", required=True, help="folder of the composed model")
+    composer.add_argument("--names", type=lambda text: text.split(","), help="comma-separated sense names "
+                                                                             "(default: the folders' names)")
+    composer.add_argument("--tune", metavar="DATA", help="fine-tune every sense's connector and prompt on this data: "
+                          + " | ".join(data_spec_forms()))
+    composer.add_argument("--fresh", action="store_true", help="start from untrained adapters of the same settings "
+                                                               "(a jointly trained model; needs --tune)")
+    composer.add_argument("--steps", type=positive_int, default=100)
+    composer.add_argument("--batch-size", type=positive_int, default=16)
+    composer.add_argument("--lr", type=float, default=1e-3)
+    composer.add_argument("--prompt-lr", type=float, default=1e-3)
+    composer.add_argument("--warmup-steps", type=int, default=10)
+    composer.add_argument("--seed", type=int, default=0)
+    composer.add_argument("--skip-bad", action="store_true")
+    composer.add_argument("--dtype", choices=WEIGHT_FORMATS, default="float32",
+                          help="how the frozen LM holds its weights while tuning")
+    composer.set_defaults(run=_compose)
 
     merge = verbs.add_parser("merge", help="average adapters of one layout into one adapter (a model soup)")
     merge.add_argument("adapters", nargs="+", help="adapter folders (or training runs' output folders)")
@@ -413,8 +475,17 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace):
+    """The adapter, or the composed model: a composition folder, or several ``--adapter``s composed."""
+    from .compose import compose, is_composition, load_composed
     from .model import load
 
+    composed = isinstance(args.adapter, list) or is_composition(args.adapter)
+    if composed and args.device_map is not None:
+        raise BadInputError("--device-map: a composed model runs on the CPU for now")
+    if isinstance(args.adapter, list):
+        return compose(args.adapter, weights=args.dtype)
+    if composed:
+        return load_composed(args.adapter, weights=args.dtype)
     return load(args.adapter, weights=args.dtype, device_map=args.device_map)
 
 

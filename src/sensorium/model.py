@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .cache import stored_features
+from .cache import FeatureCache, stored_features
 from .config import WEIGHT_FORMATS, WEIGHTS_NAME, AdapterConfig
 from .connectors import build_connector
 from .encoders import Encoder, load_encoder
@@ -68,6 +68,29 @@ class PrefixedLM(nn.Module):
     def learned_prefix(self) -> torch.Tensor:
         """The prefix when it does not depend on the media (injecting connectors only)."""
         raise NotImplementedError
+
+    def encode(self, media: list[Any]) -> torch.Tensor:
+        """The features of media (file paths, or media already read), as the feature cache stores them."""
+        raise NotImplementedError
+
+    def features_of(self, paths: list[str], batch_size: int, workers: int,
+                    skip_bad: bool) -> tuple[torch.Tensor, dict[str, int], list[str]]:
+        """Cached features of files: (features, row of each readable file, one line per unreadable file)."""
+        raise NotImplementedError
+
+    def ask(self, media: list[Any], questions: list[str], **options) -> list[str]:
+        """Answers about images, videos or sounds: file paths, or media already read (see ``encode``)."""
+        self._require_task("vqa", "caption")
+        return self.generate(self.encode(media), questions, **options)
+
+    def caption(self, media: list[Any], **options) -> list[str]:
+        """Captions of images, videos or sounds: file paths, or media already read (see ``encode``)."""
+        self._require_task("caption", "ask")
+        return self.generate(self.encode(media), [""] * len(media), **options)
+
+    def _require_task(self, task: str, instead: str) -> None:
+        if self.config.task != task:
+            raise ValueError(f"this adapter was trained for {self.config.task}, not {task}: use '{instead}'")
 
     @staticmethod
     def _leading_bos(tokenizer) -> list[int]:
@@ -276,6 +299,11 @@ class PerceptualLM(PrefixedLM):
         return stored_features(self.encoder, self.encoder(self.encoder.preprocess(loaded).to(device)),
                                self.layout.stored_blocks)
 
+    def features_of(self, paths: list[str], batch_size: int, workers: int,
+                    skip_bad: bool) -> tuple[torch.Tensor, dict[str, int], list[str]]:
+        cache = FeatureCache(self.encoder, blocks=self.layout.stored_blocks)
+        return cache.features(paths, batch_size, workers, skip_bad)
+
     def map_features(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (as ``encode`` gives them) -> the connector's LM-width tokens.
 
@@ -304,20 +332,6 @@ class PerceptualLM(PrefixedLM):
     def learned_prefix(self) -> torch.Tensor:
         """Injecting connectors: the soft prompt and the slot embedding in each slot column, [prompt + slot, width]."""
         return torch.cat([self.prompt, self.slot_embedding.expand(self.slot_count, -1)])
-
-    def ask(self, media: list[Any], questions: list[str], **options) -> list[str]:
-        """Answers about images, videos or sounds: file paths, or media the encoder has read (see ``encode``)."""
-        self._require_task("vqa", "caption")
-        return self.generate(self.encode(media), questions, **options)
-
-    def caption(self, media: list[Any], **options) -> list[str]:
-        """Captions of images, videos or sounds: file paths, or media the encoder has read (see ``encode``)."""
-        self._require_task("caption", "ask")
-        return self.generate(self.encode(media), [""] * len(media), **options)
-
-    def _require_task(self, task: str, instead: str) -> None:
-        if self.config.task != task:
-            raise ValueError(f"this adapter was trained for {self.config.task}, not {task}: use '{instead}'")
 
     # ---- save / load ------------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:

@@ -47,13 +47,12 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .cache import FeatureCache
 from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from .data import Example, read_dataset
 from .errors import BadInputError
 from .evaluate import contexts, headline, predict_all, predictions_name, report, write_predictions
 from .lm import load_lm
-from .model import PerceptualLM
+from .model import PerceptualLM, PrefixedLM
 from .oracle import with_truth
 from .recipe import Recipe, TrainingOptions
 from .tracking import (
@@ -119,13 +118,12 @@ def lm_dtype(choice: str, precision: str, device: torch.device) -> torch.dtype:
     return LM_DTYPES[choice]
 
 
-def cached_features(model: PerceptualLM, examples: list[Example], options: TrainingOptions,
+def cached_features(model: PrefixedLM, examples: list[Example], options: TrainingOptions,
                     skip_bad: bool) -> tuple[list[Example], torch.Tensor, dict[str, int], float]:
     """Features for the examples' media (encoder run only for files not cached yet)."""
     started = time.perf_counter()
-    cache = FeatureCache(model.encoder, blocks=model.layout.stored_blocks)
-    features, row_of, errors = cache.features([e.media for e in examples], options.cache_batch_size,
-                                              options.cache_workers, skip_bad)
+    features, row_of, errors = model.features_of([e.media for e in examples], options.cache_batch_size,
+                                                 options.cache_workers, skip_bad)
     if errors:
         log(f"skipped {len(errors)} unreadable file(s), e.g. {errors[0]}")
     kept = [e for e in examples if e.media in row_of]

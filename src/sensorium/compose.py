@@ -1,0 +1,295 @@
+"""Several senses over one frozen LM: adapters trained apart, composed into one model with no retraining.
+
+Each adapter (a sense: video frames, a sound track, an image) keeps its encoder, connector, soft prompt and slot.
+The composed prefix is every sense's prefix in turn, ``[bos][prompt 1][slot 1][prompt 2][slot 2]...``, and the
+injection layers overwrite all the senses' slot columns in one pass, so the sequence, its positions and its KV
+cache stay those of the unmodified decoder. The first sense leads: its template, task and decoding settings are
+the composed model's. ``tune`` fine-tunes a composition on data that needs every sense, or trains one from
+fresh adapters (the jointly trained baseline).
+
+A composed model is saved as a folder of adapter folders, one per sense, and ``composition.json`` naming them in
+prefix order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import CONFIG_NAME, WEIGHT_FORMATS, WEIGHTS_NAME, AdapterConfig
+from .data.examples import Example
+from .errors import BadInputError
+from .injection import SlotInjector
+from .lm import hold_weights, load_lm
+from .model import PerceptualLM, PrefixedLM, read_weights
+from .schema import Count, build
+
+COMPOSITION_NAME = "composition.json"
+COMPOSITION_VERSION = 1
+MAX_COMPOSITION_BYTES = 64 * 1024  # a list of a few names; anything larger is not a composition file
+SENSE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # names a sense's sub-folder: no path in it
+
+
+@dataclass(config={"extra": "forbid"})
+class Composition:
+    """composition.json: which sub-folders hold the senses, in prefix order."""
+
+    senses: list[str]
+    format_version: Count = COMPOSITION_VERSION
+
+    @field_validator("senses")
+    @classmethod
+    def _names(cls, senses: list[str]) -> list[str]:
+        if len(senses) < 2:
+            raise ValueError("a composition needs at least two senses")
+        bad = [name for name in senses if not SENSE_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"sense names must be plain folder names, not {bad}")
+        if len(set(senses)) != len(senses):
+            raise ValueError(f"sense names repeat: {senses}")
+        return senses
+
+    @field_validator("format_version")
+    @classmethod
+    def _readable(cls, format_version: int) -> int:
+        if format_version > COMPOSITION_VERSION:
+            raise ValueError(f"composition format {format_version} is newer than this sensorium reads "
+                             f"({COMPOSITION_VERSION}); upgrade sensorium to load it")
+        return format_version
+
+
+def is_composition(folder: str | Path) -> bool:
+    return (Path(folder) / COMPOSITION_NAME).is_file()
+
+
+class ComposedLM(PrefixedLM):
+    """Adapters over one shared frozen LM, each reading its own sense, answering as one model.
+
+    The features of one input are every sense's stored features, flattened and joined in sense order
+    (``feature_sizes``), so that a composed model's features index, cache and batch like a single adapter's.
+    """
+
+    def __init__(self, senses: Sequence[PerceptualLM], names: Sequence[str]):
+        super().__init__()
+        names = build(Composition, {"senses": list(names)}, "composition field").senses
+        if len(senses) != len(names):
+            raise ValueError(f"{len(senses)} senses but {len(names)} names")
+        lead = senses[0]
+        for name, sense in zip(names[1:], senses[1:], strict=True):
+            if sense.lm is not lead.lm:
+                raise ValueError(f"sense '{name}' has its own LM; composed senses share the first sense's LM "
+                                 f"({lead.config.lm}, loaded once)")
+        injecting = [(name, sense) for name, sense in zip(names, senses, strict=True) if sense.injector is not None]
+        layer_sets = {tuple(sense.layout.layers) for _, sense in injecting}
+        if len(layer_sets) > 1:
+            listed = "; ".join(f"'{name}' into {list(sense.layout.layers)}" for name, sense in injecting)
+            raise ValueError(f"composed senses must inject into the same LM layers: {listed}")
+        self.names = tuple(names)
+        self.senses = nn.ModuleList(senses)
+        self.config = lead.config
+        self.lm, self.tokenizer = lead.lm, lead.tokenizer
+        self.bos = lead.bos
+        self.slot_index = len(self.bos)  # the injected columns are counted from the prefix's first
+        offsets, column = [], 0
+        for sense in senses:
+            column += sense.config.prompt_length
+            if sense.injector is not None:
+                offsets += range(column, column + sense.slot_count)
+            column += sense.slot_count
+        self.prefix_length = len(self.bos) + column
+        self.injector = SlotInjector(self.lm, list(layer_sets.pop()), offsets) if injecting else None
+        self.feature_sizes = [math.prod(sense.layout.feature_shape) for sense in senses]
+
+    # ---- encode -> map ----------------------------------------------------------------------
+    def _per_sense(self, media: list[Any]) -> list[list[Any]]:
+        """Each sense's media: one file that every sense reads (a video and its sound track), or one per sense."""
+        columns = [[] for _ in self.senses]
+        for item in media:
+            items = list(item) if isinstance(item, (list, tuple)) else [item] * len(self.senses)
+            if len(items) != len(self.senses):
+                raise BadInputError(f"{len(items)} media for {len(self.senses)} senses ({', '.join(self.names)}): "
+                                    "give one file that every sense reads, or one per sense in order")
+            for column, one in zip(columns, items, strict=True):
+                column.append(one)
+        return columns
+
+    @torch.inference_mode()
+    def encode(self, media: list[Any]) -> torch.Tensor:
+        """[batch, sum of feature_sizes] float32: each sense's stored features, flattened and joined."""
+        return self.pack([sense.encode(items) for sense, items in zip(self.senses, self._per_sense(media),
+                                                                          strict=True)])
+
+    @staticmethod
+    def pack(features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([part.flatten(1).float() for part in features], dim=1)
+
+    def unpack(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """The packed features back into each sense's stored shape."""
+        if features.shape[1] != sum(self.feature_sizes):
+            raise ValueError(f"composed features have {features.shape[1]} values per input; the senses "
+                             f"{', '.join(self.names)} store {sum(self.feature_sizes)}")
+        parts = features.split(self.feature_sizes, dim=1)
+        return [part.reshape(len(features), *sense.layout.feature_shape)
+                for part, sense in zip(parts, self.senses, strict=True)]
+
+    def features_of(self, paths: list[str], batch_size: int, workers: int,
+                        skip_bad: bool) -> tuple[torch.Tensor, dict[str, int], list[str]]:
+        """Each sense's cached features for the files every sense could read, packed in one row per file."""
+        found = [sense.features_of(paths, batch_size, workers, skip_bad) for sense in self.senses]
+        kept = [path for path in dict.fromkeys(paths) if all(path in row_of for _, row_of, _ in found)]
+        packed = self.pack([features[[row_of[path] for path in kept]] for features, row_of, _ in found])
+        errors = [error for _, _, errors in found for error in errors]
+        return packed, {path: row for row, path in enumerate(kept)}, errors
+
+    def perceive(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every sense's prefix in turn, and the injected tokens of every injecting sense side by side."""
+        prefixes, tokens = [], []
+        for sense, part in zip(self.senses, self.unpack(features), strict=True):
+            prefix, layer_tokens = sense.perceive(part)
+            prefixes.append(prefix.expand(len(features), -1, -1))
+            if layer_tokens is not None:
+                tokens.append(layer_tokens if layer_tokens.ndim == 4 else layer_tokens[:, :, None])
+        return torch.cat(prefixes, dim=1), (torch.cat(tokens, dim=2) if tokens else None)
+
+    def learned_prefix(self) -> torch.Tensor:
+        return torch.cat([sense.learned_prefix() for sense in self.senses])
+
+    # ---- save / load ------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> None:
+        """One adapter folder per sense, then composition.json (written last and atomically: a folder with it
+        is complete)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, sense in zip(self.names, self.senses, strict=True):
+            sense.save_pretrained(folder / name)
+        text = json.dumps(dataclasses.asdict(Composition(list(self.names))), indent=2) + "\n"
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
+            handle.write(text)
+        Path(handle.name).replace(folder / COMPOSITION_NAME)
+
+
+def read_composition(folder: str | Path) -> Composition:
+    """composition.json, checked; a one-line BadInputError naming the file otherwise."""
+    path = Path(folder) / COMPOSITION_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a composed model (no {COMPOSITION_NAME})")
+    if path.stat().st_size > MAX_COMPOSITION_BYTES:
+        raise BadInputError(f"{path}: {path.stat().st_size:,} bytes; a composition file is a few names")
+    try:
+        composition = build(Composition, json.loads(path.read_bytes()), "composition field")
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise BadInputError(f"{path}: not valid JSON ({error})") from error
+    except ValueError as error:
+        raise BadInputError(f"{path}: {error}") from error
+    missing = [name for name in composition.senses if not (Path(folder) / name / CONFIG_NAME).is_file()]
+    if missing:
+        raise BadInputError(f"{path}: no adapter folder for sense(s) {missing}")
+    return composition
+
+
+def sense_names(folders: Sequence[str | Path]) -> list[str]:
+    """Default names of senses given as adapter folders: the folder's name, or its run's for a training run's
+    ``adapter`` folder; repeated names get a number."""
+    names = []
+    for folder in map(Path, folders):
+        folder = folder.resolve()
+        name = folder.parent.name if folder.name == "adapter" else folder.name
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip("._-")[:60] or "sense"
+        names.append(name if name not in names else f"{name}-{len(names) + 1}")
+    return names
+
+
+def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, weights: str = "float32",
+            fresh: bool = False) -> ComposedLM:
+    """Adapters loaded over one frozen LM (loaded once) and composed in the order given.
+
+    ``fresh``: the adapters' settings with newly initialised weights, the start of a jointly trained model.
+    """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format '{weights}'; available: {', '.join(WEIGHT_FORMATS)}")
+    configs = [AdapterConfig.load(folder) for folder in folders]
+    lms = {config.lm for config in configs}
+    if len(lms) > 1:
+        listed = "; ".join(f"{folder}: {config.lm}" for folder, config in zip(folders, configs, strict=True))
+        raise BadInputError(f"composed adapters must share one frozen LM: {listed}")
+    lm, tokenizer = load_lm(configs[0].lm, torch.float32 if weights == "int8" else getattr(torch, weights))
+    senses = []
+    for folder, config in zip(folders, configs, strict=True):
+        sense = PerceptualLM(config, lm=lm, tokenizer=tokenizer)
+        if not fresh:
+            path = Path(folder) / WEIGHTS_NAME
+            sense.load_adapter_state(read_weights(path), path)
+        senses.append(sense)
+    if weights == "int8":
+        hold_weights(lm, weights)
+    return ComposedLM(senses, names or sense_names(folders))
+
+
+def load_composed(folder: str | Path, weights: str = "float32") -> ComposedLM:
+    """A composed model saved by ``ComposedLM.save_pretrained``."""
+    composition = read_composition(folder)
+    return compose([Path(folder) / name for name in composition.senses], composition.senses, weights)
+
+
+# ---- tune ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """A short training of a composed model on examples that need its senses together."""
+
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3  # connectors'
+    prompt_lr: float = 1e-3  # soft prompts' and slot embeddings'
+    warmup_steps: int = 10
+    seed: int = 0
+
+
+def tune(model: ComposedLM, examples: list[Example], features: torch.Tensor, row_of: dict[str, int],
+         tuning: Tuning) -> list[float]:
+    """AdamW on every sense's connector and prompt (the LM and encoders stay frozen), cosine schedule after a
+    warmup, one seeded random answer per example; returns the losses, step by step."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    from .train import batch_indices
+
+    labelled = [e for e in examples if e.answers and e.media in row_of]
+    if not labelled:
+        raise ValueError("no examples with an answer and readable media to tune on")
+    optimizer = torch.optim.AdamW([
+        {"params": [p for sense in model.senses for p in sense.connector.parameters() if p.requires_grad],
+         "lr": tuning.lr},
+        {"params": [p for sense in model.senses for p in (sense.prompt, sense.slot_embedding) if p is not None],
+         "lr": tuning.prompt_lr, "weight_decay": 0.0},
+    ])
+    scheduler = get_cosine_schedule_with_warmup(optimizer, tuning.warmup_steps, tuning.steps)
+    model.train()
+    losses = []
+    progress = tqdm(range(tuning.steps), desc="tuning", unit="step")
+    for step in progress:
+        indices = batch_indices(step, tuning.batch_size, len(labelled), tuning.seed)
+        chooser = random.Random(f"{tuning.seed}-{step}")
+        batch = [labelled[i] for i in indices]
+        loss = model(features[[row_of[e.media] for e in batch]], [e.question for e in batch],
+                     [chooser.choice(e.answers) for e in batch])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
