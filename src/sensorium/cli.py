@@ -276,6 +276,10 @@ MAKE_COMMANDS = {
     "audio": MakeCommand("procedural sound scenes (tones, beeps, sweeps, noise, speech) for audio captioning and "
                          "audio QA (train and test)", "clips", "test clips", "--data audio:{out}/test (questions) or "
                          "coco:annotations={out}/captions_test.json,images={out}/clips (captions)"),
+    "audiovisual": MakeCommand("procedural moving-shapes clips with a sound track (beeps or a sweep) for models "
+                               "with a video and an audio sense (train and test)", "clips", "test clips",
+                               "--data audiovisual:{out}/test (all questions) or audiovisual:{out}/test/picture "
+                               "(or /sound, /both: one type's questions)"),
 }
 
 
@@ -284,7 +288,7 @@ def _make_data(args: argparse.Namespace) -> None:
 
     command, module = MAKE_COMMANDS[args.generator], generator(args.generator)
     make = getattr(module, f"make_{args.generator}")
-    options = {"workers": args.workers} if "workers" in args else {}  # make-audio's concurrent processes
+    options = {"workers": args.workers} if "workers" in args else {}  # make-audio's and make-audiovisual's
     start = time.perf_counter()
     summary = make(Path(args.out), args.n_train, args.n_test, args.seed, **options)
     seconds = time.perf_counter() - start
@@ -425,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         maker.add_argument("--n-test", type=int, default=500, help=command.n_test)
         maker.add_argument("--seed", type=int, default=0)
         maker.set_defaults(run=_make_data, generator=name)
-        if name == "audio":
-            maker.add_argument("--workers", type=int, help="concurrent sox/espeak-ng processes (default: one per CPU)")
+        if name in ("audio", "audiovisual"):
+            maker.add_argument("--workers", type=int, help="clips made at once, each by its own sox/espeak-ng "
+                                                           "processes (default: one per CPU)")
 
     from .serve.settings import ServeSettings
 

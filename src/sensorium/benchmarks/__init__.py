@@ -11,7 +11,10 @@ from types import ModuleType
 
 # NAME of ``sensorium data make-NAME`` and of the data spec NAME:DIR/SPLIT -> the module of this package with
 # its BENCHMARK and make_NAME function.
-GENERATORS = {"scenes": "scenes", "videos": "videos", "audio": "sounds"}
+GENERATORS = {"scenes": "scenes", "videos": "videos", "audio": "sounds", "audiovisual": "audiovisual"}
+# NAME -> the question types whose questions a split also writes apart (questions_SPLIT_TYPE.json and
+# annotations_SPLIT_TYPE.json), read by the data spec NAME:DIR/SPLIT/TYPE: one sense's questions to train on.
+SUBSETS = {"audiovisual": ("picture", "sound", "both")}
 
 
 def generator(name: str) -> ModuleType:

@@ -37,6 +37,12 @@ class Benchmark:
     question_types: tuple[str, ...]  # counted in the summary, in this order
     unit: str  # what one medium is called in counts and messages: "image", "clip"
     making: str  # what the progress bar says is being done to the media: "drawing", "rendering"
+    subsets: tuple[str, ...] = ()  # question types also written apart: questions_{split}_{type}.json, annotations_…
+
+    def subset_files(self, split: str, subset: str | None = None) -> tuple[str, str]:
+        """The names of a split's questions and annotations files: all its questions, or one type's (``subset``)."""
+        tail = f"{split}_{subset}" if subset else split
+        return f"questions_{tail}.json", f"annotations_{tail}.json"
 
     @property
     def generator(self) -> str:
@@ -109,6 +115,8 @@ def _in_order(make: Callable[[int], Item], count: int, workers: int) -> Iterator
 def write_split(out: Path, benchmark: Benchmark, split: str, seed: int, items: Iterable[Item]) -> dict[str, Any]:
     """Write the split's captions, questions, annotations and plan files; the numbers of captions and questions.
 
+    A benchmark with ``subsets`` also writes the questions and annotations of each of those question types apart.
+
     The k-th caption of medium ``id`` has id ``id * 10 + k``, its k-th question ``id * 1000 + k``.
     """
     subtype = benchmark.subtype(split)
@@ -131,11 +139,14 @@ def write_split(out: Path, benchmark: Benchmark, split: str, seed: int, items: I
     info = {"description": f"{benchmark.description}, {split} split", "version": str(benchmark.version),
             "contributor": "sensorium", "seed": seed}
     _write_json(out / f"captions_{split}.json", {"info": info, "images": media, "annotations": caption_rows})
-    _write_json(out / f"questions_{split}.json", {"info": info, "task_type": "Open-Ended",
-                                                   "data_type": benchmark.data_type, "data_subtype": subtype,
-                                                   "questions": question_rows})
-    _write_json(out / f"annotations_{split}.json", {"info": info, "data_type": benchmark.data_type,
-                                                     "data_subtype": subtype, "annotations": answer_rows})
+    for subset in (None, *benchmark.subsets):
+        chosen = {row["question_id"] for row in answer_rows if subset in (None, row["answer_type"])}
+        questions_file, annotations_file = benchmark.subset_files(split, subset)
+        _write_json(out / questions_file, {"info": info, "task_type": "Open-Ended", "data_type": benchmark.data_type,
+                                           "data_subtype": subtype,
+                                           "questions": [r for r in question_rows if r["question_id"] in chosen]})
+        _write_json(out / annotations_file, {"info": info, "data_type": benchmark.data_type, "data_subtype": subtype,
+                                             "annotations": [r for r in answer_rows if r["question_id"] in chosen]})
     _write_json(out / f"{benchmark.plans}_{split}.json", {"info": info, benchmark.plans: plans})
     types = Counter(row["answer_type"] for row in answer_rows)
     return {"captions": len(caption_rows), "questions": len(question_rows),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks import GENERATORS, generator
+from ..benchmarks import GENERATORS, SUBSETS, generator
 from .examples import Example
 
 
@@ -56,14 +56,16 @@ FORMATS = {
 
 def data_spec_forms() -> list[str]:
     """Every command-line form of a data spec: the formats, then the splits ``sensorium data make-NAME`` writes."""
-    return [fmt.usage(name) for name, fmt in FORMATS.items()] + [f"{name}:DIR/SPLIT" for name in GENERATORS]
+    return [fmt.usage(name) for name, fmt in FORMATS.items()] + [
+        f"{name}:DIR/SPLIT" + (f"[/{'|'.join(SUBSETS[name])}]" if name in SUBSETS else "") for name in GENERATORS]
 
 
 def parse_data_spec(text: str) -> dict[str, Any]:
     """The data spec written on the command line in one of the ``data_spec_forms()``.
 
     ``easy-vqa:test``, ``path/to/manifest.jsonl``, ``coco:annotations=captions.json,images=DIR``, or
-    ``scenes:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes``.
+    ``scenes:DIR/SPLIT`` for the VQA side of a split written by ``sensorium data make-scenes``
+    (``audiovisual:DIR/SPLIT/TYPE``: the questions of one type written apart).
     """
     for name, fmt in FORMATS.items():
         if fmt.suffix and text.endswith(fmt.suffix):
@@ -88,13 +90,20 @@ def _generated_spec(text: str, name: str, rest: str) -> dict[str, Any]:
     """The VQA v2 files ``sensorium data make-NAME`` writes for one split, and the folder and names of its media."""
     benchmark = generator(name).BENCHMARK
     folder, _, split = rest.rpartition("/")
+    subset = None
+    parent, _, parent_split = folder.rpartition("/")
+    if benchmark.subsets and split not in benchmark.splits and parent_split in benchmark.splits:
+        if split not in benchmark.subsets:  # NAME:DIR/SPLIT/TYPE: one question type's files
+            raise ValueError(f"data spec '{text}': unknown question type '{split}'; expected {name}:DIR/SPLIT/TYPE "
+                             f"with TYPE one of {', '.join(benchmark.subsets)}")
+        folder, split, subset = parent, parent_split, split
     if split not in benchmark.splits:
         raise ValueError(f"data spec '{text}': expected {name}:DIR/SPLIT with SPLIT one of "
                          f"{', '.join(benchmark.splits)}")
     root = Path(folder or ".")
-    return {"format": "vqav2", "questions": str(root / f"questions_{split}.json"),
-            "annotations": str(root / f"annotations_{split}.json"), "images": str(root / benchmark.media),
-            "file_pattern": benchmark.file_pattern}
+    questions, annotations = benchmark.subset_files(split, subset)
+    return {"format": "vqav2", "questions": str(root / questions), "annotations": str(root / annotations),
+            "images": str(root / benchmark.media), "file_pattern": benchmark.file_pattern}
 
 
 def reader(fmt: str | None) -> Callable[..., list[Example]]:
