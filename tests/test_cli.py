@@ -180,3 +180,33 @@ def test_ask_with_an_int8_frozen_lm_answers_close_to_float32(adapter, image, cap
         first = full.lm(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
         second = int8.lm(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
     assert torch.nn.functional.cosine_similarity(first, second, dim=0) > 0.99
+
+
+def test_auto_weights_follow_the_device(monkeypatch):
+    """auto: bf16 where the hardware multiplies it natively, float32 on CPUs that emulate it; never int8."""
+    from sensorium import lm
+
+    monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: False)
+    assert lm.weight_format("auto", "cpu") == "float32"
+    monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: True)
+    assert lm.weight_format("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert lm.weight_format("auto", "cuda") == "float16"
+    assert lm.weight_format("int8", "cpu") == "int8"
+    with pytest.raises(ValueError, match="unknown weight format 'int4'; available: auto, float32"):
+        lm.weight_format("int4")
+
+
+def test_ask_holds_the_lm_as_auto_decides(adapter, image, monkeypatch, capsys):
+    from sensorium import lm, model
+
+    monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: True)
+    loaded = []
+
+    def load_lm(name, dtype, device_map):
+        loaded.append(dtype)
+        return lm.load_lm(name, dtype, device_map)
+
+    monkeypatch.setattr(model, "load_lm", load_lm)
+    assert main(["ask", adapter, image, "what color ?", "--max-new-tokens", "2"]) == 0
+    assert loaded == [torch.bfloat16] and capsys.readouterr().out.strip()

@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     composer.add_argument("--warmup-steps", type=int, default=10)
     composer.add_argument("--seed", type=int, default=0)
     composer.add_argument("--skip-bad", action="store_true")
-    composer.add_argument("--dtype", choices=WEIGHT_FORMATS, default="float32",
+    composer.add_argument("--dtype", choices=("auto", *WEIGHT_FORMATS), default="float32",
                           help="how the frozen LM holds its weights while tuning")
     composer.set_defaults(run=_compose)
 
@@ -472,9 +472,10 @@ GENERATION_FLAGS = {  # flag -> (type, help); unset flags keep the adapter's own
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=WEIGHT_FORMATS, default="float32",
-                        help="how the frozen LM holds its weights (int8: weight-only, by torchao); the adapter "
-                             "stays float32")
+    parser.add_argument("--dtype", choices=("auto", *WEIGHT_FORMATS), default="auto",
+                        help="how the frozen LM holds its weights (int8: weight-only, by torchao); auto: the fastest "
+                             "on the device (bf16 on GPUs and on CPUs with bf16 instructions, else float32); the "
+                             "adapter stays float32")
     parser.add_argument("--device-map", help="'auto': spread the LM over the visible GPUs (then CPU RAM); "
                                              "'cuda:0': all on that device. Default: CPU")
 

@@ -29,11 +29,11 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import CONFIG_NAME, WEIGHT_FORMATS, WEIGHTS_NAME, AdapterConfig
+from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from .data.examples import Example
 from .errors import BadInputError
 from .injection import SlotInjector
-from .lm import hold_weights, load_lm
+from .lm import hold_weights, load_lm, loading_dtype, weight_format
 from .model import PerceptualLM, PrefixedLM, read_weights
 from .schema import Count, build
 
@@ -218,14 +218,13 @@ def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, w
 
     ``fresh``: the adapters' settings with newly initialised weights, the start of a jointly trained model.
     """
-    if weights not in WEIGHT_FORMATS:
-        raise ValueError(f"unknown weight format '{weights}'; available: {', '.join(WEIGHT_FORMATS)}")
+    weights = weight_format(weights)
     configs = [AdapterConfig.load(folder) for folder in folders]
     lms = {config.lm for config in configs}
     if len(lms) > 1:
         listed = "; ".join(f"{folder}: {config.lm}" for folder, config in zip(folders, configs, strict=True))
         raise BadInputError(f"composed adapters must share one frozen LM: {listed}")
-    lm, tokenizer = load_lm(configs[0].lm, torch.float32 if weights == "int8" else getattr(torch, weights))
+    lm, tokenizer = load_lm(configs[0].lm, loading_dtype(weights))
     senses = []
     for folder, config in zip(folders, configs, strict=True):
         sense = PerceptualLM(config, lm=lm, tokenizer=tokenizer)

@@ -138,6 +138,32 @@ def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
     return model, tokenizer
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX); without, bf16 is emulated."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def weight_format(weights: str, device: str | torch.device = "cpu") -> str:
+    """The weight format ``weights`` names on ``device``; ``auto`` is the one ``bench floor`` measured fastest
+    there for eval's batched decoding: bf16 on GPUs that have it (fp16 on older ones) and on CPUs with native
+    bf16 instructions, float32 on other CPUs, where emulated bf16 is slower once answers are batched (README,
+    Performance). int8 is never chosen: torchao's CPU kernels decode slower than float32."""
+    if weights == "auto":
+        if torch.device(device).type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "bfloat16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "float32"
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format '{weights}'; available: auto, {', '.join(WEIGHT_FORMATS)}")
+    return weights
+
+
+def loading_dtype(weights: str) -> torch.dtype:
+    """The dtype to load an LM in that will be held as ``weights`` (a format, not auto): int8 is quantised from
+    float32 weights."""
+    return torch.float32 if weights == "int8" else getattr(torch, weights)
+
+
 def hold_weights(lm: nn.Module, weights: str) -> nn.Module:
     """The frozen LM with its weights held as ``weights``, in place: ``float32``, ``bfloat16``, ``float16`` (a
     cast), or ``int8``: torchao's weight-only quantisation of every linear layer (one scale per output row), so a

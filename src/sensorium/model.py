@@ -13,13 +13,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .cache import FeatureCache, stored_features
-from .config import WEIGHT_FORMATS, WEIGHTS_NAME, AdapterConfig
+from .config import WEIGHTS_NAME, AdapterConfig
 from .connectors import build_connector
 from .encoders import Encoder, load_encoder
 from .errors import BadInputError
 from .injection import SlotInjector
 from .layout import EncoderFacts, encoder_tokens, plan
-from .lm import check_lm, hold_weights, lm_facts, load_lm
+from .lm import check_lm, hold_weights, lm_facts, load_lm, loading_dtype, weight_format
 
 
 def encoder_facts(encoder: Encoder) -> EncoderFacts:
@@ -421,15 +421,14 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
 def load(folder: str | Path, weights: str = "float32", device_map: str | dict | None = None) -> PerceptualLM:
     """Rebuild a trained model from an adapter folder.
 
-    ``weights`` is how the frozen LM holds its weights, one of ``lm.WEIGHT_FORMATS`` (the adapter stays
-    float32; int8 is quantised from float32 once the model is built). ``device_map`` places the LM as in
-    transformers (``"auto"``: spread over the visible GPUs, then CPU RAM); the encoder and the
-    adapter then sit with the LM's input embeddings, where generation starts.
+    ``weights`` is how the frozen LM holds its weights: one of ``config.WEIGHT_FORMATS``, or ``auto``, the fastest
+    on the device (``lm.weight_format``); the adapter stays float32, and int8 is quantised from float32 once the
+    model is built. ``device_map`` places the LM as in transformers (``"auto"``: spread over the visible GPUs, then
+    CPU RAM); the encoder and the adapter then sit with the LM's input embeddings, where generation starts.
     """
-    if weights not in WEIGHT_FORMATS:
-        raise ValueError(f"unknown weight format '{weights}'; available: {', '.join(WEIGHT_FORMATS)}")
-    dtype = torch.float32 if weights == "int8" else getattr(torch, weights)
-    lm, tokenizer = load_lm(AdapterConfig.load(folder).lm, dtype, device_map)
+    device = "cuda" if device_map is not None and torch.cuda.is_available() else "cpu"
+    weights = weight_format(weights, device)
+    lm, tokenizer = load_lm(AdapterConfig.load(folder).lm, loading_dtype(weights), device_map)
     model = PerceptualLM.from_pretrained(folder, lm=lm, tokenizer=tokenizer)
     if weights == "int8":
         hold_weights(lm, weights)

@@ -51,7 +51,7 @@ from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from .data import Example, read_dataset
 from .errors import BadInputError
 from .evaluate import contexts, headline, predict_all, predictions_name, report, write_predictions
-from .lm import load_lm
+from .lm import cpu_has_native_bf16, load_lm
 from .model import PerceptualLM, PrefixedLM
 from .oracle import with_truth
 from .recipe import Recipe, TrainingOptions
@@ -103,8 +103,7 @@ def mixed_precision(choice: str) -> str:
         return choice
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
 
 
 def lm_dtype(choice: str, precision: str, device: torch.device) -> torch.dtype:
