@@ -29,10 +29,26 @@ def test_hooks_exist_only_while_injecting(tiny_lm_folder, tiny_vit_folder):
     feats = features(model, 1)
     _, mask = model._token_ids(model.prompt_ids(QUESTIONS[:1]))
     with model.injector.injecting(model.map_features(feats), model.slot_columns(mask)):
-        assert hooks_on(model.lm) == 1 + len(model.injector.layers)
+        assert hooks_on(model.lm) == 2 + len(model.injector.layers)
     model.generate(feats, QUESTIONS[:1], max_new_tokens=3)
     model(feats, QUESTIONS[:1], ["circle"])
     assert hooks_on(model.lm) == 0
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_decode_steps_run_without_hooks_once_the_slot_is_cached(cache, tiny_lm_folder, tiny_vit_folder):
+    """The prefill writes the slot into the KV cache; every later step runs the plain decoder (what torch.compile
+    captures whole). Full recomputation sees the slot at every step and keeps its hooks."""
+    model = build("llama", tiny_lm_folder, tiny_vit_folder)
+    seen = []
+    counter = model.lm.register_forward_pre_hook(lambda module, args: seen.append(hooks_on(model.lm) - 1))
+    model.generate(features(model, 2), QUESTIONS[:2], max_new_tokens=4, min_new_tokens=4,
+                   cache_implementation=cache)
+    assert seen == [2 + len(model.injector.layers), 0, 0, 0]
+    seen.clear()
+    model.generate_uncached(features(model, 2), QUESTIONS[:2], max_new_tokens=3, min_new_tokens=3)
+    counter.remove()
+    assert seen == [2 + len(model.injector.layers)] * 3
 
 
 def test_an_error_inside_leaves_no_hooks(tiny_lm_folder, tiny_vit_folder):
@@ -82,6 +98,6 @@ def test_a_second_injection_into_one_lm_is_refused(tiny_lm_folder, tiny_vit_fold
         for model in (first, second):
             with pytest.raises(RuntimeError, match="already injecting"):
                 model.generate(feats, QUESTIONS[:1], max_new_tokens=2)
-        assert hooks_on(first.lm) == 1 + len(first.injector.layers)
+        assert hooks_on(first.lm) == 2 + len(first.injector.layers)
     assert hooks_on(first.lm) == 0
     second.generate(feats, QUESTIONS[:1], max_new_tokens=2)  # free again once the first is done

@@ -58,10 +58,15 @@ def test_layer_range_follows_the_paper():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("num_beams", [1, 3])
 @pytest.mark.parametrize("frames", [None, 3], ids=["slot1", "slot3"])
-def test_cached_generation_equals_full_recomputation(arch, num_beams, frames, tiny_lm_folder, tiny_vit_folder):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cached_generation_equals_full_recomputation(arch, num_beams, frames, cache, tiny_lm_folder, tiny_vit_folder):
+    """The KV cache, grown step by step (dynamic) or allocated once at its full length (static), gives exactly the
+    answers of full recomputation."""
     model = build(arch, tiny_lm_folder, tiny_vit_folder, frames)
     feats = features(model, len(QUESTIONS))
     options = {"max_new_tokens": 8, "min_new_tokens": 4, "num_beams": num_beams}  # EOS held back: never vacuous
+    if cache == "static":
+        options["cache_implementation"] = "static"
     cached = model.generate(feats, QUESTIONS, **options)
     recomputed = model.generate_uncached(feats, QUESTIONS, **options)
     assert cached == recomputed

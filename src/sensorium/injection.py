@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 
 def decoder_layers(lm: nn.Module) -> nn.ModuleList:
@@ -73,10 +74,12 @@ class SlotInjector:
             _INJECTED_LMS.add(self._lm)
             hooks.callback(_INJECTED_LMS.discard, self._lm)
             # First among the modules' pre-hooks, so that any other sees the layer input with the slot written.
-            hooks.callback(self._lm.register_forward_pre_hook(write.track_chunk, with_kwargs=True, prepend=True).remove)
+            write.handles.append(self._lm.register_forward_pre_hook(write.track_chunk, with_kwargs=True, prepend=True))
+            write.handles.append(self._lm.register_forward_hook(write.after_chunk))
             for position, block in enumerate(self._blocks):
                 hook = write.overwrite_hook(position)
-                hooks.callback(block.register_forward_pre_hook(hook, with_kwargs=True, prepend=True).remove)
+                write.handles.append(block.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
+            hooks.callback(write.retire)
             yield
 
 
@@ -84,9 +87,11 @@ class _SlotWrite:
     """One injection's tokens and slot columns, and the hooks that write them while it lasts.
 
     Which part of the slot lies in the chunk being computed is decided from the cache length seen by
-    the model's top-level forward: prefill, chunked prefill (even one splitting the slot), decode steps,
-    beam search and assisted decoding then all behave, and decode steps (slot already cached) cost one
-    comparison.
+    the model's top-level forward: prefill, chunked prefill (even one splitting the slot), beam search and
+    assisted decoding then all behave. Once a forward that fills a KV cache has passed the slot's last
+    column, the slot's keys and values are cached and no later step can need the hooks: they are removed,
+    so decode steps run the plain decoder, which ``torch.compile`` can capture whole. Without a cache (training,
+    full recomputation) every forward sees the slot, and the hooks stay until the injection ends.
     """
 
     def __init__(self, tokens: torch.Tensor, slots: torch.Tensor, offsets: tuple[int, ...]) -> None:
@@ -95,10 +100,26 @@ class _SlotWrite:
         self.offsets = torch.tensor(offsets, device=tokens.device)
         self.span = (int(slots.min()) + offsets[0], int(slots.max()) + offsets[-1] + 1)  # slot columns of any row
         self.chunk_start = 0
+        self.chunk_end: int | None = None  # past the current chunk's last column, when a cache is filled
+        self.handles: list[RemovableHandle] = []
 
     def track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        self.chunk_start = cache.get_seq_length() if cache is not None else 0
+        self.chunk_start = int(cache.get_seq_length()) if cache is not None else 0
+        inputs = kwargs.get("inputs_embeds")
+        if inputs is None:
+            inputs = kwargs.get("input_ids", args[0] if args else None)
+        cached = cache is not None and kwargs.get("use_cache") is not False and inputs is not None
+        self.chunk_end = self.chunk_start + inputs.shape[1] if cached else None
+
+    def after_chunk(self, module: nn.Module, args: tuple, output: object) -> None:
+        if self.chunk_end is not None and self.chunk_end >= self.span[1]:
+            self.retire()
+
+    def retire(self) -> None:
+        """Remove every hook of this injection (again: removing a removed hook does nothing)."""
+        for handle in self.handles:
+            handle.remove()
 
     def overwrite_hook(self, position: int) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict] | None]:
         """The pre-hook of the ``position``-th injection layer: writes that layer's tokens into the slot."""
