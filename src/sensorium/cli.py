@@ -228,7 +228,11 @@ def _serve(args: argparse.Namespace) -> None:
         max_batch_size=1 if args.no_batching else args.max_batch_size, max_wait_ms=args.max_wait_ms,
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_question_chars=args.max_question_chars,
         max_new_tokens=args.max_new_tokens, max_beams=args.max_beams, request_timeout_s=args.request_timeout)
-    serve(args.adapter, args.host, args.port, settings, args.device)
+    names = [name for name, _ in args.adapter] + [name for name, _ in args.compose or []]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # before any model is loaded
+        raise ValueError(f"adapter name '{twice}' given twice")
+    serve(args.adapter, args.host, args.port, settings, args.device, args.compose or [])
 
 
 def positive_int(text: str) -> int:
@@ -255,6 +259,15 @@ def adapter_spec(text: str) -> tuple[str, str]:
     if not sep or not name or not folder:
         raise argparse.ArgumentTypeError(f"'{text}': expected NAME=DIR")
     return name, folder
+
+
+def compose_spec(text: str) -> tuple[str, list[str]]:
+    """NAME=A,B of ``serve --compose``."""
+    name, sep, senses = text.partition("=")
+    parts = [part.strip() for part in senses.split(",")]
+    if not sep or not name or not all(parts):
+        raise argparse.ArgumentTypeError(f"'{text}': expected NAME=A,B (names of adapters given by --adapter)")
+    return name, parts
 
 
 class MakeCommand(NamedTuple):
@@ -439,7 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = verbs.add_parser("serve", help="HTTP API and web page hosting adapters over shared frozen models",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     serve.add_argument("--adapter", action="append", type=adapter_spec, required=True, metavar="NAME=DIR",
-                       help="an adapter to host under NAME; repeat for more")
+                       help="an adapter (or a composed model's folder) to host under NAME; repeat for more")
+    serve.add_argument("--compose", action="append", type=compose_spec, metavar="NAME=A,B",
+                       help="host the adapters named A, B, ... (by --adapter) composed, one sense each in that "
+                            "order, as one model under NAME, over the same loaded LM and encoders; repeat for more")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--device", default="cpu", help="torch device of the models")

@@ -402,10 +402,13 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
     Each sample is (adapter, its encoder tokens as ``encode`` gives them, question); each brings its own
     soft prompt, slot embedding and connector. Adapters must share the LM object and the layout (same
     placement, injection layers and slot columns), which holds for adapters trained on the same base LM
-    with the same prompt length and connector layout; ``options`` apply to the whole batch.
+    with the same prompt length and connector layout; ``options`` apply to the whole batch. Samples all of
+    one model may be of any ``PrefixedLM`` (a composed model's requests, batched by the server).
     """
     lead = samples[0][0]
     for model, _, _ in samples:
+        if model is lead:  # one model agrees with itself (a composed model's batch: it has no batch_layout)
+            continue
         if model.lm is not lead.lm or model.batch_layout != lead.batch_layout:
             raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
                              "length and slot width")

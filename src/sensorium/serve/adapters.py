@@ -4,6 +4,13 @@ An adapter is a few MB; its frozen LM and encoder are hundreds. Adapters naming 
 one LM object (and tokenizer), those naming the same encoder at the same resolution and frame count
 (and reading the same tokens: [CLS] or patches) share one encoder, so hosting one more adapter costs
 only its own weights.
+
+A composed model (``compose.ComposedLM``: several senses over one LM) is hosted from a composed folder, its
+senses loaded over the same shared models, or from adapters already hosted (``compose``), whose very
+PerceptualLM objects it then reuses: nothing is loaded twice. It reads ONE upload, decoded once per sense
+(``media.read_senses``): a video and its sound track for video and audio senses, a still frame for an image
+sense. Its modality is "audiovisual" for a video sense and an audio sense, else its senses' modalities
+joined with "+" in sense order (e.g. "image+audio").
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..compose import ComposedLM, is_composition, read_composition
 from ..config import WEIGHTS_NAME, AdapterConfig
 from ..encoders import Encoder, load_encoder
 from ..layout import encoder_tokens
 from ..lm import load_lm
 from ..media.video import DEFAULT_FRAMES
 from ..model import PerceptualLM
+from .media import MediaLimits, read_media, read_senses
 
 
 class UnknownAdapterError(LookupError):
@@ -54,12 +63,93 @@ class HostedAdapter:
         """Adapters with equal keys can share one generate() call (see ``model.generate_mixed``)."""
         return _source_key(self.model.config.lm), self.model.batch_layout
 
+    @property
+    def encode_key(self) -> tuple:
+        """Jobs with equal keys are encoded by one forward: one shared encoder, one choice of stored blocks."""
+        return id(self.model.encoder), self.model.layout.stored_blocks
+
+    @property
+    def upload_modality(self) -> str:
+        """What an upload must be."""
+        return self.modality
+
+    @property
+    def reads(self) -> str:
+        """The accepted upload, in words (for the error refusing another)."""
+        return self.modality
+
+    def read(self, data: bytes, name: str, limits: MediaLimits) -> Any:
+        """The upload decoded as the model's ``encode`` takes it."""
+        return read_media(data, name, limits, self.num_frames).value
+
+    @property
+    def size_bytes(self) -> int:
+        return (self.folder / WEIGHTS_NAME).stat().st_size
+
     def describe(self) -> dict[str, Any]:
         config = self.model.config
         return {"name": self.name, "task": self.task, "modality": self.modality, "lm": config.lm,
                 "encoder": config.encoder, "image_size": config.image_size,
+                "trainable_parameters": self.model.parameter_counts()[0], "size_bytes": self.size_bytes}
+
+
+def composed_modality(modalities: list[str]) -> str:
+    """"audiovisual" for a video sense and an audio sense; otherwise the senses' modalities joined with "+"."""
+    return "audiovisual" if sorted(modalities) == ["audio", "video"] else "+".join(modalities)
+
+
+@dataclass
+class HostedComposition:
+    """A composed model: its senses (each a hosted adapter's model, or a composed folder's sense) in prefix order.
+
+    The lead (first) sense gives the task and the decoding settings. Its jobs batch only with each other.
+    """
+
+    name: str
+    senses: list[HostedAdapter]
+    model: ComposedLM
+    folder: Path | None = None  # a composed folder; None when composed from hosted adapters
+
+    @property
+    def task(self) -> str:
+        return self.model.config.task
+
+    @property
+    def modality(self) -> str:
+        return composed_modality([sense.modality for sense in self.senses])
+
+    @property
+    def upload_modality(self) -> str:
+        """The senses' one modality when they share it; otherwise a video (its frames, a still frame of it, its
+        sound track)."""
+        modalities = {sense.modality for sense in self.senses}
+        return modalities.pop() if len(modalities) == 1 else "video"
+
+    @property
+    def reads(self) -> str:
+        sound = self.upload_modality == "video" and any(sense.modality == "audio" for sense in self.senses)
+        return f"{self.upload_modality} with a sound track" if sound else self.upload_modality
+
+    @property
+    def batch_key(self) -> tuple:
+        return "composed", self.name
+
+    @property
+    def encode_key(self) -> tuple:
+        return "composed", self.name
+
+    def read(self, data: bytes, name: str, limits: MediaLimits) -> tuple[Any, ...]:
+        """One decoded medium per sense, in sense order (what ``ComposedLM.encode`` takes for one input)."""
+        return read_senses(data, name, limits, [(sense.name, sense.modality, sense.num_frames)
+                                                for sense in self.senses], self.name)
+
+    def describe(self) -> dict[str, Any]:
+        config = self.model.config
+        return {"name": self.name, "task": self.task, "modality": self.modality, "lm": config.lm,
+                "encoder": " + ".join(sense.model.config.encoder for sense in self.senses),
+                "image_size": config.image_size, "senses": [sense.name for sense in self.senses],
                 "trainable_parameters": self.model.parameter_counts()[0],
-                "size_bytes": (self.folder / WEIGHTS_NAME).stat().st_size}
+                "size_bytes": sum(sense.size_bytes for sense in self.senses)}
 
 
 class AdapterRegistry:
@@ -67,14 +157,49 @@ class AdapterRegistry:
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
-        self.adapters: dict[str, HostedAdapter] = {}
+        self.adapters: dict[str, HostedAdapter | HostedComposition] = {}
         self._lms: dict[str, tuple[Any, Any]] = {}
         self._encoders: dict[tuple[str, int | None, str, int | None], Encoder] = {}
 
-    def add(self, name: str, folder: str | Path) -> HostedAdapter:
+    def add(self, name: str, folder: str | Path) -> HostedAdapter | HostedComposition:
+        """An adapter folder, or a composed model's folder (its senses loaded over the shared models)."""
         if name in self.adapters:
             raise ValueError(f"adapter name '{name}' given twice")
         folder = Path(folder)
+        if is_composition(folder):
+            senses = [HostedAdapter(sense, folder / sense, self._load(folder / sense))
+                      for sense in read_composition(folder).senses]
+            model = ComposedLM([sense.model for sense in senses], [sense.name for sense in senses])
+            self.adapters[name] = HostedComposition(name, senses, model.eval(), folder)
+        else:
+            self.adapters[name] = HostedAdapter(name, folder, self._load(folder))
+        return self.adapters[name]
+
+    def compose(self, name: str, senses: list[str]) -> HostedComposition:
+        """Hosted adapters composed, in the order given, into one model under ``name``: their very models (and
+        so their LM and encoders) are shared, nothing is loaded."""
+        if name in self.adapters:
+            raise ValueError(f"adapter name '{name}' given twice")
+        if len(senses) < 2:
+            raise ValueError(f"composed model '{name}' needs at least two hosted adapters, not {len(senses)}: "
+                             "--compose NAME=A,B")
+        unknown = [sense for sense in senses if sense not in self.adapters]
+        if unknown:
+            raise ValueError(f"composed model '{name}': unknown adapter '{unknown[0]}'; hosted: "
+                             f"{', '.join(sorted(self.adapters))} (give it with --adapter first)")
+        hosted = [self.adapters[sense] for sense in senses]
+        nested = [sense.name for sense in hosted if isinstance(sense, HostedComposition)]
+        if nested:
+            raise ValueError(f"composed model '{name}': '{nested[0]}' is itself composed; compose single adapters")
+        try:
+            model = ComposedLM([sense.model for sense in hosted], senses)
+        except ValueError as error:
+            raise ValueError(f"composed model '{name}': {error}") from error
+        self.adapters[name] = HostedComposition(name, hosted, model.eval())
+        return self.adapters[name]
+
+    def _load(self, folder: Path) -> PerceptualLM:
+        """An adapter over the shared LM and encoder, loading them on first use."""
         config = AdapterConfig.load(folder)
         lm_key = _source_key(config.lm)
         if lm_key not in self._lms:
@@ -86,10 +211,9 @@ class AdapterRegistry:
                                                        num_frames=config.num_frames, tokens=tokens)
         lm, tokenizer = self._lms[lm_key]
         model = PerceptualLM.from_pretrained(folder, lm=lm, tokenizer=tokenizer, encoder=self._encoders[encoder_key])
-        self.adapters[name] = HostedAdapter(name, folder, model.to(self.device).eval())
-        return self.adapters[name]
+        return model.to(self.device).eval()
 
-    def get(self, name: str) -> HostedAdapter:
+    def get(self, name: str) -> HostedAdapter | HostedComposition:
         if name not in self.adapters:
             raise UnknownAdapterError(f"unknown adapter '{name}'; hosted: {', '.join(sorted(self.adapters))}")
         return self.adapters[name]

@@ -28,7 +28,7 @@ from ..errors import BadInputError
 from .adapters import AdapterRegistry, UnknownAdapterError
 from .batching import Batcher
 from .body_limit import BodyLimit
-from .media import MediaTooLargeError, UnsupportedMediaError, media_modality, read_media
+from .media import MediaTooLargeError, UnsupportedMediaError, media_modality
 from .settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
@@ -67,10 +67,11 @@ class AdapterInfo(BaseModel):
     task: str
     modality: str
     lm: str
-    encoder: str
+    encoder: str  # a composed model's: its senses' encoders, joined by " + "
     image_size: int | None
     trainable_parameters: int
-    size_bytes: int
+    size_bytes: int  # a composed model's: its senses' adapter files together
+    senses: list[str] | None = None  # a composed model's senses, in prefix order; None for an adapter
 
 
 class ErrorResponse(BaseModel):
@@ -107,7 +108,8 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
                                            description="default: the adapter's (its task's)")]
     Beams = Annotated[int | None, Form(ge=1, le=settings.max_beams, description="1 is greedy; default: the adapter's")]
     Media = Annotated[UploadFile, File(description="an image, a sound (for an audio adapter) or a video (for a "
-                                                "video adapter); its type is read from its content")]
+                                                "video adapter, or a video with its sound track for an audiovisual "
+                                                "composed model); its type is read from its content")]
     AdapterName = Annotated[str, Form(description="one of GET /v1/adapters")]
 
     async def answer(task: str, adapter: str, media: UploadFile, question: str,
@@ -119,13 +121,13 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
                                   f"use {ENDPOINT_OF_TASK[hosted.task]}")
         data, name = await media.read(settings.max_upload_bytes + 1), media.filename or "upload"
         modality = media_modality(data, name, settings.media_limits)  # before decoding what would be refused
-        if modality != hosted.modality:
-            raise ServeError(415, f"adapter '{adapter}' reads {hosted.modality}, not {modality}")
-        decoded = await run_in_threadpool(read_media, data, name, settings.media_limits, hosted.num_frames)
+        if modality != hosted.upload_modality:
+            raise ServeError(415, f"adapter '{adapter}' reads {hosted.reads}, not {modality}")
+        decoded = await run_in_threadpool(hosted.read, data, name, settings.media_limits)
         generation = {**hosted.model.config.generation_defaults(),
                       **{key: value for key, value in options.items() if value is not None}}
         try:
-            result = await batcher.submit(hosted, decoded.value, question, generation, settings.request_timeout_s)
+            result = await batcher.submit(hosted, decoded, question, generation, settings.request_timeout_s)
         except asyncio.TimeoutError as error:
             raise ServeError(504, f"no answer within {settings.request_timeout_s:g} s") from error
         except BadInputError:
@@ -198,18 +200,23 @@ def _add_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error_class, known_error)
 
 
-def load_registry(adapters: list[tuple[str, str | Path]], device: str = "cpu") -> AdapterRegistry:
-    """(name, folder) pairs loaded over shared frozen models."""
+def load_registry(adapters: list[tuple[str, str | Path]], device: str = "cpu",
+                  compositions: list[tuple[str, list[str]]] = ()) -> AdapterRegistry:
+    """(name, folder) pairs loaded over shared frozen models (a folder may be a composed model's), then
+    (name, [hosted adapter names]) pairs composed from the hosted adapters, in the order given."""
     registry = AdapterRegistry(device)
     for name, folder in tqdm(adapters, desc="loading adapters", unit="adapter"):
         registry.add(name, folder)
+    for name, senses in compositions:
+        registry.compose(name, senses)
     return registry
 
 
 def serve(adapters: list[tuple[str, str | Path]], host: str = "127.0.0.1", port: int = 8000,
-          settings: ServeSettings | None = None, device: str = "cpu") -> None:
-    """Load the adapters (frozen models shared), then serve until interrupted."""
-    uvicorn.run(create_app(load_registry(adapters, device), settings), host=host, port=port)
+          settings: ServeSettings | None = None, device: str = "cpu",
+          compositions: list[tuple[str, list[str]]] = ()) -> None:
+    """Load the adapters (frozen models shared) and compose the compositions, then serve until interrupted."""
+    uvicorn.run(create_app(load_registry(adapters, device, compositions), settings), host=host, port=port)
 
 
 @contextmanager

@@ -5,7 +5,8 @@ once per token for the whole batch), so requests that arrive together are answer
 first waiting request opens a short window (``max_wait_s``); whatever arrives within it, up to
 ``max_batch_size`` requests, joins the batch. The batch is split by what must agree inside one
 generate() call, the base LM and layout (adapters may differ: ``generate_mixed``) and the decoding
-options, and each part is encoded and generated at once.
+options, and each part is encoded and generated at once. A composed model's requests batch only with
+each other (its own ``batch_key``), its senses' media encoded sense by sense.
 
 All model work runs in this one thread, so the server's event loop never waits on torch and the
 injection hooks on a shared LM are never used by two batches at once.
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from ..model import generate_mixed
-from .adapters import HostedAdapter
+from .adapters import HostedAdapter, HostedComposition
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Answer:
 
 @dataclass
 class _Job:
-    adapter: HostedAdapter
+    adapter: HostedAdapter | HostedComposition
     media: Any
     question: str
     options: dict[str, Any]  # complete generate() options: the adapter's defaults, then the request's
@@ -84,8 +85,8 @@ class Batcher:
             self._thread.join()
             self._thread = None
 
-    async def submit(self, adapter: HostedAdapter, media: Any, question: str, options: dict[str, Any],
-                     timeout_s: float) -> Answer:
+    async def submit(self, adapter: HostedAdapter | HostedComposition, media: Any, question: str,
+                     options: dict[str, Any], timeout_s: float) -> Answer:
         """The answer, or asyncio.TimeoutError after ``timeout_s`` (queueing included)."""
         loop = asyncio.get_running_loop()
         job = _Job(adapter, media, question, options, loop, loop.create_future())
@@ -142,8 +143,7 @@ class Batcher:
         features: list[torch.Tensor | None] = [None] * len(group)
         rows_of: dict[tuple, list[int]] = {}
         for row, job in enumerate(group):
-            model = job.adapter.model
-            rows_of.setdefault((id(model.encoder), model.layout.stored_blocks), []).append(row)
+            rows_of.setdefault(job.adapter.encode_key, []).append(row)
         for rows in rows_of.values():
             encoded = group[rows[0]].adapter.model.encode([group[row].media for row in rows])
             for row, tokens in zip(rows, encoded, strict=True):

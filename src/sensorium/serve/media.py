@@ -13,7 +13,7 @@ client's error, one line naming the upload.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import BadInputError
 from ..media import load_image
 from ..media.audio import AudioTooLongError, Waveform, load_audio
+from ..media.ffmpeg import open_container
 from ..media.video import DEFAULT_FRAMES, FramesTooLargeError, load_video
 
 # Formats Pillow decodes safely and that cameras, browsers and screenshots produce.
@@ -152,3 +153,46 @@ def read_media(data: bytes, name: str, limits: MediaLimits, num_frames: int = DE
     except Exception as error:  # any decoder failure on the client's bytes (see the module's docstring)
         raise BadInputError(f"{name}: unreadable {reader.modality} ({type(error).__name__}: {error})") from error
     return Media(reader.modality, value)
+
+
+def has_sound_track(data: bytes, name: str) -> bool:
+    """Whether a video's container holds an audio stream (from its header; nothing is decoded)."""
+    with open_container(io.BytesIO(data), name, "video") as container:
+        return bool(container.streams.audio)
+
+
+def read_senses(data: bytes, name: str, limits: MediaLimits, senses: Sequence[tuple[str, str, int]],
+                model: str) -> tuple[Any, ...]:
+    """One upload decoded for each sense of a composed model ``model``: (sense name, its modality, the frames a
+    video sense samples) in sense order.
+
+    A sense of the upload's own modality reads it as a single adapter would; from a video, an audio sense
+    reads its sound track (a video without one is refused, naming the sense that needs it) and an image
+    sense its middle frame. Each distinct reading is decoded once.
+    """
+    reader = _reader(data, name, limits)
+    decoded: dict[tuple[str, int], Any] = {}
+    try:
+        if reader.modality == "video":
+            deaf = next((sense for sense, modality, _ in senses if modality == "audio"), None)
+            if deaf is not None and not has_sound_track(data, name):
+                raise BadInputError(f"{name}: a video without a sound track; composed model '{model}' needs the "
+                                    f"sound track for its audio sense '{deaf}'")
+        for sense, modality, frames in senses:
+            key = (modality, frames if modality == "video" else 0)
+            if key in decoded:
+                continue
+            if modality == reader.modality:
+                decoded[key] = reader.read(data, name, limits, frames)
+            elif reader.modality == "video" and modality == "audio":
+                decoded[key] = read_audio(data, name, limits)
+            elif reader.modality == "video" and modality == "image":
+                decoded[key] = read_video(data, name, limits, 1)[0]  # the middle frame
+            else:
+                raise UnsupportedMediaError(f"{name}: {reader.modality} upload, but sense '{sense}' of composed "
+                                            f"model '{model}' reads {modality}")
+    except BadInputError:
+        raise
+    except Exception as error:  # any decoder failure on the client's bytes (see the module's docstring)
+        raise BadInputError(f"{name}: unreadable {reader.modality} ({type(error).__name__}: {error})") from error
+    return tuple(decoded[(modality, frames if modality == "video" else 0)] for _, modality, frames in senses)
