@@ -125,6 +125,20 @@ def test_adapters_share_one_frozen_lm_and_encoder(tiny_adapter_folders):
         registry.add("shapes", tiny_adapter_folders["captions"])
 
 
+def test_the_registry_holds_its_lms_in_the_weight_format_given(tiny_adapter_folders, image):
+    """serve --dtype: int8 weight-only LMs answer over the same adapters, reading fewer bytes per token."""
+    from sensorium.lm import weight_bytes_per_token
+
+    full, int8 = AdapterRegistry(weights="float32"), AdapterRegistry(weights="int8")
+    for registry in (full, int8):
+        registry.add("shapes", tiny_adapter_folders["shapes"])
+    lms = [registry.get("shapes").model.lm for registry in (full, int8)]
+    assert weight_bytes_per_token(lms[1]) < weight_bytes_per_token(lms[0]) / 2
+    assert int8.get("shapes").model.ask([image], ["what color ?"], max_new_tokens=2)
+    with pytest.raises(ValueError, match="unknown weight format 'int3'"):
+        AdapterRegistry(weights="int3")
+
+
 def test_adapters_endpoint_describes_each(client, tiny_adapter_folders, tiny_lm_folder, tiny_vit_folder):
     described = {entry["name"]: entry for entry in client.get("/v1/adapters").json()}
     assert set(described) == {"shapes", "captions"}

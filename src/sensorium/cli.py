@@ -232,7 +232,7 @@ def _serve(args: argparse.Namespace) -> None:
     twice = next((name for name in names if names.count(name) > 1), None)
     if twice is not None:  # before any model is loaded
         raise ValueError(f"adapter name '{twice}' given twice")
-    serve(args.adapter, args.host, args.port, settings, args.device, args.compose or [])
+    serve(args.adapter, args.host, args.port, settings, args.device, args.compose or [], args.dtype)
 
 
 def positive_int(text: str) -> int:
@@ -459,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--device", default="cpu", help="torch device of the models")
+    serve.add_argument("--dtype", choices=("auto", *WEIGHT_FORMATS), default="auto",
+                       help="how the frozen LMs hold their weights (auto: the fastest on the device)")
     serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
                        help="requests answered by one generate() call")
     serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,

@@ -23,7 +23,7 @@ from ..compose import ComposedLM, is_composition, read_composition
 from ..config import WEIGHTS_NAME, AdapterConfig
 from ..encoders import Encoder, load_encoder
 from ..layout import encoder_tokens
-from ..lm import load_lm
+from ..lm import hold_weights, load_lm, loading_dtype, weight_format
 from ..media.video import DEFAULT_FRAMES
 from ..model import PerceptualLM
 from .media import MediaLimits, read_media, read_senses
@@ -155,8 +155,9 @@ class HostedComposition:
 class AdapterRegistry:
     """Named adapters; frozen models are loaded on first use and shared by every later adapter."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", weights: str = "auto") -> None:
         self.device = device
+        self.weights = weight_format(weights, device)  # how every frozen LM holds its weights
         self.adapters: dict[str, HostedAdapter | HostedComposition] = {}
         self._lms: dict[str, tuple[Any, Any]] = {}
         self._encoders: dict[tuple[str, int | None, str, int | None], Encoder] = {}
@@ -203,7 +204,8 @@ class AdapterRegistry:
         config = AdapterConfig.load(folder)
         lm_key = _source_key(config.lm)
         if lm_key not in self._lms:
-            self._lms[lm_key] = load_lm(config.lm)
+            lm, tokenizer = load_lm(config.lm, loading_dtype(self.weights))
+            self._lms[lm_key] = hold_weights(lm, self.weights) if self.weights == "int8" else lm, tokenizer
         tokens = encoder_tokens(config)
         encoder_key = (_source_key(config.encoder), config.image_size, tokens, config.num_frames)
         if encoder_key not in self._encoders:

@@ -201,10 +201,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def load_registry(adapters: list[tuple[str, str | Path]], device: str = "cpu",
-                  compositions: list[tuple[str, list[str]]] = ()) -> AdapterRegistry:
+                  compositions: list[tuple[str, list[str]]] = (), weights: str = "auto") -> AdapterRegistry:
     """(name, folder) pairs loaded over shared frozen models (a folder may be a composed model's), then
     (name, [hosted adapter names]) pairs composed from the hosted adapters, in the order given."""
-    registry = AdapterRegistry(device)
+    registry = AdapterRegistry(device, weights)
     for name, folder in tqdm(adapters, desc="loading adapters", unit="adapter"):
         registry.add(name, folder)
     for name, senses in compositions:
@@ -214,9 +214,10 @@ def load_registry(adapters: list[tuple[str, str | Path]], device: str = "cpu",
 
 def serve(adapters: list[tuple[str, str | Path]], host: str = "127.0.0.1", port: int = 8000,
           settings: ServeSettings | None = None, device: str = "cpu",
-          compositions: list[tuple[str, list[str]]] = ()) -> None:
-    """Load the adapters (frozen models shared) and compose the compositions, then serve until interrupted."""
-    uvicorn.run(create_app(load_registry(adapters, device, compositions), settings), host=host, port=port)
+          compositions: list[tuple[str, list[str]]] = (), weights: str = "auto") -> None:
+    """Load the adapters (frozen models shared, held as ``weights``) and compose the compositions, then serve until
+    interrupted."""
+    uvicorn.run(create_app(load_registry(adapters, device, compositions, weights), settings), host=host, port=port)
 
 
 @contextmanager
