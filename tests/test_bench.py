@@ -97,11 +97,13 @@ def test_adapters(common, tmp_path, capsys):
 
 
 def test_floor(common, tmp_path, capsys):
-    line = main(["floor", *common, "--batches", "1", "2", "--new-tokens", "3", "--copy-mib", "8"])
+    line = main(["floor", *common, "--batches", "1", "2", "--new-tokens", "3", "--copy-mib", "8",
+                 "--caches", "dynamic", "static"])
     appended(tmp_path, line, capsys, "greedy decode steps (3 new tokens")
-    rows = {(row["weights"], row["batch"]): row for row in line["rows"]}
-    assert set(rows) == {(w, b) for w in ("float32", "bfloat16", "int8") for b in (1, 2)}
-    read = {w: rows[w, 1]["weight_bytes_per_token"] for w in ("float32", "bfloat16", "int8")}
+    rows = {(row["weights"], row["batch"], row["cache"]): row for row in line["rows"]}
+    assert set(rows) == {(w, b, c) for w in ("float32", "bfloat16", "int8") for b in (1, 2)
+                         for c in ("dynamic", "static")}
+    read = {w: rows[w, 1, "static"]["weight_bytes_per_token"] for w in ("float32", "bfloat16", "int8")}
     assert read["float32"] == 2 * read["bfloat16"], "bfloat16 halves every weight"
     assert read["bfloat16"] > read["int8"] > read["float32"] / 4, "int8 data is a quarter, plus its scales"
     assert line["copy_bytes_per_second"] > 0

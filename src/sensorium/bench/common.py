@@ -101,14 +101,14 @@ class StepClock(LogitsProcessor):
 
 
 def decode_seconds_per_token(model: PerceptualLM, features: torch.Tensor, questions: list[str],
-                             new_tokens: int) -> float:
+                             new_tokens: int, **options) -> float:
     """Mean decode step of a greedy batch of exactly ``new_tokens`` tokens: the prefill ends where the first new
-    token's scores arrive, and each later arrival closes one step."""
+    token's scores arrive, and each later arrival closes one step. ``options`` go to generate()."""
     if new_tokens < 2:
         raise ValueError("at least 2 new tokens: decode steps are the gaps between them")
     clock = StepClock()
     model.generate(features, questions, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1,
-                   logits_processor=LogitsProcessorList([clock]))
+                   logits_processor=LogitsProcessorList([clock]), **options)
     return (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
 
 
