@@ -101,3 +101,23 @@ def test_a_second_injection_into_one_lm_is_refused(tiny_lm_folder, tiny_vit_fold
         assert hooks_on(first.lm) == 2 + len(first.injector.layers)
     assert hooks_on(first.lm) == 0
     second.generate(feats, QUESTIONS[:1], max_new_tokens=2)  # free again once the first is done
+
+
+def test_compiled_decode_steps_have_no_graph_break(tiny_lm_folder, tiny_vit_folder):
+    """With the static KV cache, transformers compiles the decode step; hook-free steps trace as one graph (the
+    eager backend traces as inductor would, without generating kernels) and answer as the uncompiled model."""
+    import torch._dynamo
+    from transformers import CompileConfig
+
+    model = build("llama", tiny_lm_folder, tiny_vit_folder)
+    feats = features(model, 2)
+    options = {"max_new_tokens": 6, "min_new_tokens": 6, "cache_implementation": "static"}
+    config = CompileConfig(backend="eager", fullgraph=True)
+    config._compile_all_devices = True
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = model.generate(feats, QUESTIONS[:2], compile_config=config, **options)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
+    assert compiled == model.generate(feats, QUESTIONS[:2], disable_compile=True, **options)
+    torch._dynamo.reset()
