@@ -29,7 +29,7 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
+from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, readable_format
 from .data.examples import Example
 from .errors import BadInputError
 from .injection import SlotInjector
@@ -65,10 +65,7 @@ class Composition:
     @field_validator("format_version")
     @classmethod
     def _readable(cls, format_version: int) -> int:
-        if format_version > COMPOSITION_VERSION:
-            raise ValueError(f"composition format {format_version} is newer than this sensorium reads "
-                             f"({COMPOSITION_VERSION}); upgrade sensorium to load it")
-        return format_version
+        return readable_format("composition", format_version, COMPOSITION_VERSION)
 
 
 def is_composition(folder: str | Path) -> bool:

@@ -46,6 +46,14 @@ TEMPLATE_FIELDS = ("question",)
 SETTINGS = ConfigDict(extra="forbid")
 
 
+def readable_format(kind: str, format_version: int, newest: int) -> int:
+    """``format_version`` of a saved ``kind`` ("adapter", "composition"), unless it is newer than this code reads."""
+    if format_version > newest:
+        raise ValueError(f"{kind} format {format_version} is newer than this sensorium reads ({newest}); "
+                         "upgrade sensorium to load it")
+    return format_version
+
+
 @dataclass(config=SETTINGS)
 class AdapterFormat:
     """What wrote an adapter_config.json, recorded beside the settings as PEFT records its version: the
@@ -58,10 +66,7 @@ class AdapterFormat:
     @field_validator("format_version")
     @classmethod
     def _readable(cls, format_version: int) -> int:
-        if format_version > FORMAT_VERSION:
-            raise ValueError(f"adapter format {format_version} is newer than this sensorium reads "
-                             f"({FORMAT_VERSION}); upgrade sensorium to load it")
-        return format_version
+        return readable_format("adapter", format_version, FORMAT_VERSION)
 
     @classmethod
     def current(cls) -> AdapterFormat:
