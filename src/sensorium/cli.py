@@ -101,11 +101,14 @@ def _ask(args: argparse.Namespace) -> None:
 
 
 def _compose(args: argparse.Namespace) -> None:
+    import torch
+
     from .compose import Tuning, compose, tune
     from .data import parse_data_spec, read_dataset
     from .recipe import TrainingOptions
     from .train import cached_features
 
+    torch.manual_seed(args.seed)  # fresh connectors start from the seed's draw
     model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh)
     print(f"composed {', '.join(model.names)} over {model.config.lm}: {model.prefix_length} prefix columns, "
           f"{model.parameter_counts()[0]:,} trainable parameters")
