@@ -38,7 +38,8 @@ def sense(lm, tokenizer, vit: str, seed: int, **settings) -> PerceptualLM:
     return model.eval()
 
 
-def composed(arch: str, tiny_lm_folder, tiny_vit_folder, second: str = "frames") -> ComposedLM:
+def composed(arch: str, tiny_lm_folder, tiny_vit_folder, second: str = "frames",
+             positions: str = "parallel") -> ComposedLM:
     """An image sense (one slot column), then a second sense: frame by frame video (three columns), or an
     input connector (LiMBeR: its mapped token is the prefix itself, no injection)."""
     lm, tokenizer = load_lm(tiny_lm_folder(arch))
@@ -47,7 +48,7 @@ def composed(arch: str, tiny_lm_folder, tiny_vit_folder, second: str = "frames")
         other = sense(lm, tokenizer, f"frames:{tiny_vit_folder}", 2, num_frames=3, temporal="frames")
     else:
         other = sense(lm, tokenizer, tiny_vit_folder, 2, connector="limber-1", inject_layers=None)
-    return ComposedLM([image, other], ["image", second]).eval()
+    return ComposedLM([image, other], ["image", second], positions).eval()
 
 
 def features(model: ComposedLM, batch: int, seed: int = 0) -> torch.Tensor:
@@ -58,9 +59,10 @@ def features(model: ComposedLM, batch: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("arch", ["llama", "opt", "gpt2", "qwen2", "gemma3"])
 @pytest.mark.parametrize("second", ["frames", "limber"])
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_composed_cached_generation_equals_full_recomputation(arch, second, num_beams, tiny_lm_folder,
+@pytest.mark.parametrize("positions", ["parallel", "serial"])
+def test_composed_cached_generation_equals_full_recomputation(arch, second, num_beams, positions, tiny_lm_folder,
                                                               tiny_vit_folder):
-    model = composed(arch, tiny_lm_folder, tiny_vit_folder, second)
+    model = composed(arch, tiny_lm_folder, tiny_vit_folder, second, positions)
     feats = features(model, len(QUESTIONS))
     options = {"max_new_tokens": 8, "min_new_tokens": 4, "num_beams": num_beams}
     cached = model.generate(feats, QUESTIONS, **options)
@@ -69,8 +71,9 @@ def test_composed_cached_generation_equals_full_recomputation(arch, second, num_
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_composed_batched_answers_equal_single_answers(arch, tiny_lm_folder, tiny_vit_folder):
-    model = composed(arch, tiny_lm_folder, tiny_vit_folder)
+@pytest.mark.parametrize("positions", ["parallel", "serial"])
+def test_composed_batched_answers_equal_single_answers(arch, positions, tiny_lm_folder, tiny_vit_folder):
+    model = composed(arch, tiny_lm_folder, tiny_vit_folder, positions=positions)
     feats = features(model, len(QUESTIONS))
     batched = model.generate(feats, QUESTIONS, max_new_tokens=6)
     assert batched == [model.generate(feats[i:i + 1], [q], max_new_tokens=6)[0] for i, q in enumerate(QUESTIONS)]
@@ -93,12 +96,30 @@ def test_each_sense_is_written_into_its_own_columns(tiny_lm_folder, tiny_vit_fol
     hook = layer.register_forward_hook(lambda module, args, output: seen.append(args[0].clone()))
     embeds, mask = model._embed(model.prompt_ids(QUESTIONS[:2]), model.perceive(feats)[0])
     with model._injecting(tokens, mask):
-        model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=model._positions(mask))
+        model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=model.positions(mask))
     hook.remove()
     start = model.slot_columns(mask)
     for row in range(2):
         slot = [int(start[row]) + offset for offset in model.injector.offsets]
         assert torch.equal(seen[0][row, slot], tokens[row, :, :, :][0].to(seen[0].dtype))
+
+
+@pytest.mark.parametrize("positions", ["parallel", "serial"])
+def test_each_sense_keeps_the_positions_it_was_trained_at(positions, tiny_lm_folder, tiny_vit_folder):
+    """Parallel: [prompt 1 x2][slot 1] at 0 1, 2 and [prompt 2][slot 2 x3] at 0, 1 2 3 (after BOS, where the LM has
+    one), as each adapter had them alone; the question follows the widest sense. Serial: one position per column.
+    Padding shifts nothing."""
+    model = composed("llama", tiny_lm_folder, tiny_vit_folder, positions=positions)
+    _, mask = model._token_ids(model.prompt_ids([QUESTIONS[1], QUESTIONS[0]]))  # the second row is padded
+    rows = model.positions(mask)
+    pads = int(model._leading_pads(mask)[1])
+    assert pads > 0 and torch.equal(rows[1, pads:], rows[0, :rows.shape[1] - pads]) and not rows[1, :pads].any()
+    bos = len(model.bos)
+    if positions == "parallel":
+        prefix = list(range(bos)) + [bos + p for p in (0, 1, 2)] + [bos + p for p in (0, 1, 2, 3)]
+        assert rows[0, :bos + 11].tolist() == prefix + [bos + 4 + p for p in range(4)]
+    else:
+        assert rows[0, :bos + 11].tolist() == list(range(bos + 11))
 
 
 def test_every_sense_steers_the_answers(tiny_lm_folder, tiny_vit_folder):

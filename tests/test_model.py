@@ -145,7 +145,7 @@ def test_prefill_split_inside_the_slot_equals_one_prefill(tiny_lm_folder, tiny_v
     """Chunked prefill: a chunk boundary between slot columns still injects every column once."""
     model = build("llama", tiny_lm_folder, tiny_vit_folder, frames=3)
     embeds, mask = model._embed(model.prompt_ids(QUESTIONS[:2]))
-    positions = model._positions(mask)
+    positions = model.positions(mask)
     slots = model.slot_columns(mask)
     split = int(slots.max()) + 1  # inside the slot of the row padded most, before the other row's text
     with torch.no_grad(), model.injector.injecting(model.map_features(features(model, 2)), slots):
@@ -233,7 +233,7 @@ def test_learned_prefix_lives_where_token_embeddings_do(arch, tiny_lm_folder, ti
     embeds, _ = model._embed(model.prompt_ids(QUESTIONS[:1]))
     start = len(model.bos)
     ids[0, start:model.slot_index + 1] = torch.tensor(words)
-    positions = model._positions(mask)
+    positions = model.positions(mask)
     with torch.no_grad():
         from_prefix = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
         from_words = model.lm(input_ids=ids, attention_mask=mask, position_ids=positions).logits

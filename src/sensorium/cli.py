@@ -109,7 +109,7 @@ def _compose(args: argparse.Namespace) -> None:
     from .train import cached_features
 
     torch.manual_seed(args.seed)  # fresh connectors start from the seed's draw
-    model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh)
+    model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh, positions=args.positions)
     print(f"composed {', '.join(model.names)} over {model.config.lm}: {model.prefix_length} prefix columns, "
           f"{model.parameter_counts()[0]:,} trainable parameters")
     if args.tune:
@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     composer.add_argument("--out", required=True, help="folder of the composed model")
     composer.add_argument("--names", type=lambda text: text.split(","), help="comma-separated sense names "
                                                                              "(default: the folders' names)")
+    composer.add_argument("--positions", choices=("parallel", "serial"), default="parallel",
+                          help="parallel: each sense's prompt and slot at the positions it was trained at, side by "
+                               "side; serial: one after another")
     composer.add_argument("--tune", metavar="DATA", help="fine-tune every sense's connector and prompt on this data: "
                           + " | ".join(data_spec_forms()))
     composer.add_argument("--fresh", action="store_true", help="start from untrained adapters of the same settings "

@@ -2,10 +2,13 @@
 
 Each adapter (a sense: video frames, a sound track, an image) keeps its encoder, connector, soft prompt and slot.
 The composed prefix is every sense's prefix in turn, ``[bos][prompt 1][slot 1][prompt 2][slot 2]...``, and the
-injection layers overwrite all the senses' slot columns in one pass, so the sequence, its positions and its KV
-cache stay those of the unmodified decoder. The first sense leads: its template, task and decoding settings are
-the composed model's. ``tune`` fine-tunes a composition on data that needs every sense, or trains one from
-fresh adapters (the jointly trained baseline).
+injection layers overwrite all the senses' slot columns in one pass, so the sequence and its KV cache stay those
+of the unmodified decoder. Positions are ``parallel`` by default: each sense's columns take the positions they had
+when its adapter was trained alone, side by side, and the text starts after the widest sense, so every adapter
+sees its prompt and slot at the distance from the question it learned (as parallel context windows share
+positions); ``serial`` counts the columns one after another. The first sense leads: its template, task and
+decoding settings are the composed model's. ``tune`` fine-tunes a composition on data that needs every sense,
+or trains one from fresh adapters (the jointly trained baseline).
 
 A composed model is saved as a folder of adapter folders, one per sense, and ``composition.json`` naming them in
 prefix order.
@@ -21,7 +24,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import field_validator
@@ -48,6 +51,7 @@ class Composition:
     """composition.json: which sub-folders hold the senses, in prefix order."""
 
     senses: list[str]
+    positions: Literal["parallel", "serial"] = "parallel"
     format_version: Count = COMPOSITION_VERSION
 
     @field_validator("senses")
@@ -79,9 +83,10 @@ class ComposedLM(PrefixedLM):
     (``feature_sizes``), so that a composed model's features index, cache and batch like a single adapter's.
     """
 
-    def __init__(self, senses: Sequence[PerceptualLM], names: Sequence[str]):
+    def __init__(self, senses: Sequence[PerceptualLM], names: Sequence[str], positions: str = "parallel"):
         super().__init__()
-        names = build(Composition, {"senses": list(names)}, "composition field").senses
+        self.composition = build(Composition, {"senses": list(names), "positions": positions}, "composition field")
+        names = self.composition.senses
         if len(senses) != len(names):
             raise ValueError(f"{len(senses)} senses but {len(names)} names")
         lead = senses[0]
@@ -100,13 +105,17 @@ class ComposedLM(PrefixedLM):
         self.lm, self.tokenizer = lead.lm, lead.tokenizer
         self.bos = lead.bos
         self.slot_index = len(self.bos)  # the injected columns are counted from the prefix's first
-        offsets, column = [], 0
+        offsets, column, place = [], 0, []
         for sense in senses:
-            column += sense.config.prompt_length
+            width = sense.config.prompt_length + sense.slot_count
             if sense.injector is not None:
-                offsets += range(column, column + sense.slot_count)
-            column += sense.slot_count
+                offsets += range(column + sense.config.prompt_length, column + width)
+            place += range(width) if positions == "parallel" else range(column, column + width)
+            column += width
         self.prefix_length = len(self.bos) + column
+        # Position of each column of a row's prefix, and how many positions the text comes before its column.
+        self.prefix_positions = torch.tensor(list(range(len(self.bos))) + [len(self.bos) + p for p in place])
+        self.text_shift = column - (max(place) + 1)
         self.injector = SlotInjector(self.lm, list(layer_sets.pop()), offsets) if injecting else None
         self.feature_sizes = [math.prod(sense.layout.feature_shape) for sense in senses]
 
@@ -164,6 +173,13 @@ class ComposedLM(PrefixedLM):
     def learned_prefix(self) -> torch.Tensor:
         return torch.cat([sense.learned_prefix() for sense in self.senses])
 
+    def positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """Each prefix column at its place (``prefix_positions``), the text after the last of them."""
+        content = super().positions(mask)
+        table = self.prefix_positions.to(mask.device)
+        return torch.where(content < self.prefix_length, table[content.clamp(max=self.prefix_length - 1)],
+                           content - self.text_shift)
+
     # ---- save / load ------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> None:
         """One adapter folder per sense, then composition.json (written last and atomically: a folder with it
@@ -172,7 +188,7 @@ class ComposedLM(PrefixedLM):
         folder.mkdir(parents=True, exist_ok=True)
         for name, sense in zip(self.names, self.senses, strict=True):
             sense.save_pretrained(folder / name)
-        text = json.dumps(dataclasses.asdict(Composition(list(self.names))), indent=2) + "\n"
+        text = json.dumps(dataclasses.asdict(self.composition), indent=2) + "\n"
         with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
             handle.write(text)
         Path(handle.name).replace(folder / COMPOSITION_NAME)
@@ -210,7 +226,7 @@ def sense_names(folders: Sequence[str | Path]) -> list[str]:
 
 
 def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, weights: str = "float32",
-            fresh: bool = False) -> ComposedLM:
+            fresh: bool = False, positions: str = "parallel") -> ComposedLM:
     """Adapters loaded over one frozen LM (loaded once) and composed in the order given.
 
     ``fresh``: the adapters' settings with newly initialised weights, the start of a jointly trained model.
@@ -231,13 +247,14 @@ def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, w
         senses.append(sense)
     if weights == "int8":
         hold_weights(lm, weights)
-    return ComposedLM(senses, names or sense_names(folders))
+    return ComposedLM(senses, names or sense_names(folders), positions)
 
 
 def load_composed(folder: str | Path, weights: str = "float32") -> ComposedLM:
     """A composed model saved by ``ComposedLM.save_pretrained``."""
     composition = read_composition(folder)
-    return compose([Path(folder) / name for name in composition.senses], composition.senses, weights)
+    return compose([Path(folder) / name for name in composition.senses], composition.senses, weights,
+                   positions=composition.positions)
 
 
 # ---- tune ------------------------------------------------------------------------------------

@@ -175,8 +175,9 @@ class PrefixedLM(nn.Module):
         ids = self.tokenizer([" " + t.strip() for t in targets], add_special_tokens=False).input_ids
         return [t + [self.tokenizer.eos_token_id] for t in ids]
 
-    @staticmethod
-    def _positions(mask: torch.Tensor) -> torch.Tensor:
+    def positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """Position ids of the layout: each column's index in its row's content (padding gets 0). Generation passes
+        them on, and transformers continues them one per new token."""
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
     # ---- train ------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ class PrefixedLM(nn.Module):
             # Logits only where a target token is predicted: the LM head over every position would
             # cost more than the rest of the step for a short answer.
             logits = self.lm(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
+                inputs_embeds=embeds, attention_mask=mask, position_ids=self.positions(mask),
                 logits_to_keep=span + 1, use_cache=False,
             ).logits[:, :-1]
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
@@ -214,7 +215,8 @@ class PrefixedLM(nn.Module):
         embeds, mask = self._embed(self.prompt_ids(questions, contexts), learned)
         options = self.generation_options(**options)
         with self._injecting(layer_tokens, mask):
-            return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options))
+            return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
+                                                 position_ids=self.positions(mask), **options))
 
     @torch.inference_mode()
     def generate_uncached(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
@@ -233,7 +235,8 @@ class PrefixedLM(nn.Module):
             lambda module, args, output: self._with_learned_prefix(output, pads, learned))
         try:
             with self._injecting(layer_tokens, mask):
-                output = self.lm.generate(input_ids=ids, attention_mask=mask, **options)
+                output = self.lm.generate(input_ids=ids, attention_mask=mask, position_ids=self.positions(mask),
+                                          **options)
         finally:
             hook.remove()
         return self._decode(output[:, ids.shape[1]:])
@@ -418,7 +421,7 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
                                        torch.cat(learned))
     with lead._injecting(None if lead.injector is None else torch.cat(tokens), mask):
         return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                             **lead.generation_options(**options)))
+                                             position_ids=lead.positions(mask), **lead.generation_options(**options)))
 
 
 def load(folder: str | Path, weights: str = "float32", device_map: str | dict | None = None) -> PerceptualLM:

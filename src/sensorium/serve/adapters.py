@@ -168,9 +168,9 @@ class AdapterRegistry:
             raise ValueError(f"adapter name '{name}' given twice")
         folder = Path(folder)
         if is_composition(folder):
-            senses = [HostedAdapter(sense, folder / sense, self._load(folder / sense))
-                      for sense in read_composition(folder).senses]
-            model = ComposedLM([sense.model for sense in senses], [sense.name for sense in senses])
+            composition = read_composition(folder)
+            senses = [HostedAdapter(sense, folder / sense, self._load(folder / sense)) for sense in composition.senses]
+            model = ComposedLM([sense.model for sense in senses], composition.senses, composition.positions)
             self.adapters[name] = HostedComposition(name, senses, model.eval(), folder)
         else:
             self.adapters[name] = HostedAdapter(name, folder, self._load(folder))
