@@ -276,17 +276,13 @@ def tune(model: ComposedLM, examples: list[Example], features: torch.Tensor, row
     warmup, one seeded random answer per example; returns the losses, step by step."""
     from transformers import get_cosine_schedule_with_warmup
 
-    from .train import batch_indices
+    from .recipe import TrainingOptions
+    from .train import batch_indices, build_optimizer
 
     labelled = [e for e in examples if e.answers and e.media in row_of]
     if not labelled:
         raise ValueError("no examples with an answer and readable media to tune on")
-    optimizer = torch.optim.AdamW([
-        {"params": [p for sense in model.senses for p in sense.connector.parameters() if p.requires_grad],
-         "lr": tuning.lr},
-        {"params": [p for sense in model.senses for p in (sense.prompt, sense.slot_embedding) if p is not None],
-         "lr": tuning.prompt_lr, "weight_decay": 0.0},
-    ])
+    optimizer = build_optimizer(list(model.senses), TrainingOptions(lr=tuning.lr, prompt_lr=tuning.prompt_lr))
     scheduler = get_cosine_schedule_with_warmup(optimizer, tuning.warmup_steps, tuning.steps)
     model.train()
     losses = []

@@ -351,10 +351,12 @@ def _main_first(accelerator: Accelerator, action: Callable[[], Any]) -> None:
         raise BadInputError(error)
 
 
-def build_optimizer(model: PerceptualLM, options: TrainingOptions) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only: frozen weights get no optimizer state."""
-    connector = [p for p in model.connector.parameters() if p.requires_grad]
-    prompt = [p for p in (model.prompt, model.slot_embedding) if p is not None]
+def build_optimizer(senses: PerceptualLM | list[PerceptualLM], options: TrainingOptions) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters only (of one adapter, or of every sense of a composed model): frozen
+    weights get no optimizer state."""
+    senses = senses if isinstance(senses, list) else [senses]
+    connector = [p for sense in senses for p in sense.connector.parameters() if p.requires_grad]
+    prompt = [p for sense in senses for p in (sense.prompt, sense.slot_embedding) if p is not None]
     return torch.optim.AdamW([
         {"params": connector, "lr": options.lr, "weight_decay": options.weight_decay},
         {"params": prompt, "lr": options.prompt_lr, "weight_decay": 0.0},

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +136,7 @@ def make_audiovisual(out: Path, n_train: int, n_test: int, seed: int = 0,
                      workers: int | None = None) -> dict[str, Any]:
     """Write the splits under ``out`` and return the summary also written to ``out/meta.json``; the same seed
     gives byte-identical files. ``workers`` clips are made at once (default: one per CPU)."""
-    if shutil.which("sox") is None:
-        raise FileNotFoundError("'sox' not found: the sounds are synthesised with it (apt-get install sox)")
+    sounds.require_programs("sox")
     details = {"frame_size": videos.FRAME_SIZE, "fps": videos.FPS, "duration": list(videos.DURATION),
                "sampling_rate": SAMPLE_RATE, "sound_kinds": list(SOUND_KINDS),
                "question_types": list(QUESTION_TYPES)}

@@ -284,14 +284,19 @@ def questions(events: list[Event], rng: random.Random) -> list[tuple[str, str, s
 
 
 # ---- writing a data set ---------------------------------------------------------------------------------------
+def require_programs(*programs: str) -> None:
+    """The sounds are synthesised by these programs (Debian packages of the same names): a missing one is one line."""
+    for program in programs:
+        if shutil.which(program) is None:
+            raise FileNotFoundError(f"'{program}' not found: the sounds are synthesised with it "
+                                    f"(apt-get install {program})")
+
+
 def make_audio(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int | None = None) -> dict[str, Any]:
     """Write the splits under ``out`` and return the summary also written to ``out/meta.json``; the same seed
     gives byte-identical files. Clips are synthesised by ``workers`` concurrent sox/espeak-ng processes (default:
     one per CPU)."""
-    for program, package in (("sox", "sox"), ("espeak-ng", "espeak-ng")):
-        if shutil.which(program) is None:
-            raise FileNotFoundError(f"'{program}' not found: the sound scenes are synthesised with it "
-                                    f"(apt-get install {package})")
+    require_programs("sox", "espeak-ng")
     details = {"sampling_rate": SAMPLE_RATE, "duration": list(DURATION), "kinds": list(KINDS), "words": list(WORDS),
                "question_types": list(QUESTION_TYPES)}
     return write_benchmark(out, BENCHMARK, make_clip, n_train, n_test, seed, details,
