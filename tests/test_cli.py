@@ -210,3 +210,20 @@ def test_ask_holds_the_lm_as_auto_decides(adapter, image, monkeypatch, capsys):
     monkeypatch.setattr(model, "load_lm", load_lm)
     assert main(["ask", adapter, image, "what color ?", "--max-new-tokens", "2"]) == 0
     assert loaded == [torch.bfloat16] and capsys.readouterr().out.strip()
+
+
+def test_data_split_holds_out_whole_media_files_as_manifests(tmp_path, capsys):
+    from sensorium.data import read_dataset, write_manifest
+    from sensorium.testing import colour_squares
+
+    training, test = colour_squares(tmp_path / "squares", "vqa")
+    manifest = tmp_path / "all.jsonl"
+    write_manifest(training + test, manifest)
+    assert main(["data", "split", str(manifest), "--held-out", "3", "--out", str(tmp_path / "split")]) == 0
+    kept = read_dataset({"format": "jsonl", "path": str(tmp_path / "split" / "train.jsonl")})
+    held = read_dataset({"format": "jsonl", "path": str(tmp_path / "split" / "held-out.jsonl")})
+    assert len(kept) + len(held) == len(training + test) and len(held) >= 3
+    assert not {e.media for e in kept} & {e.media for e in held}
+    assert "held-out: " in capsys.readouterr().out
+    assert main(["data", "split", str(manifest), "--held-out", "1000", "--out", str(tmp_path / "too-much")]) != 0
+    assert "would leave no training data" in one_line_error(capsys)

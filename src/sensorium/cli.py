@@ -225,6 +225,15 @@ def _models(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from .serve.app import serve
+    splitter = data_verbs.add_parser("split", help="hold out part of a data set (whole media files) for choosing "
+                                     "learning rates or soup ingredients: writes train.jsonl and held-out.jsonl")
+    splitter.add_argument("data", help=" | ".join(data_spec_forms()))
+    splitter.add_argument("--held-out", type=positive_int, required=True,
+                          help="examples to hold out (whole media files move until it holds at least this many)")
+    splitter.add_argument("--seed", type=int, default=0)
+    splitter.add_argument("--out", required=True, help="output folder")
+    splitter.set_defaults(run=_split_data)
+
     from .serve.settings import ServeSettings
 
     settings = ServeSettings(
@@ -319,6 +328,21 @@ def _make_data(args: argparse.Namespace) -> None:
         print(f"held out of train: {', '.join(' '.join(pair) for pair in summary['held_out'])}")
     print(f"{total:,} {unit} in {seconds:.1f} s ({total / seconds:.0f} {unit}/s)")
     print(f"evaluate with {command.evaluate.format(out=args.out)}")
+
+
+def _split_data(args: argparse.Namespace) -> None:
+    from .data import parse_data_spec, read_dataset, split_validation, write_manifest
+
+    examples = read_dataset(parse_data_spec(args.data))
+    try:
+        training, held_out = split_validation(examples, args.held_out, args.seed)
+    except ValueError as error:
+        raise BadInputError(f"{args.data}: {error}") from error
+    out = Path(args.out)
+    for name, part in (("train", training), ("held-out", held_out)):
+        write_manifest(part, out / f"{name}.jsonl")
+        print(f"{name}: {len(part):,} examples of {len({e.media for e in part}):,} media files -> "
+              f"--data {out / name}.jsonl")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,6 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("audio", "audiovisual"):
             maker.add_argument("--workers", type=int, help="clips made at once, each by its own sox/espeak-ng "
                                                            "processes (default: one per CPU)")
+
+    splitter = data_verbs.add_parser("split", help="hold out part of a data set (whole media files) for choosing "
+                                     "learning rates or soup ingredients: writes train.jsonl and held-out.jsonl")
+    splitter.add_argument("data", help=" | ".join(data_spec_forms()))
+    splitter.add_argument("--held-out", type=positive_int, required=True,
+                          help="examples to hold out (whole media files move until it holds at least this many)")
+    splitter.add_argument("--seed", type=int, default=0)
+    splitter.add_argument("--out", required=True, help="output folder")
+    splitter.set_defaults(run=_split_data)
 
     from .serve.settings import ServeSettings
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import random
 import statistics
 import sys
 import time
@@ -17,46 +16,13 @@ from typing import Any
 import torch
 import yaml
 
-from ..data import Example, read_dataset
+from ..data import read_dataset, split_validation, write_manifest
 from ..recipe import Recipe, TrainingOptions
 from .comparison import Comparison, Method, merge_recipe
 from .measure import TEST_RESULT, Evaluator, evaluator_for, with_relative
 from .report import write_report
 
 RUN_RECIPE = "recipe.yaml"  # the recipe a run was trained with, beside its summary
-
-
-def split_validation(examples: list[Example], size: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """(training, validation): whole media files move to validation, in a seeded order, until it holds ``size``."""
-    media = sorted({e.media for e in examples})
-    random.Random(seed).shuffle(media)
-    held, count = set(), 0
-    per_media: dict[str, int] = {}
-    for example in examples:
-        per_media[example.media] = per_media.get(example.media, 0) + 1
-    for name in media:
-        if count >= size:
-            break
-        held.add(name)
-        count += per_media[name]
-    if len(held) == len(media):
-        raise ValueError(f"validation: {size} examples would leave no training data ({len(examples)} examples)")
-    return [e for e in examples if e.media not in held], [e for e in examples if e.media in held]
-
-
-def write_manifest(examples: list[Example], path: Path) -> dict[str, Any]:
-    """A JSONL manifest of the examples (absolute media paths); returns its data spec."""
-    lines = []
-    for example in examples:
-        record = {"media": str(Path(example.media).resolve()), "id": example.question_id}
-        if example.answer_type == "caption":
-            record["captions"] = example.answers
-        else:
-            record.update(question=example.question, answers=example.answers, answer_type=example.answer_type)
-        lines.append(json.dumps(record))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
-    return {"format": "jsonl", "path": str(path)}
 
 
 def log(message: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from ..data import write_manifest
 from ..testing import colour_squares, save_tiny_lm, save_tiny_vit
 from .comparison import Comparison, merge_recipe
-from .runs import write_manifest
 
 SMOKE_WORDS = ("question answer what color is the shape a an picture of square red green blue yellow "
                "small large").split()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,24 @@ class MediaFolder:
             if stem in self.by_stem:
                 return self.folder / self.by_stem[stem], True
         return self.folder / f"{stems[0]}{self.fallback_extension}", False
+
+
+def split_validation(examples: list[Example], size: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """(training, validation): whole media files move to validation, in a seeded order, until it holds ``size``.
+
+    Whole files, so that no image of the held-out split was seen in training under another question.
+    """
+    media = sorted({e.media for e in examples})
+    random.Random(seed).shuffle(media)
+    per_media: dict[str, int] = {}
+    for example in examples:
+        per_media[example.media] = per_media.get(example.media, 0) + 1
+    held, count = set(), 0
+    for name in media:
+        if count >= size:
+            break
+        held.add(name)
+        count += per_media[name]
+    if len(held) == len(media):
+        raise ValueError(f"validation: {size} examples would leave no training data ({len(examples)} examples)")
+    return [e for e in examples if e.media not in held], [e for e in examples if e.media in held]

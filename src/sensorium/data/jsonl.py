@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadInputError
 from .examples import Example, text
@@ -63,3 +64,18 @@ def read(path: str) -> list[Example]:
     if not examples:
         raise BadInputError(f"{manifest}: no records (an empty manifest)")
     return examples
+
+
+def write_manifest(examples: list[Example], path: Path) -> dict[str, Any]:
+    """Write the examples as a manifest (absolute media paths); returns its data spec."""
+    lines = []
+    for example in examples:
+        record = {"media": str(Path(example.media).resolve()), "id": example.question_id}
+        if example.answer_type == "caption":
+            record["captions"] = example.answers
+        else:
+            record.update(question=example.question, answers=example.answers, answer_type=example.answer_type)
+        lines.append(json.dumps(record))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return {"format": "jsonl", "path": str(path)}
