@@ -225,15 +225,6 @@ def _models(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from .serve.app import serve
-    splitter = data_verbs.add_parser("split", help="hold out part of a data set (whole media files) for choosing "
-                                     "learning rates or soup ingredients: writes train.jsonl and held-out.jsonl")
-    splitter.add_argument("data", help=" | ".join(data_spec_forms()))
-    splitter.add_argument("--held-out", type=positive_int, required=True,
-                          help="examples to hold out (whole media files move until it holds at least this many)")
-    splitter.add_argument("--seed", type=int, default=0)
-    splitter.add_argument("--out", required=True, help="output folder")
-    splitter.set_defaults(run=_split_data)
-
     from .serve.settings import ServeSettings
 
     settings = ServeSettings(
