@@ -1,6 +1,7 @@
 """Merging adapters: the weighted average, refusal of mismatched layouts, greedy soups, and the commands."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,7 +151,10 @@ def test_merge_command_refuses_mismatched_adapters_in_one_line(adapters, tiny_lm
 def test_interpolate_command_scores_both_tasks_at_every_weight(adapters, tiny_lm_folder, tiny_vit_folder, held_out,
                                                                tmp_path, capsys):
     captions = save_steered_adapter(config(tiny_lm_folder, tiny_vit_folder, task="caption"), 7, tmp_path / "cap")
-    assert main(["interpolate", adapters[0], captions, "--first-data", held_out, "--second-data", held_out,
+    caption_data = tmp_path / "captions.jsonl"
+    caption_data.write_text("".join(json.dumps({"media": str(Path(held_out).parent / f"{name}.png"),
+                                                "captions": [f"a {name} square"]}) + "\n" for name in ("red", "blue")))
+    assert main(["interpolate", adapters[0], captions, "--first-data", held_out, "--second-data", str(caption_data),
                  "--steps", "3", "--out", str(tmp_path / "path")]) == 0
     table = json.loads((tmp_path / "path" / "interpolation.json").read_text())
     assert [row["alpha"] for row in table["rows"]] == [0.0, 0.5, 1.0]
@@ -158,6 +162,10 @@ def test_interpolate_command_scores_both_tasks_at_every_weight(adapters, tiny_lm
     assert (tmp_path / "path" / "interpolation.png").stat().st_size > 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert len(rows) == 4  # header and three weights
+    # Each adapter is scored on its own task's data: a caption adapter on questions is refused in one line.
+    assert main(["interpolate", adapters[0], captions, "--first-data", held_out, "--second-data", held_out,
+                 "--steps", "3", "--out", str(tmp_path / "wrong")]) == 2
+    assert "a caption adapter scored on vqa data" in one_line_error(capsys)
 
 
 def test_a_blind_adapter_is_not_averaged_with_a_seeing_one(adapters, tiny_lm_folder, tiny_vit_folder, tmp_path):
@@ -165,3 +173,18 @@ def test_a_blind_adapter_is_not_averaged_with_a_seeing_one(adapters, tiny_lm_fol
     folder = save_steered_adapter(blind, 8, tmp_path / "blind")
     with pytest.raises(BadInputError, match="trained input: {'blind': False"):
         merge([read_ingredient(adapters[0]), read_ingredient(folder)])
+
+
+def test_a_question_adapter_merged_with_a_caption_adapter_does_both(tiny_lm_folder, tiny_vit_folder, tmp_path):
+    vqa = save_steered_adapter(config(tiny_lm_folder, tiny_vit_folder, generation={"max_new_tokens": 4}), 1,
+                               tmp_path / "vqa")
+    captions = save_steered_adapter(config(tiny_lm_folder, tiny_vit_folder, task="caption",
+                                           generation={"num_beams": 2}), 2, tmp_path / "captions")
+    both = merge([read_ingredient(captions), read_ingredient(vqa)])
+    assert both.config.task == "multitask" and both.config.template == "Question: {question} Answer:"
+    assert both.config.generation == {"vqa": {"max_new_tokens": 4}, "caption": {"num_beams": 2}}
+    model = PerceptualLM.from_pretrained(save(both, tmp_path / "both"))
+    image = Image.new("RGB", (32, 32), (0, 255, 0))
+    assert model.ask([image], ["what color ?"]) and model.caption([image])  # one adapter, both verbs
+    same = merge([read_ingredient(vqa), read_ingredient(vqa)])
+    assert same.config.task == "vqa" and same.config.generation == {"max_new_tokens": 4}

@@ -311,8 +311,8 @@ def test_mixed_adapters_in_one_batch_answer_as_each_alone(tiny_lm_folder, tiny_v
 def test_task_decides_template_decoding_and_verbs(tiny_lm_folder, tiny_vit_folder):
     captioner = build("llama", tiny_lm_folder, tiny_vit_folder, task="caption")
     assert captioner.config.template == "A picture of"
-    assert captioner.generation_options()["num_beams"] == 3
-    assert captioner.generation_options(num_beams=1)["num_beams"] == 1
+    assert captioner.generation_options([""])["num_beams"] == 3
+    assert captioner.generation_options([""], num_beams=1)["num_beams"] == 1
     with pytest.raises(ValueError, match="trained for caption"):
         captioner.ask([], ["what ?"])
     with pytest.raises(ValueError, match="unknown task"):

@@ -64,7 +64,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
 
 def _eval(args: argparse.Namespace) -> None:
     from .data import parse_data_spec
-    from .evaluate import predict_all, predictions_name, report, write_predictions
+    from .evaluate import predict_all, predictions_name, report, scoring_task, write_predictions
     from .recipe import TrainingOptions
     from .train import cached_features, recorded_recipe, task_examples
 
@@ -76,8 +76,8 @@ def _eval(args: argparse.Namespace) -> None:
     trained = recorded_recipe(model.config, Path(args.adapter)).training
     options = TrainingOptions(blind=trained.blind, oracle=trained.oracle)
     examples, features, row_of, _ = cached_features(model, task_examples(spec, options), options, args.skip_bad)
+    task = scoring_task(model.config, examples)
     records = predict_all(model, examples, features, row_of, args.batch_size, _generation_options(args))
-    task = model.config.task
     predictions = args.predictions or predictions_name(task)
     write_predictions(task, records, predictions)
     print(report(task, records).format())

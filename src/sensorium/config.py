@@ -32,6 +32,10 @@ TASKS: dict[str, dict[str, Any]] = {
     "vqa": {"template": "Question: {question} Answer:", "generation": {"max_new_tokens": 10, "num_beams": 1}},
     "caption": {"template": "A picture of", "generation": {"max_new_tokens": 30, "num_beams": 3}},
 }
+# A multitask adapter answers questions and writes captions; its input says which: a question goes into the
+# VQA template (its ``template``), no question means a caption (the caption task's template). Its
+# ``generation`` holds one mapping of options per task ({"vqa": {...}, "caption": {...}}).
+MULTITASK = "multitask"
 
 # How the frozen LM can hold its weights at inference; the adapter stays float32 whatever is chosen.
 WEIGHT_FORMATS = ("float32", "bfloat16", "float16", "int8")
@@ -96,9 +100,9 @@ class AdapterConfig:
     shared_linear: StrictBool = True  # one linear layer for all injection layers (False: one per layer)
     prompt_length: NonNegative = 1  # trainable soft-prompt tokens at the input
     token_norm: StrictBool = True
-    task: str = "vqa"  # vqa | caption
-    template: str | None = None  # None: the task's; "{question}" marks where the question goes
-    generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's defaults
+    task: str = "vqa"  # vqa | caption | multitask (both)
+    template: str | None = None  # None: the task's (VQA's for multitask); "{question}" marks where the question goes
+    generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's (per task: multitask)
     training: dict[str, Any] = field(default_factory=dict)  # recipe that produced the weights
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at save time
     merged_from: dict[str, Any] = field(default_factory=dict)  # a merged adapter's ingredients and weights
@@ -106,7 +110,8 @@ class AdapterConfig:
     @field_validator("task", "temporal")
     @classmethod
     def _known_choice(cls, value: str, info: ValidationInfo) -> str:
-        choices, what = {"task": (TASKS, "task"), "temporal": (TEMPORAL, "temporal aggregation")}[info.field_name]
+        choices, what = {"task": ((*TASKS, MULTITASK), "task"),
+                         "temporal": (TEMPORAL, "temporal aggregation")}[info.field_name]
         if value not in choices:
             raise ValueError(f"unknown {what} '{value}'; available: {', '.join(choices)}")
         return value
@@ -128,11 +133,42 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if self.template is None:
-            self.template = TASKS[self.task]["template"]
+            self.template = TASKS["vqa" if self.task == MULTITASK else self.task]["template"]
+        self.check_generation(self.generation, "generation")
 
-    def generation_defaults(self) -> dict[str, Any]:
-        """Decoding options of this adapter: the task's defaults, then what its recipe set."""
-        return {**TASKS[self.task]["generation"], **self.generation}
+    def check_generation(self, generation: dict[str, Any], where: str) -> None:
+        """A multitask adapter's decoding options come per task: its two tasks decode differently."""
+        unknown = sorted(set(generation) - set(TASKS))
+        if self.task == MULTITASK and (unknown or not all(isinstance(v, dict) for v in generation.values())):
+            raise ValueError(f"{where}: a multitask adapter's options are given per task ({', '.join(TASKS)}: "
+                             f"{{...}}), not {unknown or generation}")
+
+    def does(self, task: str) -> bool:
+        """Whether this adapter was trained for ``task`` (vqa or caption)."""
+        return self.task in (task, MULTITASK)
+
+    def task_of(self, questions: list[str]) -> str:
+        """The task of one generate() call: the adapter's, or for a multitask adapter what the input asks."""
+        if self.task != MULTITASK:
+            return self.task
+        asked = {bool(question) for question in questions}
+        if len(asked) > 1:
+            raise ValueError("a multitask adapter answers questions and writes captions in separate calls")
+        return "vqa" if asked == {True} else "caption"
+
+    def prompt_text(self, question: str) -> str:
+        """The text after the media for one input: the template around the question."""
+        if self.task == MULTITASK and not question:
+            return TASKS["caption"]["template"]
+        return self.template.format(question=question)
+
+    def generation_defaults(self, task: str | None = None) -> dict[str, Any]:
+        """Decoding options of this adapter for ``task`` (default: its own): the task's, then what its recipe set."""
+        task = task or self.task
+        if not self.does(task) or task == MULTITASK:
+            raise ValueError(f"decoding options for task '{task}' of a {self.task} adapter: name vqa or caption")
+        chosen = self.generation.get(task, {}) if self.task == MULTITASK else self.generation
+        return {**TASKS[task]["generation"], **chosen}
 
     def save(self, folder: Path) -> None:
         """The settings, after the format and release that wrote them (AdapterFormat)."""

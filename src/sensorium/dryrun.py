@@ -24,7 +24,7 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationConfig
 
 from . import zoo
-from .config import AdapterConfig
+from .config import MULTITASK, AdapterConfig
 from .connectors import build_connector
 from .data import read_dataset, reader
 from .encoders import FRAMES_PREFIX, modality_of
@@ -130,7 +130,7 @@ def dry_run(path: str | Path, overrides: list[str] = (), num_processes: int | No
     if out:
         recipe.out = out
     values_valid = _check_values(recipe, report)
-    examples = {name: _check_data(name, spec, report) for name, spec in _data_sections(recipe, report)}
+    examples = {name: _check_parts(name, parts, report) for name, parts in _data_sections(recipe, report)}
     lm = _inspect_lm(recipe.model.lm, report)
     encoder = _inspect_encoder(recipe.model.encoder, report)
     if values_valid:  # sizing needs sound numbers
@@ -173,7 +173,8 @@ def _check_values(recipe: Recipe, report: DryRunReport) -> bool:
 
 def _choice_problems(recipe: Recipe) -> list[str]:
     found = setting_problems(recipe.model)
-    unknown = sorted(set(recipe.generation) - set(GenerationConfig().to_dict()))
+    per_task = recipe.generation.values() if recipe.model.task == MULTITASK else [recipe.generation]
+    unknown = sorted({name for options in per_task for name in options} - set(GenerationConfig().to_dict()))
     if unknown:
         found.append(f"unknown generation option(s): {', '.join(unknown)} (generate() would reject them)")
     return found
@@ -192,7 +193,8 @@ def _number_problems(recipe: Recipe) -> list[str]:
 
 
 # ---- data -----------------------------------------------------------------------------------
-def _data_sections(recipe: Recipe, report: DryRunReport) -> list[tuple[str, dict]]:
+def _data_sections(recipe: Recipe, report: DryRunReport) -> list[tuple[str, list[dict]]]:
+    """Each section's specs: one mapping, or a list of them (a multitask recipe's sets)."""
     unknown = sorted(set(recipe.data) - {"train", "eval"})
     if unknown:
         report.add("data", "error", f"unknown data section(s): {', '.join(unknown)}; use train and eval")
@@ -203,11 +205,20 @@ def _data_sections(recipe: Recipe, report: DryRunReport) -> list[tuple[str, dict
         spec = recipe.data.get(name)
         if spec is None:
             continue
-        if not isinstance(spec, dict):
-            report.add("data", "error", f"data.{name} must be a mapping with a 'format', not {spec!r}")
+        parts = spec if isinstance(spec, list) else [spec]
+        if not parts or not all(isinstance(part, dict) for part in parts):
+            report.add("data", "error", f"data.{name} must be a mapping with a 'format' (or a list of them), "
+                                        f"not {spec!r}")
         else:
-            sections.append((name, spec))
+            sections.append((name, parts))
     return sections
+
+
+def _check_parts(name: str, parts: list[dict[str, Any]], report: DryRunReport) -> list | None:
+    """All the section's examples when every set is readable, else None."""
+    found = [_check_data(name if len(parts) == 1 else f"{name}[{index}]", part, report)
+             for index, part in enumerate(parts)]
+    return None if any(examples is None for examples in found) else [e for examples in found for e in examples]
 
 
 def _check_data(name: str, spec: dict[str, Any], report: DryRunReport) -> list | None:

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .config import AdapterConfig
 from .data import Example
+from .errors import BadInputError
 from .metrics import CaptionReport, VQAReport, score_captions, summarize, vqa_accuracy, write_coco_results
 from .model import PerceptualLM
 
@@ -21,22 +23,50 @@ from .model import PerceptualLM
 def predict_all(model: PerceptualLM, examples: list[Example], features: torch.Tensor, row_of: dict[str, int],
                 batch_size: int = 64, generation: dict[str, Any] | None = None,
                 progress: bool = True) -> list[dict[str, Any]]:
-    """One record per example: its question, prediction and references (and VQA accuracy)."""
+    """One record per example: its question, prediction and references (and VQA accuracy).
+
+    Each task's examples are decoded apart (a multitask adapter's questions and captions decode differently).
+    """
     records = []
     # Similar lengths batched together waste less padding.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].question))
-    for start in tqdm(range(0, len(order), batch_size), desc="evaluating", unit="batch", disable=not progress):
-        batch = [examples[i] for i in order[start:start + batch_size]]
+    batches = [batch for group in by_task([examples[i] for i in order]).values()
+               for batch in (group[start:start + batch_size] for start in range(0, len(group), batch_size))]
+    for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
         batch_features = features[[row_of[e.media] for e in batch]]
         predictions = model.generate(batch_features, [e.question for e in batch], contexts(batch),
                                      **(generation or {}))
         for example, prediction in zip(batch, predictions, strict=True):
             record = {"question_id": example.question_id, "media": example.media, "question": example.question,
                       "prediction": prediction, "answers": example.answers, "answer_type": example.answer_type}
-            if model.config.task == "vqa":
+            if example.answer_type != "caption":
                 record["accuracy"] = vqa_accuracy(prediction, example.answers) if example.answers else None
             records.append(record)
     return records
+
+
+def task_of(item: Example | dict[str, Any]) -> str:
+    """The task an example (or a prediction record) poses: a caption to write, or a question to answer."""
+    answer_type = item.answer_type if isinstance(item, Example) else item["answer_type"]
+    return "caption" if answer_type == "caption" else "vqa"
+
+
+def by_task(items: list) -> dict[str, list]:
+    """Examples or records grouped by ``task_of``, in order of first appearance; order kept within a task."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(task_of(item), []).append(item)
+    return groups
+
+
+def scoring_task(config: AdapterConfig, items: list) -> str:
+    """The one task of a data set an adapter is scored on; a one-line error for a set of the other task or of both."""
+    tasks = list(by_task(items))
+    if len(tasks) != 1:
+        raise BadInputError("the data mixes questions and captions: score each task's data apart")
+    if not config.does(tasks[0]):
+        raise BadInputError(f"a {config.task} adapter scored on {tasks[0]} data")
+    return tasks[0]
 
 
 def contexts(examples: list[Example]) -> list[str] | None:

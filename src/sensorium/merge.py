@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
+from .config import CONFIG_NAME, MULTITASK, TASKS, WEIGHTS_NAME, AdapterConfig
 from .errors import BadInputError
-from .evaluate import headline, predict_all, report
+from .evaluate import headline, predict_all, report, scoring_task
 from .model import PerceptualLM, read_weights
 from .recipe import TrainingOptions
 from .train import ADAPTER_FOLDER, cached_features, recorded_recipe, task_examples
@@ -97,7 +97,8 @@ def average(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float])
 def merge(ingredients: Sequence[Ingredient], weights: Sequence[float] | None = None) -> Ingredient:
     """The weighted average of adapters that share a layout, or one line naming what differs.
 
-    The result keeps the first adapter's settings (task, template, decoding) and records where it came from.
+    The result keeps the first adapter's settings (task, template, decoding), except that adapters of both
+    tasks merge into a multitask adapter (see ``merged_task``), and records where it came from.
     """
     if len(ingredients) < 2:
         raise ValueError("merging needs at least two adapters")
@@ -107,8 +108,22 @@ def merge(ingredients: Sequence[Ingredient], weights: Sequence[float] | None = N
     weights = normalised(weights, len(ingredients))
     first = ingredients[0]
     provenance = {"ingredients": [str(i.folder) for i in ingredients], "weights": weights}
-    config = replace(first.config, merged_from=provenance, metrics={})
+    config = replace(first.config, **merged_task(ingredients), merged_from=provenance, metrics={})
     return Ingredient(first.folder, config, average([i.state for i in ingredients], weights))
+
+
+def merged_task(ingredients: Sequence[Ingredient]) -> dict:
+    """Task, template and decoding of a merge: the first adapter's when it does every ingredient's task;
+    otherwise a multitask adapter that asks with the template of the first adapter that answers questions
+    and decodes each task as the first adapter doing that task did."""
+    configs = [ingredient.config for ingredient in ingredients]
+    tasks = [task for task in TASKS if any(config.does(task) for config in configs)]
+    if all(configs[0].does(task) for task in tasks):
+        return {}
+    doing = {task: next(config for config in configs if config.does(task)) for task in tasks}
+    return {"task": MULTITASK, "template": doing["vqa"].template,
+            "generation": {task: config.generation.get(task, {}) if config.task == MULTITASK else config.generation
+                           for task, config in doing.items()}}
 
 
 def save(soup: Ingredient, out: str | Path, lm=None, tokenizer=None, encoder=None) -> Path:
@@ -124,8 +139,8 @@ class HeldOutScorer:
     """The headline score (VQA accuracy or CIDEr) of adapter tensors on a held-out split.
 
     One model of the layout is built and the split's features cached once; each call only swaps the trainable
-    tensors, so a greedy soup over N ingredients costs 2N - 1 evaluations and no reload. ``config`` says the
-    task: a VQA adapter's config scores tensors on VQA data, a caption adapter's on caption data.
+    tensors, so a greedy soup over N ingredients costs 2N - 1 evaluations and no reload. The data says the
+    task (one task per split), which the ingredient must do: its config decodes it (template, decoding).
     """
 
     def __init__(self, ingredient: Ingredient, data: dict, batch_size: int = 64, lm=None, tokenizer=None,
@@ -134,12 +149,13 @@ class HeldOutScorer:
         options = TrainingOptions(**_trained_input(ingredient))
         self.examples, self.features, self.row_of, _ = cached_features(
             self.model, task_examples(data, options), options, skip_bad=False)
+        self.task = scoring_task(ingredient.config, self.examples)
         self.batch_size = batch_size
 
     def __call__(self, state: dict[str, torch.Tensor]) -> float:
         self.model.load_adapter_state(state, "scored adapter")
         records = predict_all(self.model, self.examples, self.features, self.row_of, self.batch_size, progress=False)
-        return headline(report(self.model.config.task, records))[1]
+        return headline(report(self.task, records))[1]
 
 
 def greedy_soup(ingredients: Sequence[Ingredient], score: Callable[[dict[str, torch.Tensor]], float],

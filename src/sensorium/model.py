@@ -89,7 +89,7 @@ class PrefixedLM(nn.Module):
         return self.generate(self.encode(media), [""] * len(media), **options)
 
     def _require_task(self, task: str, instead: str) -> None:
-        if self.config.task != task:
+        if not self.config.does(task):
             raise ValueError(f"this adapter was trained for {self.config.task}, not {task}: use '{instead}'")
 
     @staticmethod
@@ -166,7 +166,7 @@ class PrefixedLM(nn.Module):
     def prompt_ids(self, questions: list[str], contexts: list[str] | None = None) -> list[list[int]]:
         """Token ids of the template around each question, after its context text where one is given (the
         text oracle states what the medium shows there)."""
-        texts = [self.config.template.format(question=q) for q in questions]
+        texts = [self.config.prompt_text(q) for q in questions]
         if contexts is not None:
             texts = [f"{context} {text}" if context else text for context, text in zip(contexts, texts, strict=True)]
         return self.tokenizer(texts, add_special_tokens=False).input_ids
@@ -199,10 +199,12 @@ class PrefixedLM(nn.Module):
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
     # ---- generate ---------------------------------------------------------------------------
-    def generation_options(self, **overrides) -> dict:
-        """generate() options shared by the cached and the uncached path: the adapter's, then the call's."""
+    def generation_options(self, questions: list[str], **overrides) -> dict:
+        """generate() options shared by the cached and the uncached path: the adapter's for the task the
+        questions ask (see ``AdapterConfig.task_of``), then the call's."""
+        defaults = self.config.generation_defaults(self.config.task_of(questions))
         return {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-                "eos_token_id": self.tokenizer.eos_token_id, **self.config.generation_defaults(), **overrides}
+                "eos_token_id": self.tokenizer.eos_token_id, **defaults, **overrides}
 
     def _decode(self, tokens: torch.Tensor) -> list[str]:
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
@@ -213,7 +215,7 @@ class PrefixedLM(nn.Module):
         """Answers (captions when the questions are empty) decoded by generate() with the KV cache on."""
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed(self.prompt_ids(questions, contexts), learned)
-        options = self.generation_options(**options)
+        options = self.generation_options(questions, **options)
         with self._injecting(layer_tokens, mask):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
                                                  position_ids=self.positions(mask), **options))
@@ -228,7 +230,7 @@ class PrefixedLM(nn.Module):
         for ``inputs_embeds`` generation even when asked not to.
         """
         ids, mask = self._token_ids(self.prompt_ids(questions))
-        options = {**self.generation_options(**options), "use_cache": False}
+        options = {**self.generation_options(questions, **options), "use_cache": False}
         learned, layer_tokens = self.perceive(features)
         pads = self._leading_pads(mask)  # new tokens join on the right: every step keeps the same padding
         hook = self.lm.get_input_embeddings().register_forward_hook(
@@ -415,13 +417,15 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
         if model.lm is not lead.lm or model.batch_layout != lead.batch_layout:
             raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
                              "length and slot width")
+    questions = [question for _, _, question in samples]
     ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
     learned, tokens = zip(*(model.perceive(features[None]) for model, features, _ in samples), strict=True)
     embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), lead._leading_pads(mask),
                                        torch.cat(learned))
     with lead._injecting(None if lead.injector is None else torch.cat(tokens), mask):
         return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                             position_ids=lead.positions(mask), **lead.generation_options(**options)))
+                                             position_ids=lead.positions(mask),
+                                             **lead.generation_options(questions, **options)))
 
 
 def load(folder: str | Path, weights: str = "float32", device_map: str | dict | None = None) -> PerceptualLM:

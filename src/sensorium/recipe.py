@@ -61,6 +61,9 @@ class Recipe:
     eval_batch_size: Count = 64
     out: str = "runs/default"
 
+    def __post_init__(self) -> None:
+        self.model.check_generation(self.generation, "generation")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Recipe:
         """Checked against the declared sections and fields: a one-line ValueError names every wrong one."""

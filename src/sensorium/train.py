@@ -50,7 +50,7 @@ from transformers import get_cosine_schedule_with_warmup
 from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from .data import Example, read_dataset
 from .errors import BadInputError
-from .evaluate import contexts, headline, predict_all, predictions_name, report, write_predictions
+from .evaluate import by_task, contexts, headline, predict_all, predictions_name, report, write_predictions
 from .lm import cpu_has_native_bf16, load_lm
 from .model import PerceptualLM, PrefixedLM
 from .oracle import with_truth
@@ -131,8 +131,11 @@ def cached_features(model: PrefixedLM, examples: list[Example], options: Trainin
     return kept, features, row_of, time.perf_counter() - started
 
 
-def task_examples(spec: dict[str, Any], options: TrainingOptions) -> list[Example]:
-    """The examples of a data spec as this run sees them: with their media's content as text for an oracle."""
+def task_examples(spec: dict[str, Any] | list[dict[str, Any]], options: TrainingOptions) -> list[Example]:
+    """The examples of a data spec (or of a list of them, one set after another) as this run sees them: with
+    their media's content as text for an oracle."""
+    if isinstance(spec, list):
+        return [example for part in spec for example in task_examples(part, options)]
     examples = read_dataset(spec)
     return with_truth(examples, spec) if options.oracle else examples
 
@@ -392,6 +395,10 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
 
     # Only examples with a reference can teach (a COCO test-split file lists images without captions).
     labelled = [e for e in task_examples(recipe.data["train"], options) if e.answers]
+    foreign = [task for task in by_task(labelled) if not recipe.model.does(task)]
+    if foreign:
+        raise ValueError(f"data.train holds {foreign[0]} examples, which a {recipe.model.task} adapter does not "
+                         "learn (model.task: multitask learns questions and captions together)")
     examples, features, row_of, cache_seconds = cached_features(model, labelled, options, skip_bad)
     log(f"feature cache: {len(row_of):,} files ready in {cache_seconds:.1f} s")
     if not examples:
@@ -539,10 +546,11 @@ def _quick_eval_set(recipe: Recipe, train_examples: list[Example] | None, option
     """A small fixed sample for periodic evaluation: the eval set's, else held-in training data."""
     if not options.eval_every:
         return None
-    spec = dict(recipe.data.get("eval") or {})
+    spec = recipe.data.get("eval")
     if spec:
-        spec["limit"] = min(spec.get("limit") or options.quick_eval_size, options.quick_eval_size)
-        examples = task_examples(spec, options)
+        parts = spec if isinstance(spec, list) else [spec]
+        size = max(1, options.quick_eval_size // len(parts))  # each set of a multitask eval equally
+        examples = task_examples([{**part, "limit": min(part.get("limit") or size, size)} for part in parts], options)
     else:
         examples = random.Random(options.seed).sample(train_examples, min(options.quick_eval_size,
                                                                           len(train_examples)))
@@ -554,7 +562,8 @@ def _quick_score(core: PerceptualLM, quick_eval: EncodedExamples, recipe: Recipe
     examples, features, row_of = quick_eval
     core.eval()
     records = _answer_sharded(accelerator, core, examples, features, row_of, recipe, progress=False)
-    return headline(report(core.config.task, records))
+    task, first = next(iter(by_task(records).items()))  # a multitask run logs the task of its first record
+    return headline(report(task, first))
 
 
 def _final_eval(core: PerceptualLM, accelerator: Accelerator, recipe: Recipe, options: TrainingOptions, skip_bad: bool,
@@ -566,19 +575,20 @@ def _final_eval(core: PerceptualLM, accelerator: Accelerator, recipe: Recipe, op
     # No autocast: generation re-casting every frozen weight at every token costs more than it saves.
     records = _answer_sharded(accelerator, core, examples, features, row_of, recipe,
                              progress=accelerator.is_main_process)
-    task = core.config.task
-    result = report(task, records)
-    if accelerator.is_main_process:
-        write_predictions(task, records, out / predictions_name(task))
-    log(result.format())
-    summary = {"eval_seconds": round(time.perf_counter() - started, 1), "eval_questions": len(records),
-               "samples": [{k: r[k] for k in ("media", "question", "prediction", "answers")}
-                           for r in _spread(records, 6)]}
-    if task == "caption":
-        summary["caption_scores"] = {k: round(v, 2) for k, v in result.scores.items()}
-    else:
-        summary["accuracy"] = round(result.overall.accuracy, 2)
-        summary["accuracy_per_type"] = {k: round(v.accuracy, 2) for k, v in result.per_type.items()}
+    summary: dict[str, Any] = {"eval_seconds": round(time.perf_counter() - started, 1),
+                               "eval_questions": len(records),
+                               "samples": [{k: r[k] for k in ("media", "question", "prediction", "answers")}
+                                           for r in _spread(records, 6)]}
+    for task, task_records in by_task(records).items():  # one task, or a multitask run's two
+        result = report(task, task_records)
+        if accelerator.is_main_process:
+            write_predictions(task, task_records, out / predictions_name(task))
+        log(result.format())
+        if task == "caption":
+            summary["caption_scores"] = {k: round(v, 2) for k, v in result.scores.items()}
+        else:
+            summary["accuracy"] = round(result.overall.accuracy, 2)
+            summary["accuracy_per_type"] = {k: round(v.accuracy, 2) for k, v in result.per_type.items()}
     return summary
 
 

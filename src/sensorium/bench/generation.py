@@ -88,15 +88,15 @@ def measured_kv_bytes(model: PerceptualLM, embeds: torch.Tensor, mask: torch.Ten
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
 
 
-def _options(model: PerceptualLM, new_tokens: int, beams: int) -> dict[str, Any]:
+def _options(model: PerceptualLM, questions: list[str], new_tokens: int, beams: int) -> dict[str, Any]:
     """Exactly ``new_tokens`` tokens for every run (EOS held back), so all runs do equal work."""
-    return model.generation_options(max_new_tokens=new_tokens, num_beams=beams, min_new_tokens=new_tokens)
+    return model.generation_options(questions, max_new_tokens=new_tokens, num_beams=beams, min_new_tokens=new_tokens)
 
 
 def time_generation(model: PerceptualLM, inputs: Inputs, new_tokens: int, beams: int,
                     timer: Timer) -> dict[str, float]:
     """Seconds per generate() call for eP-ALM with and without cache, the LM alone and the patch prefix."""
-    options = _options(model, new_tokens, beams)
+    options = _options(model, inputs.questions, new_tokens, beams)
     runs = {
         "epalm": lambda: model.generate(inputs.features, inputs.questions, **options),
         "nocache": lambda: model.generate_uncached(inputs.features, inputs.questions, **options),

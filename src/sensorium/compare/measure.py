@@ -68,7 +68,7 @@ class Evaluator:
         batch = [examples[i % len(examples)] for i in range(self.latency_batch)]
         batch_features = features[[row_of[e.media] for e in batch]]
         questions = [e.question for e in batch]
-        options = model.generation_options()
+        options = model.generation_options(questions)
         length = options["max_new_tokens"]
         exact = {"min_new_tokens": length, "max_new_tokens": length}  # EOS held back: equal work for all
         timer = Timer(str(self.device), self.latency_repeats, warmup=1)

@@ -116,7 +116,7 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
                      options: dict[str, int | None]) -> AnswerResponse:
         started = time.perf_counter()
         hosted = registry.get(adapter)
-        if hosted.task != task:
+        if not hosted.model.config.does(task):
             raise ServeError(400, f"adapter '{adapter}' does {hosted.task}, not {task}: "
                                   f"use {ENDPOINT_OF_TASK[hosted.task]}")
         data, name = await media.read(settings.max_upload_bytes + 1), media.filename or "upload"
@@ -124,7 +124,7 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
         if modality != hosted.upload_modality:
             raise ServeError(415, f"adapter '{adapter}' reads {hosted.reads}, not {modality}")
         decoded = await run_in_threadpool(hosted.read, data, name, settings.media_limits)
-        generation = {**hosted.model.config.generation_defaults(),
+        generation = {**hosted.model.config.generation_defaults(task),
                       **{key: value for key, value in options.items() if value is not None}}
         try:
             result = await batcher.submit(hosted, decoded, question, generation, settings.request_timeout_s)

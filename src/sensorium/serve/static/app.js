@@ -34,10 +34,10 @@ function selected() {
 
 function refreshControls() {
   const adapter = selected();
-  const vqa = adapter && adapter.task === "vqa";
-  $("question").disabled = !vqa;
-  $("ask").disabled = !vqa || !media || !$("question").value.trim();
-  $("caption").disabled = !adapter || adapter.task !== "caption" || !media;
+  const does = (task) => adapter && (adapter.task === task || adapter.task === "multitask");
+  $("question").disabled = !does("vqa");
+  $("ask").disabled = !does("vqa") || !media || !$("question").value.trim();
+  $("caption").disabled = !does("caption") || !media;
   $("adapter-info").textContent = adapter
     ? `${adapter.task} · ${adapter.modality} · LM ${adapter.lm} · encoder ${adapter.encoder} · ` +
       `${(adapter.size_bytes / 1024).toFixed(0)} KB adapter`
