@@ -190,14 +190,16 @@ def test_auto_weights_follow_the_device(monkeypatch):
     assert lm.weight_format("auto", "cpu") == "float32"
     monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: True)
     assert lm.weight_format("auto", "cpu") == "bfloat16"
+    assert lm.weight_format("auto", "cpu", captions=True) == "float32"  # bf16 moved CIDEr: not auto for captions
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert lm.weight_format("auto", "cuda") == "float16"
+    assert lm.weight_format("auto", "cuda", captions=True) == "float32"
     assert lm.weight_format("int8", "cpu") == "int8"
     with pytest.raises(ValueError, match="unknown weight format 'int4'; available: auto, float32"):
         lm.weight_format("int4")
 
 
-def test_ask_holds_the_lm_as_auto_decides(adapter, image, monkeypatch, capsys):
+def test_ask_holds_the_lm_as_auto_decides(adapter, caption_adapter, image, monkeypatch, capsys):
     from sensorium import lm, model
 
     monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: True)
@@ -210,6 +212,8 @@ def test_ask_holds_the_lm_as_auto_decides(adapter, image, monkeypatch, capsys):
     monkeypatch.setattr(model, "load_lm", load_lm)
     assert main(["ask", adapter, image, "what color ?", "--max-new-tokens", "2"]) == 0
     assert loaded == [torch.bfloat16] and capsys.readouterr().out.strip()
+    assert main(["caption", caption_adapter, image, "--max-new-tokens", "2"]) == 0
+    assert loaded == [torch.bfloat16, torch.float32]  # a caption adapter keeps float32
 
 
 def test_data_split_holds_out_whole_media_files_as_manifests(tmp_path, capsys):

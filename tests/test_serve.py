@@ -139,6 +139,15 @@ def test_the_registry_holds_its_lms_in_the_weight_format_given(tiny_adapter_fold
         AdapterRegistry(weights="int3")
 
 
+def test_auto_keeps_float32_when_a_hosted_adapter_writes_captions(tiny_adapter_folders, monkeypatch):
+    """bf16 weights moved captions (CIDEr) where they left answers unchanged: auto only picks it for questions."""
+    from sensorium import lm
+
+    monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: True)
+    assert load_registry([("shapes", tiny_adapter_folders["shapes"])]).weights == "bfloat16"
+    assert load_registry(list(tiny_adapter_folders.items())).weights == "float32"
+
+
 def test_adapters_endpoint_describes_each(client, tiny_adapter_folders, tiny_lm_folder, tiny_vit_folder):
     described = {entry["name"]: entry for entry in client.get("/v1/adapters").json()}
     assert set(described) == {"shapes", "captions"}

@@ -231,8 +231,8 @@ def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, w
 
     ``fresh``: the adapters' settings with newly initialised weights, the start of a jointly trained model.
     """
-    weights = weight_format(weights)
     configs = [AdapterConfig.load(folder) for folder in folders]
+    weights = weight_format(weights, captions=any(config.does("caption") for config in configs))
     lms = {config.lm for config in configs}
     if len(lms) > 1:
         listed = "; ".join(f"{folder}: {config.lm}" for folder, config in zip(folders, configs, strict=True))

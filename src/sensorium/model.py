@@ -437,8 +437,9 @@ def load(folder: str | Path, weights: str = "float32", device_map: str | dict | 
     CPU RAM); the encoder and the adapter then sit with the LM's input embeddings, where generation starts.
     """
     device = "cuda" if device_map is not None and torch.cuda.is_available() else "cpu"
-    weights = weight_format(weights, device)
-    lm, tokenizer = load_lm(AdapterConfig.load(folder).lm, loading_dtype(weights), device_map)
+    config = AdapterConfig.load(folder)
+    weights = weight_format(weights, device, captions=config.does("caption"))
+    lm, tokenizer = load_lm(config.lm, loading_dtype(weights), device_map)
     model = PerceptualLM.from_pretrained(folder, lm=lm, tokenizer=tokenizer)
     if weights == "int8":
         hold_weights(lm, weights)

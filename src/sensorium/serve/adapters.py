@@ -155,9 +155,11 @@ class HostedComposition:
 class AdapterRegistry:
     """Named adapters; frozen models are loaded on first use and shared by every later adapter."""
 
-    def __init__(self, device: str = "cpu", weights: str = "auto") -> None:
+    def __init__(self, device: str = "cpu", weights: str = "auto", captions: bool = False) -> None:
+        """``captions``: some hosted adapter will write captions (``auto`` then keeps float32, see
+        ``lm.weight_format``)."""
         self.device = device
-        self.weights = weight_format(weights, device)  # how every frozen LM holds its weights
+        self.weights = weight_format(weights, device, captions)  # how every frozen LM holds its weights
         self.adapters: dict[str, HostedAdapter | HostedComposition] = {}
         self._lms: dict[str, tuple[Any, Any]] = {}
         self._encoders: dict[tuple[str, int | None, str, int | None], Encoder] = {}
@@ -224,3 +226,11 @@ class AdapterRegistry:
     def frozen_models(self) -> int:
         """How many frozen LMs and encoders are in memory, whatever the number of adapters."""
         return len(self._lms) + len(self._encoders)
+
+
+def writes_captions(folder: str | Path) -> bool:
+    """Whether the adapter in ``folder`` (or a sense of the composed model there) writes captions."""
+    folder = Path(folder)
+    if is_composition(folder):
+        return any(writes_captions(folder / sense) for sense in read_composition(folder).senses)
+    return AdapterConfig.load(folder).does("caption")

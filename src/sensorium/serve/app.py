@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import BadInputError
-from .adapters import AdapterRegistry, UnknownAdapterError
+from .adapters import AdapterRegistry, UnknownAdapterError, writes_captions
 from .batching import Batcher
 from .body_limit import BodyLimit
 from .media import MediaTooLargeError, UnsupportedMediaError, media_modality
@@ -204,7 +204,7 @@ def load_registry(adapters: list[tuple[str, str | Path]], device: str = "cpu",
                   compositions: list[tuple[str, list[str]]] = (), weights: str = "auto") -> AdapterRegistry:
     """(name, folder) pairs loaded over shared frozen models (a folder may be a composed model's), then
     (name, [hosted adapter names]) pairs composed from the hosted adapters, in the order given."""
-    registry = AdapterRegistry(device, weights)
+    registry = AdapterRegistry(device, weights, captions=any(writes_captions(folder) for _, folder in adapters))
     for name, folder in tqdm(adapters, desc="loading adapters", unit="adapter"):
         registry.add(name, folder)
     for name, senses in compositions:
