@@ -39,23 +39,23 @@ def predict_all(model: PerceptualLM, examples: list[Example], features: torch.Te
         for example, prediction in zip(batch, predictions, strict=True):
             record = {"question_id": example.question_id, "media": example.media, "question": example.question,
                       "prediction": prediction, "answers": example.answers, "answer_type": example.answer_type}
-            if example.answer_type != "caption":
+            if posed_task(example) == "vqa":
                 record["accuracy"] = vqa_accuracy(prediction, example.answers) if example.answers else None
             records.append(record)
     return records
 
 
-def task_of(item: Example | dict[str, Any]) -> str:
+def posed_task(item: Example | dict[str, Any]) -> str:
     """The task an example (or a prediction record) poses: a caption to write, or a question to answer."""
     answer_type = item.answer_type if isinstance(item, Example) else item["answer_type"]
     return "caption" if answer_type == "caption" else "vqa"
 
 
 def by_task(items: list) -> dict[str, list]:
-    """Examples or records grouped by ``task_of``, in order of first appearance; order kept within a task."""
+    """Examples or records grouped by ``posed_task``, in order of first appearance; order kept within a task."""
     groups: dict[str, list] = {}
     for item in items:
-        groups.setdefault(task_of(item), []).append(item)
+        groups.setdefault(posed_task(item), []).append(item)
     return groups
 
 

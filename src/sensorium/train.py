@@ -134,7 +134,9 @@ def cached_features(model: PrefixedLM, examples: list[Example], options: Trainin
 def task_examples(spec: dict[str, Any] | list[dict[str, Any]], options: TrainingOptions) -> list[Example]:
     """The examples of a data spec (or of a list of them, one set after another) as this run sees them: with
     their media's content as text for an oracle."""
-    if isinstance(spec, list):
+    if isinstance(spec, list):  # a multitask recipe's sets, pooled for training and scored set by set
+        if not spec:
+            raise ValueError("an empty list of data specs")
         return [example for part in spec for example in task_examples(part, options)]
     examples = read_dataset(spec)
     return with_truth(examples, spec) if options.oracle else examples

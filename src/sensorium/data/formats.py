@@ -114,16 +114,8 @@ def reader(fmt: str | None) -> Callable[..., list[Example]]:
     return getattr(importlib.import_module(f"{__package__}.{module}"), function or "read")
 
 
-def read_dataset(spec: dict[str, Any] | list[dict[str, Any]]) -> list[Example]:
-    """Examples for a data spec; ``limit`` takes a fixed seeded sample, so reruns see the same set.
-
-    A list of specs is their examples one set after another: a multitask adapter trains on VQA and caption
-    sets together (training draws its batches across them) and is scored on each.
-    """
-    if isinstance(spec, list):
-        if not spec:
-            raise ValueError("an empty list of data specs")
-        return [example for part in spec for example in read_dataset(part)]
+def read_dataset(spec: dict[str, Any]) -> list[Example]:
+    """Examples for a data spec; ``limit`` takes a fixed seeded sample, so reruns see the same set."""
     options = dict(spec)
     fmt = options.pop("format", None)
     read = reader(fmt)
