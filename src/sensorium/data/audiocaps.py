@@ -77,5 +77,5 @@ def read(csv: str, audio: str) -> list[Example]:
         found += exists
     if examples and not found:
         raise BadInputError(f"{audio}: none of the {len(examples)} clips of {csv} is in this folder "
-                            f"(e.g. {Path(examples[0].media).stem} as .wav, .flac, .mp3, ...)")
+                            f"(e.g. {Path(examples[0].media).stem!r} as .wav, .flac, .mp3, ...)")
     return examples
