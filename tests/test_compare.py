@@ -183,3 +183,51 @@ def test_bad_comparison_files_are_refused_before_training(change, message, tmp_p
     path.write_text(yaml.safe_dump(values))
     with pytest.raises(ValueError, match=message):
         compare.load_comparison(path)
+
+
+LADDER = Path(__file__).parents[1] / "recipes" / "compare" / "ladder-easy-vqa.yaml"
+
+
+def test_a_ladder_scores_each_method_over_its_own_lm_and_as_it_was_trained(tmp_path, monkeypatch):
+    """Methods of two frozen LMs, each with a blind and an oracle run: every run is tested over the LM it was
+    trained on (each LM loaded once), a blind run without its image, an oracle with the truth as text; the
+    report gives accuracy per answer type."""
+    from sensorium.compare import measure
+    from sensorium.model import PerceptualLM
+
+    names = ["smollm2-135m", "smollm2-135m-blind", "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-oracle"]
+    comparison = compare.smoke(compare.only(compare.load_comparison(LADDER), names), tmp_path)
+    comparison.recipe["data"] = {"train": {"format": "easy-vqa", "split": "train", "limit": 24},
+                                 "eval": {"format": "easy-vqa", "split": "test", "limit": 6}}
+    comparison = replace(comparison, seeds=[0], validation=6)
+    loaded, contexts, zeroed = [], [], []
+    load_lm = measure.load_lm
+    monkeypatch.setattr(measure, "load_lm", lambda name, *a, **k: (
+        loaded.append(Path(name).name), load_lm(name, *a, **k))[1])
+    prompt_ids, generate = PerceptualLM.prompt_ids, PerceptualLM.generate
+    monkeypatch.setattr(PerceptualLM, "prompt_ids", lambda self, questions, context=None: (
+        contexts.append(context is not None), prompt_ids(self, questions, context))[1])
+    monkeypatch.setattr(PerceptualLM, "generate", lambda self, features, *a, **k: (
+        zeroed.append(bool((features == 0).all())), generate(self, features, *a, **k))[1])
+    summary = compare.run(comparison)
+
+    assert [m["name"] for m in summary["methods"]] == names
+    assert loaded == ["lm", "lm-qwen2.5-coder-0.5b"], "each method's own LM (the base recipe's: lm), each loaded once"
+    assert True in contexts and False in contexts, "the oracle's questions come with the truth, the others' not"
+    assert True in zeroed and False in zeroed
+    for result in summary["methods"]:
+        run = Path(result["runs"][0]["folder"])
+        assert set(result["per_type_mean"]) <= {"yes/no", "color", "shape"} and result["per_type_mean"]
+        assert len((run / "test-predictions.jsonl").read_text().splitlines()) == 6
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| method | accuracy | " in table and "| qwen2.5-coder-0.5b-oracle | " in table
+
+
+def test_methods_are_chosen_by_name_with_the_baseline_among_them():
+    comparison = compare.load_comparison(LADDER)
+    assert [m.name for m in compare.only(comparison, ["gemma3-270m", "smollm2-135m"]).methods] == \
+        ["smollm2-135m", "gemma3-270m"]
+    with pytest.raises(ValueError, match="must include the baseline 'smollm2-135m'"):
+        compare.only(comparison, ["gemma3-270m"])
+    with pytest.raises(ValueError, match="no method 'llama' in the comparison"):
+        compare.only(comparison, ["smollm2-135m", "llama"])

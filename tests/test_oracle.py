@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
@@ -12,7 +13,7 @@ from sensorium import PerceptualLM
 from sensorium import train as training
 from sensorium.benchmarks.scenes import describe, make_scenes
 from sensorium.cli import main
-from sensorium.data import easyvqa, read_dataset
+from sensorium.data import Example, easyvqa, read_dataset, write_manifest
 from sensorium.oracle import truths, with_truth
 from sensorium.recipe import Recipe
 
@@ -35,6 +36,7 @@ def test_easy_vqa_truths_agree_with_every_answer():
     described = easyvqa.truths("test")
     examples = read_dataset({"format": "easy-vqa", "split": "test"})
     assert set(described) == {e.media for e in examples}
+    assert {Path(e.media).resolve().parent for e in examples} == {easyvqa.images_folder("test")}
     for example in examples:
         color, shape = described[example.media].split()[1:]
         answer = example.answers[0]
@@ -61,9 +63,9 @@ def test_generated_scenes_have_a_truth_for_every_image(tmp_path):
     spec = {"format": "vqav2", "questions": str(tmp_path / "scenes" / "questions_test.json"),
             "annotations": str(tmp_path / "scenes" / "annotations_test.json"),
             "images": str(tmp_path / "scenes" / "images")}
-    examples = with_truth(read_dataset(spec), spec)
+    examples = with_truth(read_dataset(spec))
     plans = json.loads((tmp_path / "scenes" / "scenes_test.json").read_text())["scenes"]
-    assert len(truths(spec)) == 3 + 2 + 2
+    assert len(truths(e.media for e in examples)) == 3 + 2 + 2  # every split's scenes share the images folder
     for example in examples:
         context = example.extra["context"]
         assert context.startswith("The image shows ")
@@ -71,9 +73,20 @@ def test_generated_scenes_have_a_truth_for_every_image(tmp_path):
         assert all(f"{o['color']} {o['shape']}" in context for o in objects)
 
 
-def test_formats_without_a_known_truth_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="no text oracle for data format 'jsonl'"):
-        truths({"format": "jsonl", "path": str(tmp_path / "x.jsonl")})
+def test_a_manifest_of_known_media_keeps_their_truths(tmp_path):
+    """A validation split or any manifest over easy-vqa's images gets the same text as the benchmark's spec."""
+    examples = read_dataset({"format": "easy-vqa", "split": "train", "limit": 40})
+    spec = write_manifest(examples, tmp_path / "held-out.jsonl")
+    from_manifest = {e.question_id: e.extra["context"] for e in with_truth(read_dataset(spec))}
+    assert from_manifest == {e.question_id: e.extra["context"] for e in with_truth(examples)}
+
+
+def test_media_without_a_known_truth_are_refused(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    spec = write_manifest([Example(media=str(tmp_path / "photo.png"), question="what is it?", answers=["a cat"],
+                                   answer_type="other", question_id="0")], tmp_path / "x.jsonl")
+    with pytest.raises(ValueError, match=r"no known content for 1 file\(s\), e.g. .*photo.png"):
+        with_truth(read_dataset(spec))
 
 
 def test_context_text_comes_before_the_template(tiny_lm_folder, tiny_vit_folder):

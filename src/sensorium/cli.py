@@ -143,9 +143,11 @@ def caption_line(path: str, caption: str, with_path: bool) -> str:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import dry_run, load_comparison, run, smoke
+    from .compare import dry_run, load_comparison, only, run, smoke
 
     comparison = load_comparison(args.config)
+    if args.methods:
+        comparison = only(comparison, args.methods.split(","))
     if args.out:
         comparison.out = Path(args.out)
     if args.dry_run:
@@ -356,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "score against cost (see recipes/compare/)")
     compare.add_argument("config", help="comparison YAML: base recipe, methods, seeds, learning-rate grid")
     compare.add_argument("--out", help="output folder (overrides the file's)")
+    compare.add_argument("--methods", help="comma-separated methods to run, the baseline among them (default: all)")
     compare.add_argument("--smoke", action="store_true",
                          help="the same methods on tiny random models and data, a few steps each: a test of the path")
     compare.add_argument("--dry-run", action="store_true",

@@ -139,7 +139,7 @@ def task_examples(spec: dict[str, Any] | list[dict[str, Any]], options: Training
             raise ValueError("an empty list of data specs")
         return [example for part in spec for example in task_examples(part, options)]
     examples = read_dataset(spec)
-    return with_truth(examples, spec) if options.oracle else examples
+    return with_truth(examples) if options.oracle else examples
 
 
 def batch_indices(step: int, batch_size: int, size: int, seed: int) -> list[int]:

@@ -22,11 +22,11 @@ One module per job: ``comparison`` reads the file, ``runs`` trains the runs and 
 checks every method's recipe, ``smoke`` swaps in tiny models and data.
 """
 
-from .comparison import Comparison, Method, load_comparison, merge_recipe
+from .comparison import Comparison, Method, load_comparison, merge_recipe, only
 from .dryrun import dry_run
 from .measure import TEST_RESULT
 from .runs import method_recipe, run, split_validation, trained
 from .smoke import smoke
 
 __all__ = ["TEST_RESULT", "Comparison", "Method", "dry_run", "load_comparison", "merge_recipe", "method_recipe",
-           "run", "smoke", "split_validation", "trained"]
+           "only", "run", "smoke", "split_validation", "trained"]

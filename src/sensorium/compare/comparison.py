@@ -4,7 +4,7 @@ checked whole before any training starts."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ SETTINGS = ("recipe", "overrides", "methods", "baseline", "seeds", "lr_grid", "v
             "latency_repeats", "out")
 METHOD_SECTIONS = ("model", "training", "generation", "eval_batch_size")  # what a method may change
 # Equal footing: the same steps, batch and seeds for every method; rates come from the grid.
-SHARED_TRAINING = ("batch_size", "max_steps", "gradient_accumulation", "seed", "lr", "prompt_lr", "blind")
+# A method may be a baseline of the same recipe (training.blind, training.oracle) or use another frozen LM
+# (model.lm): a ladder of LMs is a comparison whose methods are each LM's eP-ALM, blind and oracle runs.
+SHARED_TRAINING = ("batch_size", "max_steps", "gradient_accumulation", "seed", "lr", "prompt_lr")
 
 
 @dataclass
@@ -95,6 +97,18 @@ def load_comparison(path: str | Path) -> Comparison:
     if "eval" not in recipe.get("data", {}):
         raise ValueError(f"{base}: the base recipe needs data.eval, the set every method is scored on")
     return comparison
+
+
+def only(comparison: Comparison, names: list[str]) -> Comparison:
+    """The comparison restricted to the named methods (in the file's order); the baseline must be one of them."""
+    known = [m.name for m in comparison.methods]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"no method {', '.join(map(repr, unknown))} in the comparison; "
+                         f"its methods: {', '.join(known)}")
+    if comparison.baseline not in names:
+        raise ValueError(f"the methods must include the baseline '{comparison.baseline}'")
+    return replace(comparison, methods=[m for m in comparison.methods if m.name in names])
 
 
 def _method(file: Path, name: str, spec: dict[str, Any], grid: list[float]) -> Method:

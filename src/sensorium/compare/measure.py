@@ -1,70 +1,95 @@
 """Measuring trained runs on the test set: each adapter's score, and its inference costs (trainable
-parameters, adapter size, generation latency, KV cache), all over one frozen LM loaded once, so that every
-method is measured in the same process on the same weights."""
+parameters, adapter size, generation latency, KV cache), all in one process, over each frozen LM loaded once
+(methods of one LM are measured on the same weights; a ladder of LMs loads the next when a method needs it)."""
 
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
 
-from ..config import WEIGHTS_NAME
+from ..config import WEIGHTS_NAME, AdapterConfig
 from ..data import Example, read_dataset
-from ..evaluate import headline, predict_all, report
+from ..evaluate import headline, predict_all, predictions_name, report, write_predictions
 from ..layout import kv_cache_bytes
 from ..lm import lm_facts, load_lm
 from ..model import PerceptualLM
+from ..oracle import with_truth
 from ..recipe import Recipe, TrainingOptions
-from ..train import ADAPTER_FOLDER, EncodedExamples, cached_features, lm_dtype, mixed_precision
+from ..train import ADAPTER_FOLDER, EncodedExamples, cached_features, lm_dtype, mixed_precision, recorded_recipe
 from .comparison import Comparison
 
-TEST_RESULT = "test.json"  # a run's test score, kept in its folder
+TEST_RESULT = "test.json"  # a run's test score (and, for VQA, its accuracy per answer type), kept in its folder
+TEST_PREDICTIONS = "test"  # prefix of the run's test predictions file, beside it
 
 
 @dataclass
 class Evaluator:
-    """Scores and costs of trained adapters on the test set, over one frozen LM loaded once."""
+    """Scores and costs of trained adapters on the test set; the frozen LM of the last adapter measured stays
+    loaded, so methods of one LM share its weights."""
 
-    lm: Any
-    tokenizer: Any
     test: list[Example]
     options: TrainingOptions  # the feature cache's batch size and workers
     batch_size: int
     latency_batch: int
     latency_repeats: int
     device: torch.device
+    dtype: torch.dtype  # the frozen LM's weights, as training holds them
+    frozen: dict[str, Any] = field(default_factory=dict)  # LM name -> (lm, tokenizer); one at a time
 
     def load(self, run: Path) -> PerceptualLM:
-        model = PerceptualLM.from_pretrained(run / ADAPTER_FOLDER, lm=self.lm, tokenizer=self.tokenizer)
+        folder = run / ADAPTER_FOLDER
+        name = AdapterConfig.load(folder).lm
+        if name not in self.frozen:
+            self.frozen.clear()  # before the next LM loads: one frozen LM in memory at a time
+            self.frozen[name] = load_lm(name, self.dtype, device_map={"": self.device})
+        lm, tokenizer = self.frozen[name]
+        model = PerceptualLM.from_pretrained(folder, lm=lm, tokenizer=tokenizer)
         return model.to(self.device).eval()
 
-    def features(self, model: PerceptualLM) -> EncodedExamples:
-        examples, features, row_of, _ = cached_features(model, self.test, self.options, skip_bad=False)
+    def features(self, model: PerceptualLM, run: Path) -> EncodedExamples:
+        """The test set as the run was trained: a blind run's images zeroed, an oracle's truth stated as text."""
+        trained = recorded_recipe(model.config, run / ADAPTER_FOLDER).training
+        options = TrainingOptions(blind=trained.blind, oracle=trained.oracle,
+                                  cache_batch_size=self.options.cache_batch_size,
+                                  cache_workers=self.options.cache_workers)
+        test = with_truth(self.test) if trained.oracle else self.test
+        examples, features, row_of, _ = cached_features(model, test, options, skip_bad=False)
         return examples, features, row_of
 
     def score(self, run: Path) -> float:
-        """The run's test score (accuracy or CIDEr), kept in its folder."""
+        """The run's test score (accuracy or CIDEr), kept in its folder with its predictions."""
         saved = run / TEST_RESULT
         if saved.is_file():
             return json.loads(saved.read_text())["score"]
         model = self.load(run)
-        examples, features, row_of = self.features(model)
+        examples, features, row_of = self.features(model, run)
         records = predict_all(model, examples, features, row_of, self.batch_size, progress=False)
-        name, value = headline(report(model.config.task, records))
-        saved.write_text(json.dumps({"metric": name, "score": value, "examples": len(records)}) + "\n")
+        task = model.config.task
+        result = report(task, records)
+        name, value = headline(result)
+        scores = {"metric": name, "score": value, "examples": len(records)}
+        if task != "caption":
+            scores["per_type"] = {kind: group.accuracy for kind, group in sorted(result.per_type.items())}
+        write_predictions(task, records, run / f"{TEST_PREDICTIONS}-{predictions_name(task)}")
+        saved.write_text(json.dumps(scores) + "\n")
         return value
+
+    def per_type(self, run: Path) -> dict[str, float]:
+        """The run's test accuracy per answer type (VQA), as ``score`` kept it."""
+        return json.loads((run / TEST_RESULT).read_text()).get("per_type", {})
 
     def costs(self, run: Path) -> dict[str, Any]:
         """Inference costs of the run's adapter, measured now (all methods in the same process)."""
         from ..bench.common import Timer
 
         model = self.load(run)
-        examples, features, row_of = self.features(model)
+        examples, features, row_of = self.features(model, run)
         batch = [examples[i % len(examples)] for i in range(self.latency_batch)]
         batch_features = features[[row_of[e.media] for e in batch]]
         questions = [e.question for e in batch]
@@ -84,14 +109,13 @@ class Evaluator:
 
 
 def evaluator_for(comparison: Comparison) -> Evaluator:
-    """The test set and the frozen LM as training holds it (bf16 on a GPU by default), loaded once, so that
+    """The test set, and the frozen LMs held as training holds them (bf16 on a GPU by default), so that
     latency and KV cache are measured as the adapters would run."""
     base = Recipe.from_dict(comparison.recipe)
     device = PartialState().device
     dtype = lm_dtype(base.training.lm_dtype, mixed_precision(base.training.mixed_precision), device)
-    lm, tokenizer = load_lm(base.model.lm, dtype, device_map={"": device})
-    return Evaluator(lm, tokenizer, read_dataset(base.data["eval"]), base.training, base.eval_batch_size,
-                     comparison.latency_batch, comparison.latency_repeats, device)
+    return Evaluator(read_dataset(base.data["eval"]), base.training, base.eval_batch_size,
+                     comparison.latency_batch, comparison.latency_repeats, device, dtype)
 
 
 RELATIVE = ("trainable_parameters", "adapter_bytes", "train_seconds", "latency_ms_per_sample", "kv_bytes_per_sample")

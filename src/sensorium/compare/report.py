@@ -50,7 +50,20 @@ def markdown_table(summary: dict[str, Any]) -> str:
              f"on validation with seed {summary['seeds'][0]}. Latency: generate() with the KV cache, "
              "answers forced to the decoding length, median of repeats; KV cache: layout length x layers x "
              "key/value width x beams, in the LM's dtype.\n")
-    return "\n".join(lines) + "\n" + notes
+    return "\n".join(lines) + "\n" + notes + per_type_table(summary)
+
+
+def per_type_table(summary: dict[str, Any]) -> str:
+    """VQA accuracy per answer type (mean over seeds), where the test set has types; else nothing."""
+    kinds = sorted({kind for result in summary["methods"] for kind in result.get("per_type_mean", {})})
+    if not kinds:
+        return ""
+    lines = [f"\n| method | {summary['metric']} | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    for result in summary["methods"]:
+        per_type = result["per_type_mean"]
+        cells = " | ".join(f"{per_type[kind]:.2f}" if kind in per_type else "" for kind in kinds)
+        lines.append(f"| {result['name']} | {result['score_mean']:.2f} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:

@@ -89,12 +89,14 @@ def score_method(comparison: Comparison, method: Method, data: dict[str, dict], 
         log(f"[{method.name}] lr {chosen:g}, seed {seed}: training and test")
         summary = trained(method_recipe(comparison, method, chosen, seed, data, folder))
         runs.append({"seed": seed, "folder": str(folder), "validation": validation_score(summary, task),
-                     "test": evaluator.score(folder), "train_seconds": summary["train_seconds"]})
+                     "test": evaluator.score(folder), "test_per_type": evaluator.per_type(folder),
+                     "train_seconds": summary["train_seconds"]})
     scores = [run["test"] for run in runs]
+    per_type = {kind: statistics.mean(run["test_per_type"][kind] for run in runs) for kind in runs[0]["test_per_type"]}
     return {"name": method.name, "overrides": method.overrides, "lr_grid": method.lr_grid,
             "validation_by_lr": {f"{lr:g}": score for lr, score in grid.items()}, "chosen_lr": chosen, "runs": runs,
             "score_mean": statistics.mean(scores), "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-            "train_seconds": statistics.mean(run["train_seconds"] for run in runs)}
+            "per_type_mean": per_type, "train_seconds": statistics.mean(run["train_seconds"] for run in runs)}
 
 
 def compare_method(comparison: Comparison, method: Method, data: dict[str, dict], evaluator: Evaluator) -> dict:

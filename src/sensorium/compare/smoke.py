@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ..data import write_manifest
 from ..testing import colour_squares, save_tiny_lm, save_tiny_vit
@@ -33,6 +34,17 @@ def smoke(comparison: Comparison, folder: Path) -> Comparison:
         "generation": {"max_new_tokens": 3},
         "eval_batch_size": 8,
     })
-    methods = [replace(m, lr_grid=m.lr_grid[:2]) for m in comparison.methods]
+    methods = [replace(m, lr_grid=m.lr_grid[:2], overrides=_tiny_lm(m.overrides, folder)) for m in comparison.methods]
     return replace(comparison, recipe=recipe, methods=methods, seeds=comparison.seeds[:2], validation=4,
                    latency_batch=2, latency_repeats=1, out=folder)
+
+
+def _tiny_lm(overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A method that names its own frozen LM gets a tiny random LM of its own, one folder per name."""
+    name = overrides.get("model", {}).get("lm")
+    if name is None:
+        return overrides
+    tiny = folder / "models" / f"lm-{name.replace('/', '-')}"
+    if not tiny.is_dir():
+        save_tiny_lm(tiny, words=SMOKE_WORDS, **SMOKE_LM)
+    return {**overrides, "model": {**overrides["model"], "lm": str(tiny)}}

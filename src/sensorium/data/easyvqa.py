@@ -11,6 +11,7 @@ from PIL import Image
 from ..zoo import package_file
 from .examples import Example
 
+SPLITS = ("train", "test")
 SHAPES = {"circle", "rectangle", "triangle"}
 # Every shape is drawn in one of these exact colours on a pale, random background.
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
@@ -26,15 +27,27 @@ def answer_type(answer: str) -> str:
 
 
 def read(split: str = "train") -> list[Example]:
-    if split not in {"train", "test"}:
+    if split not in SPLITS:
         raise ValueError(f"easy-vqa has splits 'train' and 'test', not '{split}'")
-    questions = package_file("easy_vqa", f"data/{split}/questions.json", "easy-vqa==1.0")
+    questions = _questions_file(split)
     images = questions.parent / "images"
     return [
         Example(media=str(images / f"{image_id}.png"), question=text, answers=[answer],
                    answer_type=answer_type(answer), question_id=f"{split}-{index}")
         for index, (text, answer, image_id) in enumerate(json.loads(questions.read_text()))
     ]
+
+
+def _questions_file(split: str) -> Path:
+    return package_file("easy_vqa", f"data/{split}/questions.json", "easy-vqa==1.0")
+
+
+def images_folder(split: str) -> Path | None:
+    """The resolved folder of a split's images; None where easy-vqa is not installed."""
+    try:
+        return (_questions_file(split).parent / "images").resolve()
+    except FileNotFoundError:
+        return None
 
 
 def content(path: str | Path) -> tuple[str, str]:
@@ -58,7 +71,7 @@ def truths(split: str) -> dict[str, str]:
     The questions about an image fix its colour and shape (answers name them; a yes/no answer confirms or
     excludes the attribute its question names); the pixels (``content``) settle what its questions leave open.
     """
-    file = package_file("easy_vqa", f"data/{split}/questions.json", "easy-vqa==1.0")
+    file = _questions_file(split)
     questions = json.loads(file.read_text())
     possible: dict[str, dict[str, set[str]]] = {}
     for text, answer, image_id in questions:
