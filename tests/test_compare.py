@@ -221,6 +221,21 @@ def test_a_ladder_scores_each_method_over_its_own_lm_and_as_it_was_trained(tmp_p
         assert len((run / "test-predictions.jsonl").read_text().splitlines()) == 6
     table = (tmp_path / "comparison.md").read_text()
     assert "| method | accuracy | " in table and "| qwen2.5-coder-0.5b-oracle | " in table
+    lms = {m["name"]: (Path(m["lm"]).name, m["lm_parameters"]) for m in summary["methods"]}
+    assert lms["qwen2.5-coder-0.5b"] == lms["qwen2.5-coder-0.5b-oracle"] != lms["smollm2-135m"]
+    with Image.open(tmp_path / "ladder.png") as plot:
+        assert plot.format == "PNG"
+
+
+@pytest.mark.parametrize(("name", "lm", "series"), [
+    ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b", "eP-ALM"),
+    ("qwen2.5-coder-0.5b-oracle", "qwen2.5-coder-0.5b", "oracle"),
+    ("gemma-every-layer", "/models/gemma", "every-layer"), ("epalm", "smollm2-135m", "epalm"),
+])
+def test_ladder_series_are_the_method_names_without_their_lm(name, lm, series):
+    from sensorium.compare.report import series_name
+
+    assert series_name({"name": name, "lm": lm}) == series
 
 
 def test_methods_are_chosen_by_name_with_the_baseline_among_them():

@@ -100,8 +100,9 @@ class Evaluator:
         seconds = timer.median(lambda: model.generate(batch_features, questions, **exact))
         prompt_tokens = statistics.mean(len(ids) for ids in model.prompt_ids([e.question for e in examples]))
         tokens = model.prefix_length + prompt_tokens + length  # a mean over the test questions
-        per_token = kv_cache_bytes(lm_facts(model.lm), 1, next(model.lm.parameters()).element_size())
-        return {"trainable_parameters": model.parameter_counts()[0],
+        facts = lm_facts(model.lm)
+        per_token = kv_cache_bytes(facts, 1, next(model.lm.parameters()).element_size())
+        return {"trainable_parameters": model.parameter_counts()[0], "lm_parameters": facts.parameters,
                 "adapter_bytes": (run / ADAPTER_FOLDER / WEIGHTS_NAME).stat().st_size,
                 "slot_columns": model.slot_count, "prefix_columns": model.prefix_length,
                 "latency_ms_per_sample": 1000 * seconds / len(batch),

@@ -1,5 +1,6 @@
 """The comparison's report: a markdown table of score and costs, each relative to the baseline, and a plot
-of score against inference cost."""
+of score against inference cost; for methods over several frozen LMs (a ladder), a plot of score against the
+LM's size."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def write_report(summary: dict[str, Any], folder: Path) -> str:
     table = markdown_table(summary)
     (folder / "comparison.md").write_text(table)
     plot(summary, folder / "comparison.png")
+    if len({result["lm"] for result in summary["methods"]}) > 1:
+        plot_ladder(summary, folder / "ladder.png")
     return table
 
 
@@ -85,6 +88,33 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     panels[0].set_ylabel(f"{summary['metric']} (mean ± std over {len(summary['seeds'])} seeds)")
     panels[1].legend(loc="best", fontsize="small")
     figure.suptitle(f"{summary['metric']} against inference cost")
+    figure.savefig(path, dpi=100)
+
+
+def series_name(result: dict[str, Any]) -> str:
+    """What a method is apart from its LM: its name without the LM's ('qwen-blind' -> 'blind'), or eP-ALM."""
+    name, lm = result["name"], Path(result["lm"]).name
+    return (name[len(lm):].lstrip("-_ ") or "eP-ALM") if name.startswith(lm) else name
+
+
+def plot_ladder(summary: dict[str, Any], path: Path) -> None:
+    """Score against the frozen LM's parameters, one line per kind of method (eP-ALM, blind, oracle...)."""
+    from matplotlib.figure import Figure
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for result in summary["methods"]:
+        series.setdefault(series_name(result), []).append((result["lm_parameters"], result["score_mean"]))
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for index, (name, points) in enumerate(series.items()):
+        sizes, scores = zip(*sorted(points), strict=True)
+        axes.plot([size / 1e6 for size in sizes], scores, marker="osD^v<>ph*"[index % 10], label=name)
+    axes.set(xscale="log", xlabel="frozen LM parameters (millions)", ylabel=summary["metric"])
+    axes.xaxis.set_major_formatter(_log_tick_label(axes))
+    axes.xaxis.set_minor_formatter(_log_tick_label(axes))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    figure.suptitle(f"{summary['metric']} against the frozen LM's size")
     figure.savefig(path, dpi=100)
 
 

@@ -93,7 +93,8 @@ def score_method(comparison: Comparison, method: Method, data: dict[str, dict], 
                      "train_seconds": summary["train_seconds"]})
     scores = [run["test"] for run in runs]
     per_type = {kind: statistics.mean(run["test_per_type"][kind] for run in runs) for kind in runs[0]["test_per_type"]}
-    return {"name": method.name, "overrides": method.overrides, "lr_grid": method.lr_grid,
+    lm = Recipe.from_dict(merge_recipe(comparison.recipe, method.overrides)).model.lm
+    return {"name": method.name, "lm": lm, "overrides": method.overrides, "lr_grid": method.lr_grid,
             "validation_by_lr": {f"{lr:g}": score for lr, score in grid.items()}, "chosen_lr": chosen, "runs": runs,
             "score_mean": statistics.mean(scores), "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "per_type_mean": per_type, "train_seconds": statistics.mean(run["train_seconds"] for run in runs)}
