@@ -167,8 +167,11 @@ class AdapterConfig:
         task = task or self.task
         if not self.does(task) or task == MULTITASK:
             raise ValueError(f"decoding options for task '{task}' of a {self.task} adapter: name vqa or caption")
-        chosen = self.generation.get(task, {}) if self.task == MULTITASK else self.generation
-        return {**TASKS[task]["generation"], **chosen}
+        return {**TASKS[task]["generation"], **self.recipe_generation(task)}
+
+    def recipe_generation(self, task: str) -> dict[str, Any]:
+        """The decoding options the recipe set for ``task`` (a multitask adapter keeps them per task)."""
+        return self.generation.get(task, {}) if self.task == MULTITASK else self.generation
 
     def save(self, folder: Path) -> None:
         """The settings, after the format and release that wrote them (AdapterFormat)."""

@@ -122,8 +122,7 @@ def merged_task(ingredients: Sequence[Ingredient]) -> dict:
         return {}
     doing = {task: next(config for config in configs if config.does(task)) for task in tasks}
     return {"task": MULTITASK, "template": doing["vqa"].template,
-            "generation": {task: config.generation.get(task, {}) if config.task == MULTITASK else config.generation
-                           for task, config in doing.items()}}
+            "generation": {task: config.recipe_generation(task) for task, config in doing.items()}}
 
 
 def save(soup: Ingredient, out: str | Path, lm=None, tokenizer=None, encoder=None) -> Path:

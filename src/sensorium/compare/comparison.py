@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ..config import AdapterConfig
 from ..layout import setting_problems
 from ..recipe import Recipe, TrainingOptions
 
@@ -90,13 +91,17 @@ def load_comparison(path: str | Path) -> Comparison:
                                                           if k in values})
     comparison.out = Path(values.get("out", comparison.out))
     for method in methods:  # every method must make a valid recipe before hours of training start
-        model = Recipe.from_dict(merge_recipe(recipe, method.overrides)).model
-        problems = setting_problems(model)
+        problems = setting_problems(method_model(comparison, method))
         if problems:
             raise ValueError(f"{file}: method '{method.name}': {'; '.join(problems)}")
     if "eval" not in recipe.get("data", {}):
         raise ValueError(f"{base}: the base recipe needs data.eval, the set every method is scored on")
     return comparison
+
+
+def method_model(comparison: Comparison, method: Method) -> AdapterConfig:
+    """The adapter settings a method trains: the base recipe's model with the method's overrides."""
+    return Recipe.from_dict(merge_recipe(comparison.recipe, method.overrides)).model
 
 
 def only(comparison: Comparison, names: list[str]) -> Comparison:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +53,27 @@ class Evaluator:
         model = PerceptualLM.from_pretrained(folder, lm=lm, tokenizer=tokenizer)
         return model.to(self.device).eval()
 
+    @cached_property
+    def test_with_truth(self) -> list[Example]:
+        """The test set with each medium's truth as text, for oracle runs (read once for them all)."""
+        return with_truth(self.test)
+
     def features(self, model: PerceptualLM, run: Path) -> EncodedExamples:
         """The test set as the run was trained: a blind run's images zeroed, an oracle's truth stated as text."""
         trained = recorded_recipe(model.config, run / ADAPTER_FOLDER).training
         options = TrainingOptions(blind=trained.blind, oracle=trained.oracle,
                                   cache_batch_size=self.options.cache_batch_size,
                                   cache_workers=self.options.cache_workers)
-        test = with_truth(self.test) if trained.oracle else self.test
+        test = self.test_with_truth if trained.oracle else self.test
         examples, features, row_of, _ = cached_features(model, test, options, skip_bad=False)
         return examples, features, row_of
 
-    def score(self, run: Path) -> float:
-        """The run's test score (accuracy or CIDEr), kept in its folder with its predictions."""
+    def score(self, run: Path) -> dict[str, Any]:
+        """The run's test result, kept in its folder with its predictions: the headline ``score`` (accuracy or
+        CIDEr) and, for VQA, ``accuracy_per_type``."""
         saved = run / TEST_RESULT
         if saved.is_file():
-            return json.loads(saved.read_text())["score"]
+            return json.loads(saved.read_text())
         model = self.load(run)
         examples, features, row_of = self.features(model, run)
         records = predict_all(model, examples, features, row_of, self.batch_size, progress=False)
@@ -75,14 +82,10 @@ class Evaluator:
         name, value = headline(result)
         scores = {"metric": name, "score": value, "examples": len(records)}
         if task != "caption":
-            scores["per_type"] = {kind: group.accuracy for kind, group in sorted(result.per_type.items())}
+            scores["accuracy_per_type"] = {kind: group.accuracy for kind, group in sorted(result.per_type.items())}
         write_predictions(task, records, run / f"{TEST_PREDICTIONS}-{predictions_name(task)}")
         saved.write_text(json.dumps(scores) + "\n")
-        return value
-
-    def per_type(self, run: Path) -> dict[str, float]:
-        """The run's test accuracy per answer type (VQA), as ``score`` kept it."""
-        return json.loads((run / TEST_RESULT).read_text()).get("per_type", {})
+        return scores
 
     def costs(self, run: Path) -> dict[str, Any]:
         """Inference costs of the run's adapter, measured now (all methods in the same process)."""

@@ -18,7 +18,7 @@ import yaml
 
 from ..data import read_dataset, split_validation, write_manifest
 from ..recipe import Recipe, TrainingOptions
-from .comparison import Comparison, Method, merge_recipe
+from .comparison import Comparison, Method, merge_recipe, method_model
 from .measure import TEST_RESULT, Evaluator, evaluator_for, with_relative
 from .report import write_report
 
@@ -88,13 +88,14 @@ def score_method(comparison: Comparison, method: Method, data: dict[str, dict], 
         folder = run_folder(comparison, method, chosen, seed)
         log(f"[{method.name}] lr {chosen:g}, seed {seed}: training and test")
         summary = trained(method_recipe(comparison, method, chosen, seed, data, folder))
+        test = evaluator.score(folder)
         runs.append({"seed": seed, "folder": str(folder), "validation": validation_score(summary, task),
-                     "test": evaluator.score(folder), "test_per_type": evaluator.per_type(folder),
+                     "test": test["score"], "test_per_type": test.get("accuracy_per_type", {}),
                      "train_seconds": summary["train_seconds"]})
     scores = [run["test"] for run in runs]
     per_type = {kind: statistics.mean(run["test_per_type"][kind] for run in runs) for kind in runs[0]["test_per_type"]}
-    lm = Recipe.from_dict(merge_recipe(comparison.recipe, method.overrides)).model.lm
-    return {"name": method.name, "lm": lm, "overrides": method.overrides, "lr_grid": method.lr_grid,
+    return {"name": method.name, "lm": method_model(comparison, method).lm, "overrides": method.overrides,
+            "lr_grid": method.lr_grid,
             "validation_by_lr": {f"{lr:g}": score for lr, score in grid.items()}, "chosen_lr": chosen, "runs": runs,
             "score_mean": statistics.mean(scores), "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "per_type_mean": per_type, "train_seconds": statistics.mean(run["train_seconds"] for run in runs)}
