@@ -134,3 +134,12 @@ def test_asterisk_reads_its_transcript_format(tmp_path):
     examples = asterisk.read_qa(sounds=str(tmp_path), transcripts=str(transcripts))
     assert [(e.question_id, e.answers[0], e.answer_type) for e in examples] == \
         [("digits/1", "one", "word"), ("hello", "Hello there.", "phrase")]
+
+
+def test_a_clip_name_with_a_line_break_keeps_the_none_found_error_on_one_line(tmp_path):
+    """Clotho names each clip by its file name, which a damaged CSV can break over two lines."""
+    path = write_csv(tmp_path / "clotho.csv", ["file_name", *(f"caption_{i}" for i in range(1, 6))],
+                     [["a\nb.wav", "one", "two", "three", "four", "five"]])
+    with pytest.raises(BadInputError) as refused:
+        read_dataset({"format": "clotho", "csv": path, "audio": str(tmp_path)})
+    assert "\n" not in str(refused.value) and "(e.g. 'a\\nb.wav')" in str(refused.value)

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import BadInputError
 from ..media.audio import AUDIO_EXTENSIONS
 from ..media.video import VIDEO_EXTENSIONS
-from .examples import Example, MediaFolder
+from .examples import Example, MediaFolder, none_found
 
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 CLIP_SECONDS = 10  # every AudioCaps clip is a 10 s AudioSet segment
@@ -76,6 +76,6 @@ def read(csv: str, audio: str) -> list[Example]:
                                 answer_type="caption", question_id=clip_id))
         found += exists
     if examples and not found:
-        raise BadInputError(f"{audio}: none of the {len(examples)} clips of {csv} is in this folder "
-                            f"(e.g. {Path(examples[0].media).stem!r} as .wav, .flac, .mp3, ...)")
+        raise none_found(audio, f"the {len(examples)} clips of {csv}", Path(examples[0].media).stem,
+                         " as .wav, .flac, .mp3, ...")
     return examples

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from .audiocaps import read_csv
-from .examples import Example
+from .examples import Example, none_found
 
 CAPTION_COLUMNS = tuple(f"caption_{number}" for number in range(1, 6))
 
@@ -27,6 +27,5 @@ def read(csv: str, audio: str) -> list[Example]:
         examples.append(Example(media=str(folder / name), question="", answers=captions, answer_type="caption",
                                 question_id=name))
     if examples and not any(Path(example.media).is_file() for example in examples):
-        raise BadInputError(f"{audio}: none of the {len(examples)} clips of {csv} is in this folder "
-                            f"(e.g. {examples[0].question_id})")
+        raise none_found(audio, f"the {len(examples)} clips of {csv}", examples[0].question_id)
     return examples

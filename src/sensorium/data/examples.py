@@ -75,6 +75,12 @@ class MediaFolder:
         return self.folder / f"{stems[0]}{self.fallback_extension}", False
 
 
+def none_found(folder: str | Path, what: str, example: str, hint: str = "") -> BadInputError:
+    """The error of a media folder holding none of the files a data set names. The example name is quoted as
+    Python writes it, so a name with a line break or a control character keeps the error on one line."""
+    return BadInputError(f"{folder}: none of {what} is in this folder (e.g. {example!r}{hint})")
+
+
 def split_validation(examples: list[Example], size: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """(training, validation): whole media files move to validation, in a seeded order, until it holds ``size``.
 

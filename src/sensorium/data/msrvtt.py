@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..media.video import VIDEO_EXTENSIONS
-from .examples import Example, MediaFolder, load_json
+from .examples import Example, MediaFolder, load_json, none_found
 
 # MSRVTT-QA and MSVD-QA report accuracy per question word.
 QUESTION_WORDS = ("what", "who", "how", "when", "where")
@@ -65,8 +65,7 @@ def read_qa(questions: str, videos: str) -> list[Example]:
             raise BadInputError(f"{questions}: malformed question entry {entry!r:.80} ({error!r})") from error
         found += exists
     if examples and not found:
-        raise BadInputError(f"{videos}: none of the {len(examples)} questions' videos is in this folder "
-                            f"(e.g. {Path(examples[0].media).name})")
+        raise none_found(videos, f"the {len(examples)} questions' videos", Path(examples[0].media).name)
     return examples
 
 
