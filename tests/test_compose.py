@@ -38,8 +38,8 @@ def sense(lm, tokenizer, vit: str, seed: int, **settings) -> PerceptualLM:
     return model.eval()
 
 
-def composed(arch: str, tiny_lm_folder, tiny_vit_folder, second: str = "frames",
-             positions: str = "parallel") -> ComposedLM:
+def composed(arch: str, tiny_lm_folder, tiny_vit_folder, second: str = "frames", positions: str = "parallel",
+             mode: str = "prefix") -> ComposedLM:
     """An image sense (one slot column), then a second sense: frame by frame video (three columns), or an
     input connector (LiMBeR: its mapped token is the prefix itself, no injection)."""
     lm, tokenizer = load_lm(tiny_lm_folder(arch))
@@ -48,7 +48,7 @@ def composed(arch: str, tiny_lm_folder, tiny_vit_folder, second: str = "frames",
         other = sense(lm, tokenizer, f"frames:{tiny_vit_folder}", 2, num_frames=3, temporal="frames")
     else:
         other = sense(lm, tokenizer, tiny_vit_folder, 2, connector="limber-1", inject_layers=None)
-    return ComposedLM([image, other], ["image", second], positions).eval()
+    return ComposedLM([image, other], ["image", second], mode, positions).eval()
 
 
 def features(model: ComposedLM, batch: int, seed: int = 0) -> torch.Tensor:
@@ -70,10 +70,69 @@ def test_composed_cached_generation_equals_full_recomputation(arch, second, num_
     assert any(cached), "generation produced nothing to compare"
 
 
+@pytest.mark.parametrize("arch", ["llama", "opt", "gpt2", "qwen2", "gemma3"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_selected_cached_generation_equals_full_recomputation(arch, num_beams, tiny_lm_folder, tiny_vit_folder):
+    model = composed(arch, tiny_lm_folder, tiny_vit_folder, "limber", mode="select")
+    feats = features(model, len(QUESTIONS))
+    options = {"max_new_tokens": 8, "min_new_tokens": 4, "num_beams": num_beams}
+    cached = model.generate(feats, QUESTIONS, **options)
+    assert cached == model.generate_uncached(feats, QUESTIONS, **options)
+    assert any(cached), "generation produced nothing to compare"
+
+
+def test_selection_keeps_the_answer_its_own_sense_is_surest_of(tiny_lm_folder, tiny_vit_folder):
+    """Each row's answer is one sense's own answer, the one that sense gives the higher log-likelihood; both
+    senses win some rows here, so the choice is made per row."""
+    model = composed("llama", tiny_lm_folder, tiny_vit_folder, mode="select")
+    questions = QUESTIONS * 4
+    feats = features(model, len(questions), seed=3)
+    options = {"max_new_tokens": 5, "min_new_tokens": 1}
+    parts = model.unpack(feats)
+    alone = [sense.generate(part, questions, **options) for sense, part in zip(model.senses, parts, strict=True)]
+    sure = torch.stack([sense.log_likelihood(part, questions, answers)
+                        for sense, part, answers in zip(model.senses, parts, alone, strict=True)])
+    winners = (sure[1] > sure[0]).long().tolist()
+    assert set(winners) == {0, 1}, "the draw should let each sense win a row"
+    expected = [alone[winner][row] for row, winner in enumerate(winners)]
+    assert model.generate(feats, questions, **options) == expected
+
+
+def test_log_likelihood_is_the_training_loss_summed_over_the_answer(tiny_lm_folder, tiny_vit_folder):
+    """For one row, the mean cross-entropy times the answer's tokens (its end of text included); in a batch, each
+    row's own value whatever the padding."""
+    image = composed("llama", tiny_lm_folder, tiny_vit_folder).senses[0]
+    feats = torch.randn(3, *image.layout.feature_shape, generator=torch.Generator().manual_seed(1))
+    answers = ["red", "a big blue circle", ""]
+    batched = image.log_likelihood(feats, QUESTIONS, answers)
+    for row, answer in enumerate(answers):
+        tokens = len(image.target_ids([answer])[0])
+        with torch.no_grad():
+            loss = image(feats[row:row + 1], QUESTIONS[row:row + 1], [answer])
+        assert batched[row] < 0
+        assert torch.allclose(batched[row], -loss * tokens, atol=1e-4)
+
+
+def test_selection_neither_trains_nor_lays_out_one_sequence(tiny_lm_folder, tiny_vit_folder):
+    """Senses injecting into different layers can be selected among (each runs alone), not laid out together;
+    a selecting composition refuses to be tuned, in one line."""
+    lm, tokenizer = load_lm(tiny_lm_folder("llama"))
+    first = sense(lm, tokenizer, tiny_vit_folder, 1)
+    deeper = sense(lm, tokenizer, tiny_vit_folder, 2, inject_layers=[2, 3])
+    model = ComposedLM([first, deeper], ["a", "b"], "select").eval()
+    assert model.selects and len(model.generate(features(model, 2), QUESTIONS[:2], max_new_tokens=3)) == 2
+    examples = [Example(media="m0", question=QUESTIONS[0], answers=["red"])]
+    with pytest.raises(ValueError, match="only a prefix composition can be tuned; this one selects") as error:
+        tune(model, examples, features(model, 1), {"m0": 0}, Tuning(steps=1))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="same LM layers"):
+        ComposedLM([first, deeper], ["a", "b"], "prefix")
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-@pytest.mark.parametrize("positions", ["parallel", "serial"])
-def test_composed_batched_answers_equal_single_answers(arch, positions, tiny_lm_folder, tiny_vit_folder):
-    model = composed(arch, tiny_lm_folder, tiny_vit_folder, positions=positions)
+@pytest.mark.parametrize(("mode", "positions"), [("prefix", "parallel"), ("prefix", "serial"), ("select", "parallel")])
+def test_composed_batched_answers_equal_single_answers(arch, mode, positions, tiny_lm_folder, tiny_vit_folder):
+    model = composed(arch, tiny_lm_folder, tiny_vit_folder, positions=positions, mode=mode)
     feats = features(model, len(QUESTIONS))
     batched = model.generate(feats, QUESTIONS, max_new_tokens=6)
     assert batched == [model.generate(feats[i:i + 1], [q], max_new_tokens=6)[0] for i, q in enumerate(QUESTIONS)]
@@ -140,7 +199,7 @@ def test_composed_refuses_mismatched_senses(tiny_lm_folder, tiny_vit_folder):
     with pytest.raises(ValueError, match="sense 'b' has its own LM"):
         ComposedLM([first, sense(other_lm, other_tokenizer, tiny_vit_folder, 2)], ["a", "b"])
     with pytest.raises(ValueError, match=r"same LM layers: 'a' into \[1, 2, 3\]; 'b' into \[2, 3\]"):
-        ComposedLM([first, sense(lm, tokenizer, tiny_vit_folder, 2, inject_layers=[2, 3])], ["a", "b"])
+        ComposedLM([first, sense(lm, tokenizer, tiny_vit_folder, 2, inject_layers=[2, 3])], ["a", "b"], "prefix")
     with pytest.raises(ValueError, match="plain folder names"):
         ComposedLM([first, sense(lm, tokenizer, tiny_vit_folder, 2)], ["a", "../b"])
     with pytest.raises(ValueError, match="at least two senses"):
@@ -158,18 +217,24 @@ def test_composition_round_trip(tiny_lm_folder, tiny_vit_folder, tmp_path):
         model.save_pretrained(tmp_path / name / "adapter")
         folders.append(tmp_path / name / "adapter")
     assert sense_names(folders) == ["image", "video"]
-    model = compose(folders)
-    feats = features(model, len(QUESTIONS))
-    answers = model.generate(feats, QUESTIONS, max_new_tokens=6)
-    model.save_pretrained(tmp_path / "composed")
-    assert is_composition(tmp_path / "composed")
-    assert json.loads((tmp_path / "composed" / COMPOSITION_NAME).read_text())["senses"] == ["image", "video"]
-    loaded = load_composed(tmp_path / "composed")
-    assert loaded.names == ("image", "video")
-    for before, after in zip(model.senses, loaded.senses, strict=True):
-        assert before.adapter_state().keys() == after.adapter_state().keys()
-        assert all(torch.equal(before.adapter_state()[k], after.adapter_state()[k]) for k in before.adapter_state())
-    assert loaded.generate(feats, QUESTIONS, max_new_tokens=6) == answers
+    for mode in ("select", "prefix"):
+        model = compose(folders, mode=mode, positions="serial")
+        feats = features(model, len(QUESTIONS))
+        answers = model.generate(feats, QUESTIONS, max_new_tokens=6)
+        model.save_pretrained(tmp_path / mode)
+        assert is_composition(tmp_path / mode)
+        saved = json.loads((tmp_path / mode / COMPOSITION_NAME).read_text())
+        assert (saved["senses"], saved["mode"], saved["positions"]) == (["image", "video"], mode, "serial")
+        loaded = load_composed(tmp_path / mode)
+        assert loaded.names == ("image", "video") and loaded.composition == model.composition
+        for before, after in zip(model.senses, loaded.senses, strict=True):
+            assert before.adapter_state().keys() == after.adapter_state().keys()
+            assert all(torch.equal(before.adapter_state()[k], after.adapter_state()[k])
+                       for k in before.adapter_state())
+        assert loaded.generate(feats, QUESTIONS, max_new_tokens=6) == answers
+    # A composition.json written before the modes existed names no mode: it was a prefix composition.
+    (tmp_path / "prefix" / COMPOSITION_NAME).write_text('{"senses": ["image", "video"]}')
+    assert load_composed(tmp_path / "prefix").composition.mode == "prefix"
     fresh = compose(folders, fresh=True)
     assert not torch.equal(fresh.senses[0].prompt, model.senses[0].prompt)
 
@@ -190,6 +255,7 @@ def test_compose_refuses_adapters_of_different_lms(tiny_lm_folder, tiny_vit_fold
     ('{"senses": ["a", "b"]}', r"no adapter folder for sense\(s\) \['a', 'b'\]"),
     ("[1, 2", "not valid JSON"),
     ('{"senses": ["a", "b"], "extra": 1}', "extra"),
+    ('{"senses": ["a", "b"], "mode": "vote"}', "mode"),
 ])
 def test_damaged_composition_files_are_one_line_errors(tmp_path, text, message):
     (tmp_path / COMPOSITION_NAME).write_text(text)
@@ -248,8 +314,14 @@ def test_compose_tune_eval_and_ask_from_the_command_line(tiny_lm_folder, tiny_vi
     assert main(["compose", *folders, "--out", str(out), "--tune", str(manifest), "--steps", "3",
                  "--batch-size", "4"]) == 0
     printed = capsys.readouterr().out
-    assert "composed left, right over" in printed and "tuned 3 steps on 12 examples" in printed
-    assert load_composed(out).names == ("left", "right")
+    assert "composed left, right over" in printed and "(prefix)" in printed
+    assert "tuned 3 steps on 12 examples" in printed
+    assert load_composed(out).names == ("left", "right") and load_composed(out).composition.mode == "prefix"
+    assert main(["compose", *folders, "--out", str(tmp_path / "selected")]) == 0
+    assert "(select): each answers alone" in capsys.readouterr().out
+    assert load_composed(tmp_path / "selected").selects
+    assert main(["compose", *folders, "--out", str(tmp_path / "bad"), "--mode", "select", "--tune", str(manifest)]) == 2
+    assert "needs --mode prefix" in capsys.readouterr().err
     assert main(["eval", str(out), "--data", str(manifest), "--max-new-tokens", "2",
                  "--predictions", str(tmp_path / "predictions.jsonl")]) == 0
     assert "accuracy" in capsys.readouterr().out.lower()

@@ -108,9 +108,16 @@ def _compose(args: argparse.Namespace) -> None:
     from .recipe import TrainingOptions
     from .train import cached_features
 
+    if args.fresh and not args.tune:
+        raise BadInputError("--fresh starts every sense untrained: give --tune DATA to train them")
+    mode = args.mode or ("prefix" if args.tune else "select")
+    if args.tune and mode != "prefix":
+        raise BadInputError("--tune trains the senses as one sequence: it needs --mode prefix, not select")
     torch.manual_seed(args.seed)  # fresh connectors start from the seed's draw
-    model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh, positions=args.positions)
-    print(f"composed {', '.join(model.names)} over {model.config.lm}: {model.prefix_length} prefix columns, "
+    model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh, mode=mode,
+                    positions=args.positions)
+    reads = "each answers alone, the surest kept" if model.selects else f"{model.prefix_length} prefix columns"
+    print(f"composed {', '.join(model.names)} over {model.config.lm} ({mode}): {reads}, "
           f"{model.parameter_counts()[0]:,} trainable parameters")
     if args.tune:
         examples, features, row_of, _ = cached_features(model, read_dataset(parse_data_spec(args.tune)),
@@ -121,8 +128,6 @@ def _compose(args: argparse.Namespace) -> None:
         losses = tune(model, examples, features, row_of, tuning)
         print(f"tuned {args.steps} steps on {len(examples):,} examples in {time.perf_counter() - started:.1f} s: "
               f"loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f} (mean of the last 10)")
-    elif args.fresh:
-        raise BadInputError("--fresh starts every sense untrained: give --tune DATA to train them")
     model.save_pretrained(args.out)
     print(f"composed model saved to {args.out}")
 
@@ -389,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "question; a composed model reads one file with every sense (a video and its sound "
                           "track) or one file per sense, in order")
     ask.add_argument("--adapter", action="append", help="compose adapters into one model, one sense each, in order "
-                                                        "(then no ADAPTER among the inputs)")
+                                                        "(then no ADAPTER among the inputs); the answer of the "
+                                                        "sense surest of its own is kept")
     _model_arguments(ask)
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
@@ -409,9 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     composer.add_argument("--out", required=True, help="folder of the composed model")
     composer.add_argument("--names", type=lambda text: text.split(","), help="comma-separated sense names "
                                                                              "(default: the folders' names)")
+    composer.add_argument("--mode", choices=("select", "prefix"),
+                          help="select: each sense answers alone and the answer its adapter is surest of is kept "
+                               "(zero-shot; the default without --tune); prefix: one sequence reads every sense "
+                               "(what --tune trains, its default)")
     composer.add_argument("--positions", choices=("parallel", "serial"), default="parallel",
-                          help="parallel: each sense's prompt and slot at the positions it was trained at, side by "
-                               "side; serial: one after another")
+                          help="of a prefix composition: parallel: each sense's prompt and slot at the positions it "
+                               "was trained at, side by side; serial: one after another")
     composer.add_argument("--tune", metavar="DATA", help="fine-tune every sense's connector and prompt on this data: "
                           + " | ".join(data_spec_forms()))
     composer.add_argument("--fresh", action="store_true", help="start from untrained adapters of the same settings "
@@ -488,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an adapter (or a composed model's folder) to host under NAME; repeat for more")
     serve.add_argument("--compose", action="append", type=compose_spec, metavar="NAME=A,B",
                        help="host the adapters named A, B, ... (by --adapter) composed, one sense each in that "
-                            "order, as one model under NAME, over the same loaded LM and encoders; repeat for more")
+                            "order, as one model under NAME, over the same loaded LM and encoders (the answer of "
+                            "the sense surest of its own is kept); repeat for more")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--device", default="cpu", help="torch device of the models")

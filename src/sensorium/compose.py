@@ -1,17 +1,26 @@
 """Several senses over one frozen LM: adapters trained apart, composed into one model with no retraining.
 
 Each adapter (a sense: video frames, a sound track, an image) keeps its encoder, connector, soft prompt and slot.
-The composed prefix is every sense's prefix in turn, ``[bos][prompt 1][slot 1][prompt 2][slot 2]...``, and the
+A composition answers in one of two modes.
+
+``select`` (the default, and the zero-shot one): every sense answers alone, exactly as its adapter does, and the
+answer kept is the one that its own adapter gives the highest log-likelihood. The surest sense answers, so a
+question about the sound goes to the sound's adapter without anyone saying which sense a question needs; an
+adapter answering about what it cannot perceive falls back on its wording prior and is rarely as sure. No
+question that needs two senses together can be answered this way.
+
+``prefix``: one sequence reads every sense at once, ``[bos][prompt 1][slot 1][prompt 2][slot 2]...``, and the
 injection layers overwrite all the senses' slot columns in one pass, so the sequence and its KV cache stay those
-of the unmodified decoder. Positions are ``parallel`` by default: each sense's columns take the positions they had
-when its adapter was trained alone, side by side, and the text starts after the widest sense, so every adapter
-sees its prompt and slot at the distance from the question it learned (as parallel context windows share
-positions); ``serial`` counts the columns one after another. The first sense leads: its template, task and
-decoding settings are the composed model's. ``tune`` fine-tunes a composition on data that needs every sense,
-or trains one from fresh adapters (the jointly trained baseline).
+of the unmodified decoder. Untrained, each sense's steering of the LM disturbs the others'; ``tune`` fine-tunes
+such a composition on data that needs every sense, or trains one from fresh adapters (the jointly trained
+baseline). Positions are ``parallel`` by default: each sense's columns take the positions they had when its
+adapter was trained alone, side by side, and the text starts after the widest sense, so every adapter sees its
+prompt and slot at the distance from the question it learned (as parallel context windows share positions);
+``serial`` counts the columns one after another. The first sense leads: its template, task and decoding
+settings are the composed model's.
 
 A composed model is saved as a folder of adapter folders, one per sense, and ``composition.json`` naming them in
-prefix order.
+order, with the mode.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import math
 import random
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +60,8 @@ class Composition:
     """composition.json: which sub-folders hold the senses, in prefix order."""
 
     senses: list[str]
-    positions: Literal["parallel", "serial"] = "parallel"
+    mode: Literal["prefix", "select"] = "prefix"  # files written before select existed are prefix compositions
+    positions: Literal["parallel", "serial"] = "parallel"  # of a prefix composition
     format_version: Count = COMPOSITION_VERSION
 
     @field_validator("senses")
@@ -83,9 +93,11 @@ class ComposedLM(PrefixedLM):
     (``feature_sizes``), so that a composed model's features index, cache and batch like a single adapter's.
     """
 
-    def __init__(self, senses: Sequence[PerceptualLM], names: Sequence[str], positions: str = "parallel"):
+    def __init__(self, senses: Sequence[PerceptualLM], names: Sequence[str], mode: str = "select",
+                 positions: str = "parallel"):
         super().__init__()
-        self.composition = build(Composition, {"senses": list(names), "positions": positions}, "composition field")
+        self.composition = build(Composition, {"senses": list(names), "mode": mode, "positions": positions},
+                                 "composition field")
         names = self.composition.senses
         if len(senses) != len(names):
             raise ValueError(f"{len(senses)} senses but {len(names)} names")
@@ -94,16 +106,22 @@ class ComposedLM(PrefixedLM):
             if sense.lm is not lead.lm:
                 raise ValueError(f"sense '{name}' has its own LM; composed senses share the first sense's LM "
                                  f"({lead.config.lm}, loaded once)")
-        injecting = [(name, sense) for name, sense in zip(names, senses, strict=True) if sense.injector is not None]
-        layer_sets = {tuple(sense.layout.layers) for _, sense in injecting}
-        if len(layer_sets) > 1:
-            listed = "; ".join(f"'{name}' into {list(sense.layout.layers)}" for name, sense in injecting)
-            raise ValueError(f"composed senses must inject into the same LM layers: {listed}")
         self.names = tuple(names)
         self.senses = nn.ModuleList(senses)
         self.config = lead.config
         self.lm, self.tokenizer = lead.lm, lead.tokenizer
         self.bos = lead.bos
+        self.feature_sizes = [math.prod(sense.layout.feature_shape) for sense in senses]
+        if self.composition.mode == "prefix":
+            self._lay_out(senses, names, positions)
+
+    def _lay_out(self, senses: Sequence[PerceptualLM], names: Sequence[str], positions: str) -> None:
+        """The one sequence of a prefix composition: every sense's columns, their positions and injected slots."""
+        injecting = [(name, sense) for name, sense in zip(names, senses, strict=True) if sense.injector is not None]
+        layer_sets = {tuple(sense.layout.layers) for _, sense in injecting}
+        if len(layer_sets) > 1:
+            listed = "; ".join(f"'{name}' into {list(sense.layout.layers)}" for name, sense in injecting)
+            raise ValueError(f"composed senses must inject into the same LM layers: {listed}")
         self.slot_index = len(self.bos)  # the injected columns are counted from the prefix's first
         offsets, column, place = [], 0, []
         for sense in senses:
@@ -117,7 +135,10 @@ class ComposedLM(PrefixedLM):
         self.prefix_positions = torch.tensor(list(range(len(self.bos))) + [len(self.bos) + p for p in place])
         self.text_shift = column - (max(place) + 1)
         self.injector = SlotInjector(self.lm, list(layer_sets.pop()), offsets) if injecting else None
-        self.feature_sizes = [math.prod(sense.layout.feature_shape) for sense in senses]
+
+    @property
+    def selects(self) -> bool:
+        return self.composition.mode == "select"
 
     # ---- encode -> map ----------------------------------------------------------------------
     def _per_sense(self, media: list[Any]) -> list[list[Any]]:
@@ -162,6 +183,7 @@ class ComposedLM(PrefixedLM):
 
     def perceive(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Every sense's prefix in turn, and the injected tokens of every injecting sense side by side."""
+        self.require_prefix("reads its senses in one sequence")
         prefixes, tokens = [], []
         for sense, part in zip(self.senses, self.unpack(features), strict=True):
             prefix, layer_tokens = sense.perceive(part)
@@ -171,7 +193,13 @@ class ComposedLM(PrefixedLM):
         return torch.cat(prefixes, dim=1), (torch.cat(tokens, dim=2) if tokens else None)
 
     def learned_prefix(self) -> torch.Tensor:
+        self.require_prefix("reads its senses in one sequence")
         return torch.cat([sense.learned_prefix() for sense in self.senses])
+
+    def require_prefix(self, what: str) -> None:
+        if self.selects:
+            raise ValueError(f"only a prefix composition {what}; this one selects among its senses' answers "
+                             f"({', '.join(self.names)})")
 
     def positions(self, mask: torch.Tensor) -> torch.Tensor:
         """Each prefix column at its place (``prefix_positions``), the text after the last of them."""
@@ -179,6 +207,41 @@ class ComposedLM(PrefixedLM):
         table = self.prefix_positions.to(mask.device)
         return torch.where(content < self.prefix_length, table[content.clamp(max=self.prefix_length - 1)],
                            content - self.text_shift)
+
+    # ---- generate ---------------------------------------------------------------------------
+    def generate(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None = None,
+                 **options) -> list[str]:
+        if not self.selects:
+            return super().generate(features, questions, contexts, **options)
+        return self._surest(features, questions, contexts,
+                            lambda sense, part: sense.generate(part, questions, contexts, **options))
+
+    def generate_uncached(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
+        if not self.selects:
+            return super().generate_uncached(features, questions, **options)
+        return self._surest(features, questions, None,
+                            lambda sense, part: sense.generate_uncached(part, questions, **options))
+
+    def _surest(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None,
+                answer: Callable[[PerceptualLM, torch.Tensor], list[str]]) -> list[str]:
+        """Each row's answer from the sense whose adapter gives its own answer the highest log-likelihood (the
+        earlier sense on a tie)."""
+        kept, best = None, None
+        for sense, part in zip(self.senses, self.unpack(features), strict=True):
+            answers = answer(sense, part)
+            sureness = sense.log_likelihood(part, questions, answers, contexts)
+            if kept is None:
+                kept, best = answers, sureness
+                continue
+            surer = (sureness > best).tolist()
+            kept = [new if better else old for old, new, better in zip(kept, answers, surer, strict=True)]
+            best = torch.maximum(best, sureness)
+        return kept
+
+    def forward(self, features: torch.Tensor, questions: list[str], targets: list[str],
+                contexts: list[str] | None = None) -> torch.Tensor:
+        self.require_prefix("trains as one model (compose with mode prefix to tune)")
+        return super().forward(features, questions, targets, contexts)
 
     # ---- save / load ------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> None:
@@ -226,7 +289,7 @@ def sense_names(folders: Sequence[str | Path]) -> list[str]:
 
 
 def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, weights: str = "float32",
-            fresh: bool = False, positions: str = "parallel") -> ComposedLM:
+            fresh: bool = False, mode: str = "select", positions: str = "parallel") -> ComposedLM:
     """Adapters loaded over one frozen LM (loaded once) and composed in the order given.
 
     ``fresh``: the adapters' settings with newly initialised weights, the start of a jointly trained model.
@@ -247,14 +310,14 @@ def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, w
         senses.append(sense)
     if weights == "int8":
         hold_weights(lm, weights)
-    return ComposedLM(senses, names or sense_names(folders), positions)
+    return ComposedLM(senses, names or sense_names(folders), mode, positions)
 
 
 def load_composed(folder: str | Path, weights: str = "float32") -> ComposedLM:
     """A composed model saved by ``ComposedLM.save_pretrained``."""
     composition = read_composition(folder)
     return compose([Path(folder) / name for name in composition.senses], composition.senses, weights,
-                   positions=composition.positions)
+                   mode=composition.mode, positions=composition.positions)
 
 
 # ---- tune ------------------------------------------------------------------------------------
@@ -279,6 +342,7 @@ def tune(model: ComposedLM, examples: list[Example], features: torch.Tensor, row
     from .recipe import TrainingOptions
     from .train import batch_indices, build_optimizer
 
+    model.require_prefix("can be tuned")
     labelled = [e for e in examples if e.answers and e.media in row_of]
     if not labelled:
         raise ValueError("no examples with an answer and readable media to tune on")

@@ -181,9 +181,10 @@ class PrefixedLM(nn.Module):
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
     # ---- train ------------------------------------------------------------------------------
-    def forward(self, features: torch.Tensor, questions: list[str], targets: list[str],
-                contexts: list[str] | None = None) -> torch.Tensor:
-        """Mean cross-entropy on the target tokens only (question tokens carry no loss)."""
+    def _target_logits(self, features: torch.Tensor, questions: list[str], targets: list[str],
+                       contexts: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits where each target token is predicted, [batch, span, vocab], and the targets as labels (-100
+        left of a shorter target)."""
         prompts, answers = self.prompt_ids(questions, contexts), self.target_ids(targets)
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)], learned)
@@ -196,7 +197,22 @@ class PrefixedLM(nn.Module):
                 inputs_embeds=embeds, attention_mask=mask, position_ids=self.positions(mask),
                 logits_to_keep=span + 1, use_cache=False,
             ).logits[:, :-1]
-        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        return logits.float(), labels
+
+    def forward(self, features: torch.Tensor, questions: list[str], targets: list[str],
+                contexts: list[str] | None = None) -> torch.Tensor:
+        """Mean cross-entropy on the target tokens only (question tokens carry no loss)."""
+        logits, labels = self._target_logits(features, questions, targets, contexts)
+        return nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+    @torch.inference_mode()
+    def log_likelihood(self, features: torch.Tensor, questions: list[str], targets: list[str],
+                       contexts: list[str] | None = None) -> torch.Tensor:
+        """[batch] log-probability of each whole target (its end-of-text token included) given its input: how
+        sure the model is of an answer, comparable between models that read the same question."""
+        logits, labels = self._target_logits(features, questions, targets, contexts)
+        token_losses = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        return -token_losses.sum(-1)
 
     # ---- generate ---------------------------------------------------------------------------
     def generation_options(self, questions: list[str], **overrides) -> dict:
@@ -408,16 +424,17 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
     soft prompt, slot embedding and connector. Adapters must share the LM object and the layout (same
     placement, injection layers and slot columns), which holds for adapters trained on the same base LM
     with the same prompt length and connector layout; ``options`` apply to the whole batch. Samples all of
-    one model may be of any ``PrefixedLM`` (a composed model's requests, batched by the server).
+    one model may be of any ``PrefixedLM`` (a composed model's requests, batched by the server): that model
+    generates them.
     """
     lead = samples[0][0]
+    questions = [question for _, _, question in samples]
+    if all(model is lead for model, _, _ in samples):
+        return lead.generate(torch.stack([features for _, features, _ in samples]), questions, **options)
     for model, _, _ in samples:
-        if model is lead:  # one model agrees with itself (a composed model's batch: it has no batch_layout)
-            continue
         if model.lm is not lead.lm or model.batch_layout != lead.batch_layout:
             raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
                              "length and slot width")
-    questions = [question for _, _, question in samples]
     ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
     learned, tokens = zip(*(model.perceive(features[None]) for model, features, _ in samples), strict=True)
     embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), lead._leading_pads(mask),

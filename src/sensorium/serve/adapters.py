@@ -172,7 +172,8 @@ class AdapterRegistry:
         if is_composition(folder):
             composition = read_composition(folder)
             senses = [HostedAdapter(sense, folder / sense, self._load(folder / sense)) for sense in composition.senses]
-            model = ComposedLM([sense.model for sense in senses], composition.senses, composition.positions)
+            model = ComposedLM([sense.model for sense in senses], composition.senses, composition.mode,
+                               composition.positions)
             self.adapters[name] = HostedComposition(name, senses, model.eval(), folder)
         else:
             self.adapters[name] = HostedAdapter(name, folder, self._load(folder))
@@ -180,7 +181,8 @@ class AdapterRegistry:
 
     def compose(self, name: str, senses: list[str]) -> HostedComposition:
         """Hosted adapters composed, in the order given, into one model under ``name``: their very models (and
-        so their LM and encoders) are shared, nothing is loaded."""
+        so their LM and encoders) are shared, nothing is loaded. Untuned, they answer by selection (the surest
+        sense's answer, see ``compose``)."""
         if name in self.adapters:
             raise ValueError(f"adapter name '{name}' given twice")
         if len(senses) < 2:
