@@ -468,3 +468,33 @@ def test_a_cache_shard_with_any_byte_flipped_is_computed_again(clean_cache, posi
         assert not shard.exists(), "the damaged shard was used"
     for path in paths:  # encoded again, maybe with another thread count than the fixture's: equal to rounding
         torch.testing.assert_close(features[rows[path]], expected[path])
+
+
+def test_a_run_starts_from_the_adapter_init_from_names(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
+    """With a negligible learning rate a run ends where it started: at init_from's adapter, whatever its own
+    seed would have drawn; the recorded recipe keeps where it started."""
+    training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "first"))
+    start = load_file(tmp_path / "first" / "adapter" / WEIGHTS_NAME)
+    still = {"lr": 1e-9, "prompt_lr": 1e-9, "seed": 1}
+    training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "warm",
+                               init_from=str(tmp_path / "first"), **still))
+    training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "cold", **still))
+    warm = load_file(tmp_path / "warm" / "adapter" / WEIGHTS_NAME)
+    cold = load_file(tmp_path / "cold" / "adapter" / WEIGHTS_NAME)
+    assert warm.keys() == start.keys()
+    for name in start:
+        torch.testing.assert_close(warm[name], start[name], rtol=0, atol=1e-6)
+    assert not all(torch.allclose(cold[name], start[name], atol=1e-3) for name in start)
+    recorded = json.loads((tmp_path / "warm" / "adapter" / CONFIG_NAME).read_text())["training"]["training"]
+    assert recorded["init_from"] == str(tmp_path / "first")
+
+
+def test_init_from_an_adapter_of_another_layout_is_refused(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
+    training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "first"))
+    recipe = tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "other",
+                         init_from=str(tmp_path / "first" / "adapter"))
+    recipe.model = dataclasses.replace(recipe.model, inject_layers=[1, 3])
+    with pytest.raises(BadInputError, match=r"init_from=.*not this recipe's layout: inject_layers: \[2, 3\]") as error:
+        training.train(recipe)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "other" / "adapter").exists()

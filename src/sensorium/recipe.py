@@ -32,6 +32,7 @@ class TrainingOptions:
     checkpoint_every: Count = 200
     keep_checkpoints: Count = 2
     seed: Integer = 0
+    init_from: str | None = None  # an adapter (or a run's folder) whose tensors start the run, not the seed's
     blind: StrictBool = False  # zero the visual input: what the question wording alone predicts
     oracle: StrictBool = False  # zero it and state the medium's true content as text: the ceiling (see oracle.py)
     cache_batch_size: Count = 32

@@ -390,6 +390,8 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     lm, tokenizer = load_lm(recipe.model.lm, lm_dtype(options.lm_dtype, accelerator.mixed_precision,
                                                       accelerator.device), device_map={"": accelerator.device})
     model = PerceptualLM(recipe.model, lm=lm, tokenizer=tokenizer).to(accelerator.device)
+    if options.init_from is not None:
+        start_from(model, options.init_from)
     trainable, total = model.parameter_counts()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     if accelerator.num_processes > 1:
@@ -460,6 +462,20 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
         tracker.finish()
     accelerator.wait_for_everyone()  # every process returns once the run's files are complete
     return summary
+
+
+def start_from(model: PerceptualLM, adapter: str) -> None:
+    """``training.init_from``: the run starts from a trained adapter's tensors, not from the seed's draw. Runs
+    fine-tuned from one adapter stay near it, where averaging them (a model soup) keeps what each learned;
+    adapters started apart do not average. The adapter must have the recipe's layout, as a merge would need."""
+    from .merge import Ingredient, layout_differences, read_ingredient  # merge builds on training
+
+    start = read_ingredient(adapter)
+    problems = layout_differences([start, Ingredient(Path("this recipe"), model.config, model.adapter_state())])
+    if problems:
+        raise BadInputError(f"training.init_from={adapter}: not this recipe's layout: " + "; ".join(problems))
+    model.load_adapter_state(start.state, start.folder / WEIGHTS_NAME)
+    log(f"starting from the adapter in {start.folder}")
 
 
 def recorded_recipe(config: AdapterConfig, folder: Path) -> Recipe:
