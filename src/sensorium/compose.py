@@ -112,7 +112,7 @@ class ComposedLM(PrefixedLM):
         self.lm, self.tokenizer = lead.lm, lead.tokenizer
         self.bos = lead.bos
         self.feature_sizes = [math.prod(sense.layout.feature_shape) for sense in senses]
-        if self.composition.mode == "prefix":
+        if not self.selects:
             self._lay_out(senses, names, positions)
 
     def _lay_out(self, senses: Sequence[PerceptualLM], names: Sequence[str], positions: str) -> None:
