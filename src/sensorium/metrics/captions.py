@@ -13,6 +13,7 @@ evaluation's keys, so tables line up with its output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -84,6 +85,10 @@ def _meteor(references: dict[str, list[str]], predictions: dict[str, list[str]])
         score, _ = meteor.compute_score(references, predictions)
     except (ValueError, OSError) as error:
         meteor.meteor_p.kill()
+        # Words still buffered for the dead jar: closing here, not in the wrapper's finaliser, keeps the broken
+        # pipe out of garbage collection (a closed file closes again quietly).
+        with contextlib.suppress(BrokenPipeError):
+            meteor.meteor_p.stdin.close()
         java_said = meteor.meteor_p.stderr.read().decode(errors="replace").strip().splitlines()
         # The wrapper keeps its lock when the jar fails, and its finaliser would wait on that lock forever.
         meteor.lock.release()
