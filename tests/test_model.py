@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from sensorium import AdapterConfig, PerceptualLM, load
-from sensorium.layout import paper_layer_range, spread_blocks
+from sensorium.layout import paper_layer_range, paper_layer_tokens, sensorium_layer_range, spread_blocks
 from sensorium.lm import load_lm
 from sensorium.model import generate_mixed
 from sensorium.recipe import TrainingOptions
@@ -50,7 +50,11 @@ def features(model: PerceptualLM, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_layer_range_follows_the_paper():
-    assert paper_layer_range(32) == list(range(18, 30))
+    assert paper_layer_range(32) == list(range(19, 31))  # start_layer_idx: 19, end_layer_idx: 31
+    assert sensorium_layer_range(32) == list(range(18, 30))
+    assert paper_layer_tokens(6, 12) == spread_blocks(6, 12)
+    assert paper_layer_tokens(5, 12) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 4]
+    assert paper_layer_tokens(3, 2) == [0, 1]
     assert spread_blocks(6, 12) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert spread_blocks(3, 4) == [0, 0, 1, 2]
 

@@ -296,6 +296,10 @@ def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, w
     """
     configs = [AdapterConfig.load(folder) for folder in folders]
     weights = weight_format(weights, captions=any(config.does("caption") for config in configs))
+    paper = [str(folder) for folder, config in zip(folders, configs, strict=True) if config.layout != "sensorium"]
+    if paper:
+        raise BadInputError(f"composition lays senses out side by side in the sensorium layout; "
+                            f"{', '.join(paper)} {'is' if len(paper) == 1 else 'are'} in layout 'paper'")
     lms = {config.lm for config in configs}
     if len(lms) > 1:
         listed = "; ".join(f"{folder}: {config.lm}" for folder, config in zip(folders, configs, strict=True))

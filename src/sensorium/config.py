@@ -44,6 +44,17 @@ WEIGHT_FORMATS = ("float32", "bfloat16", "float16", "int8")
 # the mean and the change from the first frame to the last (what moved, grew or turned, as one vector the
 # shared linear layer can map to a word, where ``frames`` leaves the comparison of frames to the frozen LM).
 TEMPORAL = ("mean", "frames", "change")
+# How the adapter's columns lie in the LM's sequence (see layout.LAYOUTS' docstring in paper.py): ours, a causal slot
+# present from the input after BOS and the soft prompt; or eP-ALM's official one, the visual token in front of the
+# whole sequence from the first injection layer on, open to every column, the soft prompt before BOS.
+LAYOUTS = ("sensorium", "paper")
+# What the training loss covers: the answer's tokens (ours), or every text token after BOS, the question's included,
+# summed per sample (the official eP-ALM training loss).
+LOSSES = ("answer", "text")
+# The official eP-ALM text around the media, per task: the question, "?" and an added token "</a>" before the answer;
+# nothing but BOS before a caption.
+PAPER_TEMPLATES = {"vqa": "{question}?</a>", "caption": ""}
+PAPER_ADDED_TOKENS = ("</a>",)
 # What a template may hold besides plain text: where the question goes.
 TEMPLATE_FIELDS = ("question",)
 # Settings are declared: a wrong type or an unknown name is an error, never silently converted or ignored.
@@ -100,6 +111,14 @@ class AdapterConfig:
     shared_linear: StrictBool = True  # one linear layer for all injection layers (False: one per layer)
     prompt_length: NonNegative = 1  # trainable soft-prompt tokens at the input
     token_norm: StrictBool = True
+    # Each block's [CLS] through the encoder's own final LayerNorm (affine included) before the connector, as the
+    # official eP-ALM ViT gives them.
+    encoder_norm: StrictBool = False
+    # The soft prompt produced by an MLP (Linear, Tanh, Linear) from its embedding, as configs/image/ePALM_vqa.yaml.
+    prompt_mlp: StrictBool = False
+    layout: str = "sensorium"  # sensorium | paper: see LAYOUTS
+    loss: str = "answer"  # answer | text: see LOSSES
+    lm_dropout: StrictBool = False  # the frozen LM's own dropout on while training, as the official training ran it
     task: str = "vqa"  # vqa | caption | multitask (both)
     template: str | None = None  # None: the task's (VQA's for multitask); "{question}" marks where the question goes
     generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's (per task: multitask)
@@ -107,11 +126,12 @@ class AdapterConfig:
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at save time
     merged_from: dict[str, Any] = field(default_factory=dict)  # a merged adapter's ingredients and weights
 
-    @field_validator("task", "temporal")
+    @field_validator("task", "temporal", "layout", "loss")
     @classmethod
     def _known_choice(cls, value: str, info: ValidationInfo) -> str:
         choices, what = {"task": ((*TASKS, MULTITASK), "task"),
-                         "temporal": (TEMPORAL, "temporal aggregation")}[info.field_name]
+                         "temporal": (TEMPORAL, "temporal aggregation"),
+                         "layout": (LAYOUTS, "layout"), "loss": (LOSSES, "loss")}[info.field_name]
         if value not in choices:
             raise ValueError(f"unknown {what} '{value}'; available: {', '.join(choices)}")
         return value
@@ -133,7 +153,7 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if self.template is None:
-            self.template = TASKS["vqa" if self.task == MULTITASK else self.task]["template"]
+            self.template = self.task_template("vqa" if self.task == MULTITASK else self.task)
         self.check_generation(self.generation, "generation")
 
     def check_generation(self, generation: dict[str, Any], where: str) -> None:
@@ -142,6 +162,10 @@ class AdapterConfig:
         if self.task == MULTITASK and (unknown or not all(isinstance(v, dict) for v in generation.values())):
             raise ValueError(f"{where}: a multitask adapter's options are given per task ({', '.join(TASKS)}: "
                              f"{{...}}), not {unknown or generation}")
+
+    def task_template(self, task: str) -> str:
+        """The text around a ``task`` input in this adapter's layout, when the adapter names none."""
+        return PAPER_TEMPLATES[task] if self.layout == "paper" else TASKS[task]["template"]
 
     def does(self, task: str) -> bool:
         """Whether this adapter was trained for ``task`` (vqa or caption)."""
@@ -159,7 +183,7 @@ class AdapterConfig:
     def prompt_text(self, question: str) -> str:
         """The text after the media for one input: the template around the question."""
         if self.task == MULTITASK and not question:
-            return TASKS["caption"]["template"]
+            return self.task_template("caption")
         return self.template.format(question=question)
 
     def generation_defaults(self, task: str | None = None) -> dict[str, Any]:
@@ -167,7 +191,9 @@ class AdapterConfig:
         task = task or self.task
         if not self.does(task) or task == MULTITASK:
             raise ValueError(f"decoding options for task '{task}' of a {self.task} adapter: name vqa or caption")
-        return {**TASKS[task]["generation"], **self.recipe_generation(task)}
+        # The official code decodes every task with 3 beams.
+        layout = {"num_beams": 3} if self.layout == "paper" else {}
+        return {**TASKS[task]["generation"], **layout, **self.recipe_generation(task)}
 
     def recipe_generation(self, task: str) -> dict[str, Any]:
         """The decoding options the recipe set for ``task`` (a multitask adapter keeps them per task)."""

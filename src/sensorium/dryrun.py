@@ -462,12 +462,17 @@ def _check_layout(recipe: Recipe, lm: LMFacts | None, encoder: EncoderArchitectu
     except ValueError as error:
         report.add("models", "error", str(error))
         return Sizing()
-    slot = lm.embedding_width if layout.layers else 0  # injecting connectors' slot vector
-    trainable = _parameter_count(connector) + model.prompt_length * lm.embedding_width + slot
+    # Injecting connectors' slot vector; the paper layout has none (its visual token exists from the first
+    # injection layer on).
+    slot = lm.embedding_width if layout.layers and model.layout != "paper" else 0
+    width = lm.embedding_width
+    prompt_mlp = 2 * (width * width + width) if model.prompt_mlp else 0  # Linear, Tanh, Linear
+    trainable = _parameter_count(connector) + model.prompt_length * width + slot + prompt_mlp
     total = trainable + lm.parameters + encoder.parameters
     report.add("models", "info", f"trainable: {trainable:,} of {total:,} parameters "
                f"({100 * trainable / total:.3f}%): connector + {model.prompt_length} prompt vector(s)"
-               f"{' + 1 slot vector' if slot else ''}; {connector.columns} slot column(s)")
+               f"{' + prompt MLP' if prompt_mlp else ''}{' + 1 slot vector' if slot else ''}; "
+               f"{connector.columns} slot column(s)")
     feature_bytes = math.prod(layout.feature_shape) * getattr(torch, layout.feature_dtype).itemsize
     return Sizing(trainable, connector.columns, feature_bytes, _describe_features(layout))
 

@@ -151,3 +151,104 @@ class _SlotWrite:
             rows, columns, tokens = rows[inside], columns[inside], tokens[inside]
         # Out of place (index_put, not index_put_): the hidden state is needed unmodified by autograd.
         return hidden.index_put((rows, columns), tokens)
+
+
+def chunk_start(kwargs: dict) -> int:
+    """Column of the first position a top-level forward computes: what its KV cache already holds."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return int(cache.get_seq_length()) if cache is not None else 0
+
+
+# Modules that add learned absolute positions to the input embeddings: OPT's, and GPT-2's.
+_ABSOLUTE_POSITIONS = ("embed_positions", "wpe")
+# The attention implementations whose per-layer mask a hook can rewrite: a dense mask reaches each layer.
+_DENSE_MASKS = ("sdpa", "eager")
+
+
+class FrontInjector:
+    """eP-ALM's official injection: one visual token in front of the whole sequence, from the first injection layer on.
+
+    The official OPT (models/opt.py) concatenates the token in front of the hidden states at its first injection
+    layer and replaces it at each later one; from there its attention row is open to every column (later text and
+    padding included) and every row sees it. Here the sequence keeps one reserved column 0 from the input on, so
+    that transformers' masks, positions and cache stay its own: before the first injection layer a hook hides that
+    column from every other row (the token does not exist yet), from it on a hook opens the column's row to every
+    column, and ``SlotInjector`` writes the layer's token there. Columns below ``unpositioned`` (the visual column
+    and the soft prompt) get no position: the hook on an absolute position embedding zeroes theirs, and rotary LMs
+    are given position 0 for them by the caller (a rotation by zero is none).
+
+    The open row reads columns computed after it, so a KV cache holds it as it was at prefill: cached decoding is
+    exact while no layer follows the last injection layer, and an approximation otherwise (``use_cache: false``
+    recomputes the official function exactly).
+    """
+
+    def __init__(self, lm: nn.Module, layers: list[int], unpositioned: int) -> None:
+        implementation = lm.config._attn_implementation
+        if implementation not in _DENSE_MASKS:
+            raise ValueError(f"layout 'paper' rewrites each layer's attention mask: load the LM with attention "
+                             f"{' or '.join(_DENSE_MASKS)}, not '{implementation}'")
+        self._lm = lm
+        blocks = decoder_layers(lm)
+        self._hidden_in = list(blocks[:layers[0]])
+        self._open_in = list(blocks[layers[0]:])
+        self._slot = SlotInjector(lm, layers, (0,))
+        self._positions = next((module for name, module in lm.named_modules()
+                                if name.rsplit(".", 1)[-1] in _ABSOLUTE_POSITIONS), None)
+        self.unpositioned = unpositioned
+        self.layers = layers
+        self._chunk = 0
+
+    @contextmanager
+    def injecting(self, tokens: torch.Tensor, slots: torch.Tensor) -> Iterator[None]:
+        """Inject ``tokens`` [batch, len(layers), dim] at column 0 of every row (``slots``, all zero)."""
+        with self._slot.injecting(tokens, slots), ExitStack() as hooks:
+            handles = [self._lm.register_forward_pre_hook(self._track_chunk, with_kwargs=True)]
+            handles += [block.register_forward_pre_hook(self._mask_hook(open_row=False), with_kwargs=True)
+                        for block in self._hidden_in]
+            handles += [block.register_forward_pre_hook(self._mask_hook(open_row=True), with_kwargs=True)
+                        for block in self._open_in]
+            if self._positions is not None:
+                handles.append(self._positions.register_forward_hook(self._drop_positions))
+            hooks.callback(lambda: [handle.remove() for handle in handles])
+            yield
+
+    def _track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._chunk = chunk_start(kwargs)
+
+    def _drop_positions(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """The position embeddings with those of the unpositioned columns in this chunk zeroed."""
+        inside = self.unpositioned - self._chunk
+        if inside <= 0:
+            return None
+        keep = torch.ones(output.shape[-2], 1, dtype=output.dtype, device=output.device)
+        keep[:inside] = 0
+        return output * keep
+
+    def _mask_hook(self, open_row: bool) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict] | None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            start, length = self._chunk, hidden.shape[1]
+            if open_row and start > 0:  # the visual row was computed at prefill
+                return None
+            mask = kwargs.get("attention_mask")
+            allowed = self._allowed(mask, start, length, hidden.device).clone()
+            if open_row:
+                allowed[:, :, 0, :] = True
+            else:
+                allowed[:, :, max(0, 1 - start):, 0] = False
+            if mask is not None and mask.is_floating_point():  # eager attention adds the mask to its scores
+                lowest = torch.finfo(mask.dtype).min
+                allowed = torch.zeros(allowed.shape, dtype=mask.dtype, device=mask.device).masked_fill(~allowed, lowest)
+            return args, {**kwargs, "attention_mask": allowed}
+
+        return hook
+
+    @staticmethod
+    def _allowed(mask: torch.Tensor | None, start: int, length: int, device: torch.device) -> torch.Tensor:
+        """Which keys each query of the chunk may read, [batch or 1, 1, length, keys], from the layer's mask."""
+        if mask is None:  # transformers leaves a purely causal mask to the kernel
+            keys = torch.arange(start + length, device=device)
+            return (keys[None, :] <= torch.arange(start, start + length, device=device)[:, None])[None, None]
+        if mask.dtype == torch.bool:
+            return mask
+        return mask > torch.finfo(mask.dtype).min / 2

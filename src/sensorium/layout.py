@@ -69,16 +69,40 @@ class Layout:
     setup: ConnectorSetup  # what the connector is built from
 
 
+def _relative_range(first: int, stop: int, num_layers: int) -> list[int]:
+    """Layers ``first`` to ``stop`` (exclusive) of OPT-2.7B's 32, scaled to an LM of ``num_layers``."""
+    start = round(first * num_layers / 32)
+    return list(range(start, max(round(stop * num_layers / 32), start + 1)))
+
+
 def paper_layer_range(num_layers: int) -> list[int]:
-    """eP-ALM injects into layers 19..30 of OPT's 32 (1-based); keep that relative range."""
-    start = round(18 * num_layers / 32)
-    stop = round(30 * num_layers / 32)
-    return list(range(start, max(stop, start + 1)))
+    """The official eP-ALM injection layers: 0-based 19..30 of OPT-2.7B's 32 (``start_layer_idx: 19``,
+    ``end_layer_idx: 31``), scaled to other depths."""
+    return _relative_range(19, 31, num_layers)
+
+
+def sensorium_layer_range(num_layers: int) -> list[int]:
+    """Our layout's default: 0-based 18..29 of 32, one layer earlier than the paper's. Every adapter trained
+    without ``inject_layers`` since the first release injects there, so the default stays."""
+    return _relative_range(18, 30, num_layers)
+
+
+def default_layer_range(layout: str, num_layers: int) -> list[int]:
+    """The injection layers of an adapter that names none, by its layout (config.LAYOUTS)."""
+    return paper_layer_range(num_layers) if layout == "paper" else sensorium_layer_range(num_layers)
 
 
 def spread_blocks(num_tokens: int, num_layers: int) -> list[int]:
     """Which token each injection layer receives: consecutive layers share one, shallow first."""
     return [layer * num_tokens // num_layers for layer in range(num_layers)]
+
+
+def paper_layer_tokens(num_tokens: int, num_layers: int) -> list[int]:
+    """The official rule (models/opt.py): layer i of the injection range takes token i // step, step being
+    layers // tokens (1 when there are no more layers than tokens), the last token serving any layer beyond.
+    It equals ``spread_blocks`` when the tokens divide the layers (6 over 12)."""
+    step = num_layers // num_tokens if num_layers > num_tokens else 1
+    return [min(layer // step, num_tokens - 1) for layer in range(num_layers)]
 
 
 def encoder_tokens(config: AdapterConfig) -> str:
@@ -103,7 +127,7 @@ def _layers(config: AdapterConfig, lm: LMFacts) -> tuple[list[int], list[str]]:
     """The LM layers whose slot the connector's tokens overwrite; none for input connectors."""
     if connector_type(config.connector).placement == "input":
         return [], []
-    layers = config.inject_layers or paper_layer_range(lm.layers)
+    layers = config.inject_layers or default_layer_range(config.layout, lm.layers)
     if min(layers) < 0 or max(layers) >= lm.layers:
         return layers, [f"injection layers {layers} out of range 0..{lm.layers - 1}"]
     return layers, []
@@ -147,6 +171,9 @@ def setting_problems(config: AdapterConfig) -> list[str]:
                      f"injecting connectors ({injecting})")
     if connector.placement == "input" and config.encoder_blocks is not None and len(config.encoder_blocks) != 1:
         found.append(f"connector '{config.connector}' reads one encoder block, not {config.encoder_blocks}")
+    if config.layout == "paper" and (config.connector != "epalm" or config.temporal != "mean"):
+        found.append(f"layout 'paper' is eP-ALM's one visual token per layer: it needs connector 'epalm' with "
+                     f"temporal 'mean', not connector '{config.connector}' with temporal '{config.temporal}'")
     return found
 
 
@@ -162,7 +189,8 @@ def _decide(config: AdapterConfig, encoder: EncoderFacts, lm: LMFacts) -> tuple[
     if found:
         return None, found
     connector = connector_type(config.connector)
-    layer_tokens = tuple(spread_blocks(len(blocks), len(layers)))
+    spread = paper_layer_tokens if config.layout == "paper" else spread_blocks
+    layer_tokens = tuple(spread(len(blocks), len(layers)))
     # Injected tokens live in the decoder layers' width, which can differ from the embedding width
     # (OPT-350m projects 512-d embeddings to 1024-d layers); input tokens in the embeddings'.
     width = lm.width if layers else lm.embedding_width

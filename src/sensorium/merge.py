@@ -17,7 +17,7 @@ import torch
 from .config import CONFIG_NAME, MULTITASK, TASKS, WEIGHTS_NAME, AdapterConfig
 from .errors import BadInputError
 from .evaluate import headline, predict_all, report, scoring_task
-from .model import PerceptualLM, read_weights
+from .model import build_model, read_weights
 from .recipe import TrainingOptions
 from .train import ADAPTER_FOLDER, cached_features, recorded_recipe, task_examples
 
@@ -25,7 +25,8 @@ from .train import ADAPTER_FOLDER, cached_features, recorded_recipe, task_exampl
 # all of them can be averaged; task, template, decoding and training settings may differ (a VQA adapter and a
 # caption adapter of one image domain interpolate).
 LAYOUT_SETTINGS = ("lm", "encoder", "image_size", "num_frames", "temporal", "connector", "connector_options",
-                   "num_blocks", "encoder_blocks", "inject_layers", "shared_linear", "prompt_length", "token_norm")
+                   "num_blocks", "encoder_blocks", "inject_layers", "shared_linear", "prompt_length", "token_norm",
+                   "encoder_norm", "prompt_mlp", "layout")
 # What an adapter was trained to read besides the media: a blind adapter never saw features, an oracle the
 # truth as text; averaging one with a seeing adapter mixes inputs that never met.
 INPUT_SETTINGS = ("blind", "oracle")
@@ -128,7 +129,7 @@ def merged_task(ingredients: Sequence[Ingredient]) -> dict:
 def save(soup: Ingredient, out: str | Path, lm=None, tokenizer=None, encoder=None) -> Path:
     """Write the soup as an ordinary adapter folder: it loads, evaluates and serves like any other. The tensors
     are checked against a model of the soup's layout (over ``lm`` and ``encoder`` where given) first."""
-    model = PerceptualLM(soup.config, lm=lm, tokenizer=tokenizer, encoder=encoder)
+    model = build_model(soup.config, lm=lm, tokenizer=tokenizer, encoder=encoder)
     model.load_adapter_state(soup.state, "merged adapter")
     model.save_pretrained(out)
     return Path(out)
@@ -144,7 +145,7 @@ class HeldOutScorer:
 
     def __init__(self, ingredient: Ingredient, data: dict, batch_size: int = 64, lm=None, tokenizer=None,
                  encoder=None) -> None:
-        self.model = PerceptualLM(ingredient.config, lm=lm, tokenizer=tokenizer, encoder=encoder).eval()
+        self.model = build_model(ingredient.config, lm=lm, tokenizer=tokenizer, encoder=encoder).eval()
         options = TrainingOptions(**_trained_input(ingredient))
         self.examples, self.features, self.row_of, _ = cached_features(
             self.model, task_examples(data, options), options, skip_bad=False)

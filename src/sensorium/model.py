@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .cache import FeatureCache, stored_features
-from .config import WEIGHTS_NAME, AdapterConfig
+from .config import PAPER_ADDED_TOKENS, WEIGHTS_NAME, AdapterConfig
 from .connectors import build_connector
 from .encoders import Encoder, load_encoder
 from .errors import BadInputError
-from .injection import SlotInjector
+from .injection import FrontInjector, SlotInjector
 from .layout import EncoderFacts, encoder_tokens, plan
 from .lm import check_lm, hold_weights, lm_facts, load_lm, loading_dtype, weight_format
 
@@ -109,9 +109,10 @@ class PrefixedLM(nn.Module):
         return trainable, sum(p.numel() for p in self.parameters())
 
     def train(self, mode: bool = True) -> PrefixedLM:
-        # Only the connector trains; the frozen LM keeps dropout off and the encoder stays in eval.
+        # Only the connector trains; the frozen LM keeps dropout off (unless ``lm_dropout``: the official
+        # training ran it in train mode) and the encoder stays in eval.
         super().train(mode)
-        self.lm.eval()
+        self.lm.train(mode and self.config.lm_dropout)
         return self
 
     def _injecting(self, layer_tokens: torch.Tensor | None, mask: torch.Tensor) -> AbstractContextManager:
@@ -182,14 +183,17 @@ class PrefixedLM(nn.Module):
 
     # ---- train ------------------------------------------------------------------------------
     def _target_logits(self, features: torch.Tensor, questions: list[str], targets: list[str],
-                       contexts: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits where each target token is predicted, [batch, span, vocab], and the targets as labels (-100
-        left of a shorter target)."""
+                       contexts: list[str] | None, whole_text: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits where each labelled token is predicted, [batch, span, vocab], and those tokens as labels (-100
+        left of a shorter row): the target's tokens, or with ``whole_text`` every text token, the template's and
+        the question's too."""
         prompts, answers = self.prompt_ids(questions, contexts), self.target_ids(targets)
         learned, layer_tokens = self.perceive(features)
-        embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)], learned)
-        span = max(len(a) for a in answers)
-        labels = torch.tensor([[-100] * (span - len(a)) + a for a in answers], device=embeds.device)
+        texts = [p + a for p, a in zip(prompts, answers, strict=True)]
+        embeds, mask = self._embed(texts, learned)
+        labelled = texts if whole_text else answers
+        span = max(len(a) for a in labelled)
+        labels = torch.tensor([[-100] * (span - len(a)) + a for a in labelled], device=embeds.device)
         with self._injecting(layer_tokens, mask):
             # Logits only where a target token is predicted: the LM head over every position would
             # cost more than the rest of the step for a short answer.
@@ -199,11 +203,21 @@ class PrefixedLM(nn.Module):
             ).logits[:, :-1]
         return logits.float(), labels
 
+    def loss_units(self, questions: list[str], targets: list[str], contexts: list[str] | None = None) -> int:
+        """What the training loss averages over (``config.loss``): the answers' tokens, or the samples."""
+        if self.config.loss == "text":
+            return len(questions)
+        return sum(len(ids) for ids in self.target_ids(targets))
+
     def forward(self, features: torch.Tensor, questions: list[str], targets: list[str],
                 contexts: list[str] | None = None) -> torch.Tensor:
-        """Mean cross-entropy on the target tokens only (question tokens carry no loss)."""
-        logits, labels = self._target_logits(features, questions, targets, contexts)
-        return nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        """The training loss (``config.loss``): the cross-entropy of the answers' tokens, averaged over them
+        (question tokens carry none), or the official eP-ALM loss, every text token's cross-entropy summed per
+        sample and averaged over the samples."""
+        whole_text = self.config.loss == "text"
+        logits, labels = self._target_logits(features, questions, targets, contexts, whole_text)
+        total = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+        return total / self.loss_units(questions, targets, contexts)
 
     @torch.inference_mode()
     def log_likelihood(self, features: torch.Tensor, questions: list[str], targets: list[str],
@@ -229,9 +243,13 @@ class PrefixedLM(nn.Module):
     def generate(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None = None,
                  **options) -> list[str]:
         """Answers (captions when the questions are empty) decoded by generate() with the KV cache on."""
+        options = self.generation_options(questions, **options)
+        if options.get("use_cache") is False:
+            if contexts is not None:
+                raise ValueError("decoding with use_cache: false takes no context text")
+            return self.generate_uncached(features, questions, **options)
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed(self.prompt_ids(questions, contexts), learned)
-        options = self.generation_options(questions, **options)
         with self._injecting(layer_tokens, mask):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
                                                  position_ids=self.positions(mask), **options))
@@ -292,6 +310,9 @@ class PerceptualLM(PrefixedLM):
         with torch.no_grad():
             start = embeddings(picks.to(embeddings.weight.device)).float().cpu()
         self.prompt = nn.Parameter(start[:-1].clone())
+        width = self.prompt.shape[-1]
+        self.prompt_mlp = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width)) \
+            if config.prompt_mlp else None
         # One vector, repeated in every slot column until the first injection layer overwrites them;
         # input connectors fill the slot themselves.
         layers = list(self.layout.layers)
@@ -304,7 +325,7 @@ class PerceptualLM(PrefixedLM):
     @property
     def batch_layout(self) -> tuple:
         """What adapters sharing one generate() call must agree on: placement, injection layers, slot columns."""
-        return self.layout.placement, self.layout.layers, self.slot_index, self.slot_count
+        return self.config.layout, self.layout.placement, self.layout.layers, self.slot_index, self.slot_count
 
     # ---- encode -> map ----------------------------------------------------------------------
     @torch.inference_mode()
@@ -332,7 +353,9 @@ class PerceptualLM(PrefixedLM):
         input connectors: [batch, k, width]. Per-frame features are first aggregated over time (see
         ``aggregate_time``).
         """
-        chosen = features[:, self.layout.feature_rows].to(self.prompt.device, torch.float32)
+        chosen = features[:, self.layout.feature_rows].to(self.prompt.device, self.prompt.dtype)
+        if self.config.encoder_norm:
+            chosen = self.encoder.final_norm()(chosen)
         if self.encoder.num_tokens is not None:
             chosen = aggregate_time(chosen, self.config.temporal)
         return self.connector(chosen)
@@ -346,13 +369,17 @@ class PerceptualLM(PrefixedLM):
         """
         mapped = self.map_features(features)
         if self.injector is None:
-            prompt = self.prompt.expand(len(mapped), -1, -1)
+            prompt = self.soft_prompt().expand(len(mapped), -1, -1)
             return torch.cat([prompt, mapped.to(prompt.dtype)], dim=1), None
         return self.learned_prefix()[None], mapped
 
+    def soft_prompt(self) -> torch.Tensor:
+        """The soft prompt's vectors [prompt length, width]: the trained ones, or what the prompt MLP makes of them."""
+        return self.prompt if self.prompt_mlp is None else self.prompt_mlp(self.prompt)
+
     def learned_prefix(self) -> torch.Tensor:
         """Injecting connectors: the soft prompt and the slot embedding in each slot column, [prompt + slot, width]."""
-        return torch.cat([self.prompt, self.slot_embedding.expand(self.slot_count, -1)])
+        return torch.cat([self.soft_prompt(), self.slot_embedding.expand(self.slot_count, -1)])
 
     # ---- save / load ------------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:
@@ -399,10 +426,120 @@ class PerceptualLM(PrefixedLM):
     @classmethod
     def from_pretrained(cls, folder: str | Path, lm=None, tokenizer=None, encoder=None) -> PerceptualLM:
         folder = Path(folder)
-        model = cls(AdapterConfig.load(folder), lm=lm, tokenizer=tokenizer, encoder=encoder)
+        model = build_model(AdapterConfig.load(folder), lm=lm, tokenizer=tokenizer, encoder=encoder)
         weights = folder / WEIGHTS_NAME
         model.load_adapter_state(read_weights(weights), weights)
         return model
+
+
+class PaperLM(PerceptualLM):
+    """eP-ALM's official sequence and injection (``layout: paper``), as the authors' code computes them.
+
+    Columns: ``[visual][soft prompt][BOS text][pads]`` in training, as the official code pads (on the right), and
+    ``[visual][soft prompt][pads][BOS text]`` in generation, where new tokens must follow the text. The visual
+    column exists from the first injection layer on, its row open to every column (``FrontInjector``); the soft
+    prompt comes before BOS without a position, and the text's positions start at 0. The template is
+    ``{question}?</a>`` with ``</a>`` an added token, and the answer follows it without a space.
+    """
+
+    def __init__(self, config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None):
+        super().__init__(config, lm, tokenizer, encoder)
+        add_template_tokens(self.tokenizer, self.lm, [t for t in PAPER_ADDED_TOKENS if t in config.template])
+        self.slot_embedding = None  # the visual token does not exist before the first injection layer
+        self.bos = []  # BOS belongs to the text, after the soft prompt
+        self.slot_index = 0
+        self.prefix_length = 1 + config.prompt_length
+        self.injector = FrontInjector(self.lm, list(self.layout.layers), self.prefix_length)
+
+    def learned_prefix(self) -> torch.Tensor:
+        return self.soft_prompt()
+
+    def prompt_ids(self, questions: list[str], contexts: list[str] | None = None) -> list[list[int]]:
+        """The template's tokens as the tokenizer gives them, its BOS included (OPT's and Llama's add one)."""
+        texts = [self.config.prompt_text(q) for q in questions]
+        if contexts is not None:
+            texts = [f"{context} {text}" if context else text for context, text in zip(contexts, texts, strict=True)]
+        return self.tokenizer(texts).input_ids
+
+    def target_ids(self, targets: list[str]) -> list[list[int]]:
+        ids = self.tokenizer([t.strip() for t in targets], add_special_tokens=False).input_ids
+        return [t + [self.tokenizer.eos_token_id] for t in ids]
+
+    def _token_ids(self, texts: list[list[int]], right: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask: the visual and prompt columns (pad ids), then each text padded on the
+        ``right`` as in official training, or on the left for generation."""
+        device = self.lm.get_input_embeddings().weight.device
+        width, pad = max(len(ids) for ids in texts), self.tokenizer.pad_token_id
+        ids, mask = [], []
+        for text in texts:
+            fill = width - len(text)
+            ids.append([pad] * self.prefix_length + (text + [pad] * fill if right else [pad] * fill + text))
+            seen = [1] * len(text) + [0] * fill if right else [0] * fill + [1] * len(text)
+            mask.append([1] * self.prefix_length + seen)
+        return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+
+    def _with_learned_prefix(self, embeds: torch.Tensor, pads: torch.Tensor,
+                             learned: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings with the soft prompt in its columns, right after the visual column."""
+        learned = self.learned_prefix()[None] if learned is None else learned
+        prompt = learned.to(embeds.dtype).expand(embeds.shape[0], -1, -1)
+        return torch.cat([embeds[:, :1], prompt, embeds[:, self.prefix_length:]], dim=1)
+
+    def positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """The official positions: none for the visual and prompt columns (0 here; the injector drops absolute
+        ones), the text counted from 0 over its own mask, padding at -1."""
+        text = mask[:, self.prefix_length:]
+        return torch.cat([torch.zeros_like(mask[:, :self.prefix_length]), text.cumsum(-1) * text - 1], dim=-1)
+
+    def sequence_logits(self, features: torch.Tensor, texts: list[list[int]]) -> torch.Tensor:
+        """Logits at every column of the right-padded official sequence of ``texts`` (token ids, BOS included),
+        [batch, 1 + prompt + longest text, vocab]: what the official forward returns."""
+        learned, layer_tokens = self.perceive(features)
+        ids, mask = self._token_ids(texts, right=True)
+        embeds = self._with_learned_prefix(self.lm.get_input_embeddings()(ids), self._leading_pads(mask), learned)
+        with self._injecting(layer_tokens, mask):
+            return self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=self.positions(mask),
+                           use_cache=False).logits
+
+    def _target_logits(self, features: torch.Tensor, questions: list[str], targets: list[str],
+                       contexts: list[str] | None, whole_text: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the official training computes them: the right-padded sequence, each text token after the first
+        predicted from the column before it (``whole_text``), or the target's tokens only."""
+        prompts, answers = self.prompt_ids(questions, contexts), self.target_ids(targets)
+        texts = [p + a for p, a in zip(prompts, answers, strict=True)]
+        logits = self.sequence_logits(features, texts)
+        labelled = [range(1, len(t)) if whole_text else range(len(t) - len(a), len(t))
+                    for t, a in zip(texts, answers, strict=True)]
+        span = max(len(columns) for columns in labelled)
+        # Each row's labelled columns, right-aligned as the other layout gives them; -1 marks none (label -100).
+        columns = torch.tensor([[-1] * (span - len(c)) + list(c) for c in labelled], device=logits.device)
+        tokens = torch.tensor([[0] * (span - len(c)) + [t[i] for i in c] for t, c in zip(texts, labelled,
+                                                                                           strict=True)],
+                              device=logits.device)
+        rows = torch.arange(len(texts), device=logits.device)[:, None]
+        predicted = logits[rows, (self.prefix_length + columns - 1).clamp(min=0)]
+        return predicted.float(), tokens.masked_fill(columns < 0, -100)
+
+
+def add_template_tokens(tokenizer, lm: nn.Module, tokens: list[str]) -> None:
+    """Add the tokens a template needs (``</a>``) as special tokens of the tokenizer. An id past the LM's embedding
+    rows gets a new row holding the mean embedding, the same on every load; OPT's ``</a>`` falls in the rows OPT
+    pads its vocabulary with, so the official checkpoints read the row they were trained with."""
+    missing = [token for token in tokens if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    rows = lm.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            weight = lm.get_input_embeddings().weight
+            weight[rows:] = weight[:rows].mean(dim=0)
+
+
+def build_model(config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None) -> PerceptualLM:
+    """The model of an adapter config, in its layout (config.LAYOUTS)."""
+    kind = PaperLM if config.layout == "paper" else PerceptualLM
+    return kind(config, lm=lm, tokenizer=tokenizer, encoder=encoder)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

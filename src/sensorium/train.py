@@ -52,7 +52,7 @@ from .data import Example, read_dataset
 from .errors import BadInputError
 from .evaluate import by_task, contexts, headline, predict_all, predictions_name, report, write_predictions
 from .lm import cpu_has_native_bf16, load_lm
-from .model import PerceptualLM, PrefixedLM
+from .model import PerceptualLM, PrefixedLM, build_model
 from .oracle import with_truth
 from .recipe import Recipe, TrainingOptions
 from .tracking import (
@@ -389,7 +389,7 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     # Weights go straight to this process's device in their final dtype.
     lm, tokenizer = load_lm(recipe.model.lm, lm_dtype(options.lm_dtype, accelerator.mixed_precision,
                                                       accelerator.device), device_map={"": accelerator.device})
-    model = PerceptualLM(recipe.model, lm=lm, tokenizer=tokenizer).to(accelerator.device)
+    model = build_model(recipe.model, lm=lm, tokenizer=tokenizer).to(accelerator.device)
     if options.init_from is not None:
         start_from(model, options.init_from)
     trainable, total = model.parameter_counts()
@@ -517,33 +517,34 @@ def _accelerator(options: TrainingOptions, out: Path) -> Accelerator:
 
 def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, batch: list[tuple[Example, str]],
                     features: torch.Tensor, row_of: dict[str, int], options: TrainingOptions) -> float:
-    """One optimizer step on the global batch; returns its mean loss over all its target tokens."""
+    """One optimizer step on the global batch; returns its mean loss over all its loss units."""
     core: PerceptualLM = accelerator.unwrap_model(model)
     processes, accumulation = accelerator.num_processes, options.gradient_accumulation
-    batch_tokens = _target_tokens(core, batch)
+    batch_units = _loss_units(core, batch)
     loss_sum = torch.zeros((), device=accelerator.device)
     for micro_step in range(accumulation):
         share = process_share(batch, micro_step, accumulation, processes, accelerator.process_index)
-        share_tokens = _target_tokens(core, share)
+        share_units = _loss_units(core, share)
         with accelerator.accumulate(model):
             loss = model(features[[row_of[e.media] for e, _ in share]], [e.question for e, _ in share],
                          [answer for _, answer in share], contexts([e for e, _ in share]))
-            # The model's loss is the mean over this share's target tokens. DDP averages gradients over
-            # the processes and Accelerate divides by the accumulation steps; weighting by the share's
-            # part of the batch's tokens makes the update the mean over every target token of the batch
-            # (exactly 1 for one process without accumulation).
-            accelerator.backward(loss * (share_tokens * processes * accumulation / batch_tokens))
+            # The model's loss is the mean over this share's loss units (target tokens, or samples). DDP
+            # averages gradients over the processes and Accelerate divides by the accumulation steps;
+            # weighting by the share's part of the batch's units makes the update the mean over every unit
+            # of the batch (exactly 1 for one process without accumulation).
+            accelerator.backward(loss * (share_units * processes * accumulation / batch_units))
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(core.trainable_parameters(), options.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach().float() * share_tokens
-    return accelerator.reduce(loss_sum, "sum").item() / batch_tokens
+        loss_sum += loss.detach().float() * share_units
+    return accelerator.reduce(loss_sum, "sum").item() / batch_units
 
 
-def _target_tokens(core: PerceptualLM, batch: list[tuple[Example, str]]) -> int:
-    return sum(len(ids) for ids in core.target_ids([answer for _, answer in batch]))
+def _loss_units(core: PerceptualLM, batch: list[tuple[Example, str]]) -> int:
+    """What the model's loss averages over in ``batch``: target tokens, or samples (``PerceptualLM.loss_units``)."""
+    return core.loss_units([e.question for e, _ in batch], [answer for _, answer in batch])
 
 
 def _record(accelerator: Accelerator, metrics: MetricsLog | None, step: int, values: dict[str, float]) -> None:

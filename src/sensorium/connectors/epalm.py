@@ -15,7 +15,8 @@ class EPALMConnector(Connector):
     normalised without learned parameters ("token norm"); the shared layer then only has to learn
     a direction per feature, not a scale per block. Each injection layer receives its block's token
     (``layer_tokens``); with ``shared_linear: false`` every injection layer maps it with a linear layer
-    of its own instead (the paper's ablation).
+    of its own instead (the paper's ablation), or, with the option ``per_block``, every encoder block (what
+    the official configs/image/ePALM_vqa.yaml trains: 6 linear layers for 6 blocks over 12 LM layers).
 
     With ``num_frames``, each block brings one token per video frame; the same linear layer maps every
     frame and a learned position per frame is added, so the LM can tell the frames' order. It starts at
@@ -26,16 +27,21 @@ class EPALMConnector(Connector):
     tokens = "cls"
     keeps_frames = True
 
-    def __init__(self, setup: ConnectorSetup) -> None:
+    def __init__(self, setup: ConnectorSetup, per_block: bool = False) -> None:
         super().__init__()
+        if per_block and setup.shared_linear:
+            raise ValueError("connector option per_block gives each encoder block its own linear layer: "
+                             "set shared_linear: false with it")
         self.token_norm = setup.token_norm
         self.layer_tokens = list(setup.layer_tokens)
         self.shared = setup.shared_linear
+        self.per_block = per_block
         self.columns = setup.num_frames or 1
         if self.shared:
             self.linear = nn.Linear(setup.encoder_dim, setup.lm_dim)
         else:
-            self.linears = nn.ModuleList(nn.Linear(setup.encoder_dim, setup.lm_dim) for _ in self.layer_tokens)
+            count = setup.blocks if per_block else len(self.layer_tokens)
+            self.linears = nn.ModuleList(nn.Linear(setup.encoder_dim, setup.lm_dim) for _ in range(count))
         frames = setup.num_frames
         self.register_parameter("frame_position", nn.Parameter(torch.zeros(frames, setup.lm_dim)) if frames else None)
 
@@ -45,6 +51,9 @@ class EPALMConnector(Connector):
             block_tokens = token_norm(block_tokens)
         if self.shared:  # map each block once, then hand its tokens to every layer it serves
             return self._with_frame_positions(self.linear(block_tokens), block_tokens)[:, self.layer_tokens]
+        if self.per_block:
+            mapped = torch.stack([linear(block_tokens[:, i]) for i, linear in enumerate(self.linears)], dim=1)
+            return self._with_frame_positions(mapped, block_tokens)[:, self.layer_tokens]
         per_layer = block_tokens[:, self.layer_tokens]
         mapped = torch.stack([linear(per_layer[:, i]) for i, linear in enumerate(self.linears)], dim=1)
         return self._with_frame_positions(mapped, block_tokens)

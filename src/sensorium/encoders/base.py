@@ -13,6 +13,9 @@ from ..media import load_image
 
 # What an encoder gives per block: one summary token, or that token followed by every patch token.
 TOKENS = ("cls", "patches")
+# Where transformers models keep the LayerNorm after their last block: ViT, DINOv2 and AST call it layernorm,
+# CLIP and SigLIP vision post_layernorm, Whisper's encoder layer_norm.
+FINAL_NORM_NAMES = ("layernorm", "post_layernorm", "layer_norm")
 
 
 class Encoder(nn.Module):
@@ -56,6 +59,18 @@ class Encoder(nn.Module):
 
     def fingerprint(self) -> str:
         raise NotImplementedError
+
+    def final_norm(self) -> nn.Module:
+        """The LayerNorm the encoder applies after its last block, affine included: the official eP-ALM ViT passes
+        every block's [CLS] through it (``encoder_norm``). It acts on each token alone, so it applies to the cached
+        per-block tokens as it would have inside the encoder."""
+        model = getattr(self, "model", None)
+        for name in FINAL_NORM_NAMES:
+            norm = getattr(model, name, None)
+            if isinstance(norm, nn.LayerNorm):
+                return norm
+        raise ValueError(f"encoder '{self.name}' has no final LayerNorm ({', '.join(FINAL_NORM_NAMES)}) to apply: "
+                         "set encoder_norm: false")
 
     def freeze(self) -> Encoder:
         """Frozen weights: no gradients, no optimizer state, eval mode for good."""

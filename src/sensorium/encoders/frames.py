@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 
 from ..media.video import DEFAULT_FRAMES, load_video
 from .base import Encoder
@@ -37,6 +38,9 @@ class FrameEncoder(Encoder):
         self.num_blocks, self.dim = image_encoder.num_blocks, image_encoder.dim
         self.num_tokens = num_frames
         self.freeze()
+
+    def final_norm(self) -> nn.Module:
+        return self.image_encoder.final_norm()
 
     @property
     def num_frames(self) -> int:
