@@ -210,3 +210,15 @@ def test_the_answer_token_is_added_once(tiny_lm_folder, tiny_vit_folder):
     assert ids[-1] == answer_token and ids.count(answer_token) == 1
     embeddings = model.lm.get_input_embeddings().weight
     torch.testing.assert_close(embeddings[answer_token], embeddings[:answer_token].mean(0))
+
+
+def test_a_saved_paper_adapter_reloads_in_its_layout(tiny_lm_folder, tiny_vit_folder, features, tmp_path):
+    """The folder records the layout: from_pretrained rebuilds the paper model, and decodes as before; an adapter
+    whose decoding says ``use_cache: false`` recomputes, as ``generate(use_cache=False)`` does."""
+    model = paper_model(tiny_lm_folder("opt"), tiny_vit_folder, "ePALM_vqa").float()
+    model.config.generation = {"use_cache": False, "max_new_tokens": 4, "min_new_tokens": 4}
+    model.save_pretrained(tmp_path)
+    again = PaperLM.from_pretrained(tmp_path).eval()
+    assert type(again) is PaperLM and again.config.layout == "paper"
+    features = features.float()
+    assert again.generate(features, QUESTIONS) == model.generate(features, QUESTIONS, use_cache=False)

@@ -523,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _true_or_false(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return text.lower() == "true"
+
+
 GENERATION_FLAGS = {  # flag -> (type, help); unset flags keep the adapter's own decoding settings
     "max_new_tokens": (int, "longest answer or caption, in tokens"),
     "min_new_tokens": (int, "shortest answer or caption, in tokens"),
@@ -530,6 +536,8 @@ GENERATION_FLAGS = {  # flag -> (type, help); unset flags keep the adapter's own
     "length_penalty": (float, "beam score / length**penalty: above 0 favours longer outputs"),
     "repetition_penalty": (float, "above 1 discourages repeating tokens"),
     "no_repeat_ngram_size": (int, "never repeat an n-gram of this size"),
+    "use_cache": (_true_or_false, "false: recompute the whole sequence for each new token, the official eP-ALM "
+                                  "decoding (exact for layout: paper, slower); true: the KV cache"),
 }
 
 

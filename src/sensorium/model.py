@@ -572,6 +572,8 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
         if model.lm is not lead.lm or model.batch_layout != lead.batch_layout:
             raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
                              "length and slot width")
+    if lead.generation_options(questions, **options).get("use_cache") is False:  # recomputed: one call each
+        return [model.generate(features[None], [question], **options)[0] for model, features, question in samples]
     ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
     learned, tokens = zip(*(model.perceive(features[None]) for model, features, _ in samples), strict=True)
     embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), lead._leading_pads(mask),
