@@ -222,3 +222,17 @@ def test_a_saved_paper_adapter_reloads_in_its_layout(tiny_lm_folder, tiny_vit_fo
     assert type(again) is PaperLM and again.config.layout == "paper"
     features = features.float()
     assert again.generate(features, QUESTIONS) == model.generate(features, QUESTIONS, use_cache=False)
+
+
+def test_a_causal_visual_row_decodes_exactly_with_the_cache(tiny_lm_folder, tiny_vit_folder, features):
+    """visual_row: causal closes what the cache cannot hold: cached decoding equals recomputation even with a layer
+    after the last injection, and the padding of a batch no longer reaches a row's logits."""
+    model = paper_model(tiny_lm_folder("opt"), tiny_vit_folder, "ePALM_pt_L_vqa", visual_row="causal")
+    options = {"max_new_tokens": 5, "min_new_tokens": 5, "num_beams": 1}
+    assert model.generate(features, QUESTIONS, **options) == model.generate(features, QUESTIONS, use_cache=False,
+                                                                           **options)
+    text = texts_of(model)[2]
+    with torch.no_grad():
+        alone = model.sequence_logits(features[2:], [text])
+        padded = model.sequence_logits(features[2:].repeat(2, 1, 1), [text, text + text])[:1, :alone.shape[1]]
+    torch.testing.assert_close(alone, padded, **TOLERANCE)

@@ -55,6 +55,9 @@ LOSSES = ("answer", "text")
 # nothing but BOS before a caption.
 PAPER_TEMPLATES = {"vqa": "{question}?</a>", "caption": ""}
 PAPER_ADDED_TOKENS = ("</a>",)
+# The paper layout's visual token reads every column, later text and padding included (official), or only itself
+# and what precedes it (causal), which a KV cache holds exactly.
+VISUAL_ROWS = ("open", "causal")
 # What a template may hold besides plain text: where the question goes.
 TEMPLATE_FIELDS = ("question",)
 # Settings are declared: a wrong type or an unknown name is an error, never silently converted or ignored.
@@ -119,6 +122,8 @@ class AdapterConfig:
     layout: str = "sensorium"  # sensorium | paper: see LAYOUTS
     loss: str = "answer"  # answer | text: see LOSSES
     lm_dropout: StrictBool = False  # the frozen LM's own dropout on while training, as the official training ran it
+    # Layout paper: the visual token's attention row open to every column (official) or causal (exact with a KV cache).
+    visual_row: str = "open"
     task: str = "vqa"  # vqa | caption | multitask (both)
     template: str | None = None  # None: the task's (VQA's for multitask); "{question}" marks where the question goes
     generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's (per task: multitask)
@@ -126,12 +131,13 @@ class AdapterConfig:
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at save time
     merged_from: dict[str, Any] = field(default_factory=dict)  # a merged adapter's ingredients and weights
 
-    @field_validator("task", "temporal", "layout", "loss")
+    @field_validator("task", "temporal", "layout", "loss", "visual_row")
     @classmethod
     def _known_choice(cls, value: str, info: ValidationInfo) -> str:
         choices, what = {"task": ((*TASKS, MULTITASK), "task"),
                          "temporal": (TEMPORAL, "temporal aggregation"),
-                         "layout": (LAYOUTS, "layout"), "loss": (LOSSES, "loss")}[info.field_name]
+                         "layout": (LAYOUTS, "layout"), "loss": (LOSSES, "loss"),
+                         "visual_row": (VISUAL_ROWS, "visual row")}[info.field_name]
         if value not in choices:
             raise ValueError(f"unknown {what} '{value}'; available: {', '.join(choices)}")
         return value

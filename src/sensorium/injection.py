@@ -179,10 +179,11 @@ class FrontInjector:
 
     The open row reads columns computed after it, so a KV cache holds it as it was at prefill: cached decoding is
     exact while no layer follows the last injection layer, and an approximation otherwise (``use_cache: false``
-    recomputes the official function exactly).
+    recomputes the official function exactly). With ``open_row=False`` the row stays causal (it reads itself only),
+    and cached decoding is exact.
     """
 
-    def __init__(self, lm: nn.Module, layers: list[int], unpositioned: int) -> None:
+    def __init__(self, lm: nn.Module, layers: list[int], unpositioned: int, open_row: bool = True) -> None:
         implementation = lm.config._attn_implementation
         if implementation not in _DENSE_MASKS:
             raise ValueError(f"layout 'paper' rewrites each layer's attention mask: load the LM with attention "
@@ -190,7 +191,7 @@ class FrontInjector:
         self._lm = lm
         blocks = decoder_layers(lm)
         self._hidden_in = list(blocks[:layers[0]])
-        self._open_in = list(blocks[layers[0]:])
+        self._open_in = list(blocks[layers[0]:]) if open_row else []  # a causal row needs no change
         self._slot = SlotInjector(lm, layers, (0,))
         self._positions = next((module for name, module in lm.named_modules()
                                 if name.rsplit(".", 1)[-1] in _ABSOLUTE_POSITIONS), None)

@@ -174,6 +174,8 @@ def setting_problems(config: AdapterConfig) -> list[str]:
     if config.layout == "paper" and (config.connector != "epalm" or config.temporal != "mean"):
         found.append(f"layout 'paper' is eP-ALM's one visual token per layer: it needs connector 'epalm' with "
                      f"temporal 'mean', not connector '{config.connector}' with temporal '{config.temporal}'")
+    if config.layout != "paper" and config.visual_row != "open":
+        found.append("visual_row applies to layout 'paper': our layout's slot row is causal")
     return found
 
 

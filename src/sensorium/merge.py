@@ -26,7 +26,7 @@ from .train import ADAPTER_FOLDER, cached_features, recorded_recipe, task_exampl
 # caption adapter of one image domain interpolate).
 LAYOUT_SETTINGS = ("lm", "encoder", "image_size", "num_frames", "temporal", "connector", "connector_options",
                    "num_blocks", "encoder_blocks", "inject_layers", "shared_linear", "prompt_length", "token_norm",
-                   "encoder_norm", "prompt_mlp", "layout")
+                   "encoder_norm", "prompt_mlp", "layout", "visual_row")
 # What an adapter was trained to read besides the media: a blind adapter never saw features, an oracle the
 # truth as text; averaging one with a seeing adapter mixes inputs that never met.
 INPUT_SETTINGS = ("blind", "oracle")

@@ -449,7 +449,8 @@ class PaperLM(PerceptualLM):
         self.bos = []  # BOS belongs to the text, after the soft prompt
         self.slot_index = 0
         self.prefix_length = 1 + config.prompt_length
-        self.injector = FrontInjector(self.lm, list(self.layout.layers), self.prefix_length)
+        self.injector = FrontInjector(self.lm, list(self.layout.layers), self.prefix_length,
+                                      open_row=config.visual_row == "open")
 
     def learned_prefix(self) -> torch.Tensor:
         return self.soft_prompt()
