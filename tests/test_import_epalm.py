@@ -134,6 +134,16 @@ def test_ask_answers_with_the_imported_adapter(imported, image, capsys):
     assert printed == [load(out).ask([image], ["what color is the shape"])[0]]
 
 
+def test_eval_scores_the_imported_adapter(imported, image, tmp_path):
+    _, _, out = imported
+    manifest, predictions = tmp_path / "questions.jsonl", tmp_path / "predictions.jsonl"
+    manifest.write_text(json.dumps({"media": image, "question": "what color is the shape", "answers": ["blue"],
+                                    "answer_type": "other"}) + "\n")
+    assert main(["eval", str(out), "--data", str(manifest), "--predictions", str(predictions)]) == 0
+    record = json.loads(predictions.read_text())
+    assert record["prediction"] == load(out).ask([image], ["what color is the shape"])[0]
+
+
 def test_the_server_answers_with_the_imported_adapter(imported):
     _, _, out = imported
     registry = load_registry([("epalm", out)])
