@@ -32,8 +32,9 @@ from .safe_load import refusal_reason
 from .schema import Count, NonNegative, build
 
 DEFAULT_LM = "facebook/opt-2.7b"  # the LM of the released ePALM checkpoints (run_scripts/.../image/ePALM_vqa.sh)
-# The official script's --vision_model default is timm's vit_base_patch16_224; this is its Hugging Face
-# counterpart, the same ViT-B/16 architecture (timm's weights are the AugReg training of it).
+# The official script's --vision_model default is timm's vit_base_patch16_224; the default here is the Hugging Face
+# ViT-B/16 of the same architecture, but not the same weights (timm's are the AugReg in21k -> in1k training, whose
+# [CLS] tokens the released connectors were trained on): an encoder holding those weights is named with --encoder.
 OFFICIAL_VISION_MODEL = "vit_base_patch16_224"
 DEFAULT_ENCODER = "google/vit-base-patch16-224"
 # A released checkpoint holds the trained tensors (tens of MB) and their AdamW moments, twice as much again:
