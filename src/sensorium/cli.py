@@ -214,6 +214,17 @@ def _interpolate(args: argparse.Namespace) -> None:
     print(f"table and plot written to {out}")
 
 
+def _import_epalm(args: argparse.Namespace) -> None:
+    from .import_epalm import import_epalm
+
+    model = import_epalm(args.checkpoint, args.config, args.out, args.lm, args.encoder, args.task)
+    config = model.config
+    layers = model.layout.layers
+    print(f"imported {args.checkpoint} into {args.out}: layout paper, task {config.task}, "
+          f"{model.parameter_counts()[0]:,} trained parameters over {config.lm} and {config.encoder}, "
+          f"{config.num_blocks} encoder blocks into LM layers {layers[0]}..{layers[-1]}")
+
+
 def _models(args: argparse.Namespace) -> None:
     from . import zoo
 
@@ -463,6 +474,23 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--batch-size", type=positive_int, default=64)
     interpolate.add_argument("--out", required=True, help="folder for interpolation.json and interpolation.png")
     interpolate.set_defaults(run=_interpolate)
+
+    from .import_epalm import DEFAULT_ENCODER, DEFAULT_LM
+
+    importer = verbs.add_parser("import-epalm", help="an adapter of layout paper from an official eP-ALM "
+                                                     "checkpoint (mshukor/eP-ALM) and its config")
+    importer.add_argument("checkpoint", help="the official checkpoint (checkpoint_best.pth), read with "
+                                             "torch.load(weights_only=True)")
+    importer.add_argument("--config", required=True, help="the official YAML it was trained with "
+                                                          "(configs/image/ePALM_vqa.yaml, ...)")
+    importer.add_argument("--out", required=True, help="folder of the adapter (new or empty)")
+    importer.add_argument("--lm", default=DEFAULT_LM, help="the LM it was trained over (the official --text_model; "
+                                                           f"default {DEFAULT_LM})")
+    importer.add_argument("--encoder", help="the image encoder it was trained over (the official --vision_model; "
+                                            f"default {DEFAULT_ENCODER}, for vit_base_patch16_224)")
+    importer.add_argument("--task", choices=("vqa", "caption"),
+                          help="default: vqa when the config has special_answer_token, else caption")
+    importer.set_defaults(run=_import_epalm)
 
     models = verbs.add_parser("models", help="list the packaged models: kind, size, installed, converted")
     models.set_defaults(run=_models)

@@ -405,14 +405,7 @@ class PerceptualLM(PrefixedLM):
             raise BadInputError(f"{source}: adapter weights do not match the model: missing "
                                 f"{sorted(set(params) - set(state))}, unexpected {sorted(set(state) - set(params))}")
         for name, tensor in state.items():
-            expected = list(params[name].shape)
-            if list(tensor.shape) != expected:
-                raise BadInputError(f"{source}: tensor '{name}' has shape {list(tensor.shape)}, "
-                                    f"the model expects {expected}")
-            if not tensor.is_floating_point():
-                raise BadInputError(f"{source}: tensor '{name}' is {tensor.dtype}, not floating point")
-            if not torch.isfinite(tensor).all():
-                raise BadInputError(f"{source}: tensor '{name}' holds NaN or infinite values")
+            check_tensor(tensor, list(params[name].shape), name, source)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """adapter_config.json + adapter.safetensors (a few MB); written atomically."""
@@ -520,6 +513,17 @@ class PaperLM(PerceptualLM):
         rows = torch.arange(len(texts), device=logits.device)[:, None]
         predicted = logits[rows, (self.prefix_length + columns - 1).clamp(min=0)]
         return predicted.float(), tokens.masked_fill(columns < 0, -100)
+
+
+def check_tensor(tensor: torch.Tensor, expected: list[int], name: str, source: str | Path) -> None:
+    """Raise BadInputError naming ``source`` and ``name`` unless ``tensor`` can be the parameter of shape ``expected``:
+    its exact shape (``copy_`` would broadcast another), a floating dtype and finite values."""
+    if list(tensor.shape) != expected:
+        raise BadInputError(f"{source}: tensor '{name}' has shape {list(tensor.shape)}, the model expects {expected}")
+    if not tensor.is_floating_point():
+        raise BadInputError(f"{source}: tensor '{name}' is {tensor.dtype}, not floating point")
+    if not torch.isfinite(tensor).all():
+        raise BadInputError(f"{source}: tensor '{name}' holds NaN or infinite values")
 
 
 def add_template_tokens(tokenizer, lm: nn.Module, tokens: list[str]) -> None:

@@ -91,13 +91,10 @@ def apply_override(values: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
-def read_recipe_file(path: str | Path) -> dict[str, Any]:
-    """A recipe file's mapping of sections, or a one-line BadInputError naming the file."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: recipe not found")
+def read_yaml(file: Path) -> Any:
+    """A YAML file's plain values (``safe_load``: never an object), or a one-line BadInputError naming the file."""
     try:
-        values = yaml.safe_load(file.read_bytes())
+        return yaml.safe_load(file.read_bytes())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -107,6 +104,14 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
         raise BadInputError(f"{file}: not valid YAML ({error})") from error
     except RecursionError as error:
         raise BadInputError(f"{file}: not valid YAML (nested too deeply)") from error
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """A recipe file's mapping of sections, or a one-line BadInputError naming the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: recipe not found")
+    values = read_yaml(file)
     if values is None:
         return {}
     if not isinstance(values, dict):

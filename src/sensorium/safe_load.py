@@ -23,7 +23,8 @@ from .errors import BadInputError
 # (config.json), a tokenizer's, a processor's, and an image processor's or feature extractor's.
 CUSTOM_CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 # How torch's weights_only refusals begin their lines of advice, around the one naming what was refused.
-TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "Please file an issue")
+TORCH_ADVICE = ("Weights only load failed", "(1) In PyTorch", "(2) Alternatively", "Check the documentation",
+                "Please file an issue")
 
 
 def _find(source: str, name: str) -> Path | None:
@@ -66,12 +67,13 @@ def from_pretrained(loader: Any, source: str | Path, what: str, **kwargs: Any) -
         return loader.from_pretrained(str(source), trust_remote_code=False, **kwargs)
     except pickle.UnpicklingError as error:
         raise BadInputError(f"{what} '{source}': a weights pickle that torch.load(weights_only=True) refuses "
-                            f"({_reason(error)}); sensorium never unpickles objects, use safetensors weights"
+                            f"({refusal_reason(error)}); sensorium never unpickles objects, use safetensors weights"
                             ) from error
 
 
-def _reason(error: pickle.UnpicklingError) -> str:
-    """torch's multi-line refusal cut to the line that says what was refused (torch's advice lines dropped)."""
+def refusal_reason(error: Exception) -> str:
+    """torch's multi-line refusal cut to the sentence that says what was refused: its advice, which ends in how to
+    allow the object, dropped."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     said = [line for line in lines if not line.startswith(TORCH_ADVICE)]
-    return (said or lines or ["not a pickle of tensors"])[0]
+    return (said or lines or ["not a pickle of tensors"])[0].split(". ")[0]
