@@ -110,8 +110,8 @@ def adapter_config(official: OfficialConfig, config_path: Path, lm: str, encoder
     """The adapter settings that compute what the official model computes with this config (``layout: paper``).
 
     Decoding recomputes the whole sequence at each new token (``use_cache: false``), as the official code does:
-    its visual token attends to later columns, so a KV cache only approximates it. Removing ``use_cache`` from the
-    saved adapter_config.json gives the faster cached approximation.
+    its visual token attends to later columns, so a KV cache only approximates it. ``--use-cache true``, or removing
+    ``use_cache`` from the saved adapter_config.json, gives the faster cached approximation.
     """
     task = task or ("caption" if official.special_answer_token is None else "vqa")
     if task == "vqa" and official.special_answer_token != "</a>":
