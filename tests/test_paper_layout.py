@@ -236,3 +236,19 @@ def test_a_causal_visual_row_decodes_exactly_with_the_cache(tiny_lm_folder, tiny
         alone = model.sequence_logits(features[2:], [text])
         padded = model.sequence_logits(features[2:].repeat(2, 1, 1), [text, text + text])[:1, :alone.shape[1]]
     torch.testing.assert_close(alone, padded, **TOLERANCE)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "opt_proj", "gpt2", "qwen2", "gpt_neox", "phi", "gemma3"])
+@pytest.mark.parametrize("visual_row", ["open", "causal"])
+def test_cached_decoding_is_exact_where_the_official_function_allows(arch, visual_row, tiny_lm_folder,
+                                                                      tiny_vit_folder, features):
+    """On every supported decoder, cached greedy and beam decoding equal recomputation when nothing the cache
+    holds could have read a later column: a causal visual row, or an open one injected up to the last layer."""
+    layers = [1, 2] if visual_row == "causal" else [2, 3]
+    model = paper_model(tiny_lm_folder(arch), tiny_vit_folder, "ePALM_vqa", inject_layers=layers,
+                        visual_row=visual_row).float()
+    features = features.float()
+    for beams in (1, 3):
+        options = {"max_new_tokens": 5, "min_new_tokens": 5, "num_beams": beams}
+        assert model.generate(features, QUESTIONS, **options) == model.generate(features, QUESTIONS,
+                                                                               use_cache=False, **options)

@@ -11,6 +11,8 @@ the KV cache stay exactly those of the unmodified decoder, for any transformers 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -159,6 +161,13 @@ def chunk_start(kwargs: dict) -> int:
     return int(cache.get_seq_length()) if cache is not None else 0
 
 
+@functools.cache
+def _parameter_position(kind: type[nn.Module], name: str) -> int | None:
+    """Where ``name`` stands among the arguments of a module class's forward, ``self`` not counted, if it does."""
+    parameters = list(inspect.signature(kind.forward).parameters)[1:]
+    return parameters.index(name) if name in parameters else None
+
+
 # Modules that add learned absolute positions to the input embeddings: OPT's, and GPT-2's.
 _ABSOLUTE_POSITIONS = ("embed_positions", "wpe")
 # The attention implementations whose per-layer mask a hook can rewrite: a dense mask reaches each layer.
@@ -231,7 +240,9 @@ class FrontInjector:
             start, length = self._chunk, hidden.shape[1]
             if open_row and start > 0:  # the visual row was computed at prefill
                 return None
-            mask = kwargs.get("attention_mask")
+            position = _parameter_position(type(module), "attention_mask")  # GPT-2 passes it positionally
+            passed = position is not None and position < len(args)
+            mask = args[position] if passed else kwargs.get("attention_mask")
             allowed = self._allowed(mask, start, length, hidden.device).clone()
             if open_row:
                 allowed[:, :, 0, :] = True
@@ -240,6 +251,8 @@ class FrontInjector:
             if mask is not None and mask.is_floating_point():  # eager attention adds the mask to its scores
                 lowest = torch.finfo(mask.dtype).min
                 allowed = torch.zeros(allowed.shape, dtype=mask.dtype, device=mask.device).masked_fill(~allowed, lowest)
+            if passed:
+                return (*args[:position], allowed, *args[position + 1:]), kwargs
             return args, {**kwargs, "attention_mask": allowed}
 
         return hook

@@ -481,9 +481,12 @@ class PaperLM(PerceptualLM):
 
     def positions(self, mask: torch.Tensor) -> torch.Tensor:
         """The official positions: none for the visual and prompt columns (0 here; the injector drops absolute
-        ones), the text counted from 0 over its own mask, padding at -1."""
+        ones), the text counted from 0 over its own mask, padding at -1 as OPT computes it (its position table
+        starts 2 rows early) and at 0 on other LMs, whose tables start at 0."""
         text = mask[:, self.prefix_length:]
-        return torch.cat([torch.zeros_like(mask[:, :self.prefix_length]), text.cumsum(-1) * text - 1], dim=-1)
+        padding = -1 if self.lm.config.model_type == "opt" else 0
+        text_positions = torch.where(text.bool(), text.cumsum(-1) - 1, padding)
+        return torch.cat([torch.zeros_like(mask[:, :self.prefix_length]), text_positions], dim=-1)
 
     def sequence_logits(self, features: torch.Tensor, texts: list[list[int]]) -> torch.Tensor:
         """Logits at every column of the right-padded official sequence of ``texts`` (token ids, BOS included),
