@@ -94,8 +94,8 @@ def write_recipe(tmp_path, text: str) -> str:
 
 
 @pytest.mark.parametrize("training, message", [
-    ({"batch_size": 0}, "training.batch_size must be > 0, not 0"),
-    ({"max_steps": -5}, "training.max_steps must be > 0, not -5"),
+    ({"batch_size": 0}, "training.batch_size must be >= 1, not 0"),
+    ({"max_steps": -5}, "training.max_steps must be >= 1, not -5"),
     ({"max_steps": "5"}, "training.max_steps must be a number, not '5'"),
     ({"lr": "fast"}, "training.lr must be a number, not 'fast'"),
     ({"lr": float("nan")}, "training.lr must be > 0, not nan"),

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .cache import FeatureCache, stored_features
-from .config import WEIGHTS_NAME, AdapterConfig
+from .config import WEIGHTS_NAME, AdapterConfig, Decoding
 from .connectors import build_connector
 from .encoders import Encoder, load_encoder
 from .errors import BadInputError
@@ -220,7 +220,7 @@ class PrefixedLM(nn.Module):
         questions ask (see ``AdapterConfig.task_of``), then the call's."""
         defaults = self.config.generation_defaults(self.config.task_of(questions))
         return {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-                "eos_token_id": self.tokenizer.eos_token_id, **defaults, **overrides}
+                "eos_token_id": self.tokenizer.eos_token_id, **Decoding.checked({**defaults, **overrides})}
 
     def _decode(self, tokens: torch.Tensor) -> list[str]:
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]

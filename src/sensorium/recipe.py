@@ -13,30 +13,30 @@ from pydantic.dataclasses import dataclass
 
 from .config import SETTINGS, AdapterConfig
 from .errors import BadInputError
-from .schema import Count, Integer, NonNegative, NonNegativeNumber, PositiveNumber, build
+from .schema import Integer, NonNegativeNumber, PositiveNumber, bounded, build
 
 
 @dataclass(config=SETTINGS)
 class TrainingOptions:
-    batch_size: Count = 32  # global: all processes and accumulation micro-steps of one optimizer step
-    max_steps: Count = 1000
+    batch_size: bounded("batch_size") = 32  # global: all processes and accumulation micro-steps of one optimizer step
+    max_steps: bounded("steps") = 1000
     lr: PositiveNumber = 1e-3  # connector
     prompt_lr: PositiveNumber = 1e-3  # soft prompt and slot embedding
     weight_decay: NonNegativeNumber = 0.02
-    warmup_steps: NonNegative = 50
+    warmup_steps: bounded("step_count") = 50
     grad_clip: PositiveNumber = 1.0
-    gradient_accumulation: Count = 1
+    gradient_accumulation: bounded("batch_size") = 1
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 where the hardware runs it fast
-    eval_every: NonNegative = 0  # steps between quick evaluations (0: only at the end)
-    quick_eval_size: Count = 256
-    checkpoint_every: Count = 200
-    keep_checkpoints: Count = 2
+    eval_every: bounded("step_count") = 0  # steps between quick evaluations (0: only at the end)
+    quick_eval_size: bounded("examples") = 256
+    checkpoint_every: bounded("steps") = 200
+    keep_checkpoints: bounded("keep_checkpoints") = 2
     seed: Integer = 0
     init_from: str | None = None  # an adapter (or a run's folder) whose tensors start the run, not the seed's
     blind: StrictBool = False  # zero the visual input: what the question wording alone predicts
     oracle: StrictBool = False  # zero it and state the medium's true content as text: the ceiling (see oracle.py)
-    cache_batch_size: Count = 32
-    cache_workers: NonNegative = 1
+    cache_batch_size: bounded("batch_size") = 32
+    cache_workers: bounded("workers") = 1
     lm_dtype: str = "auto"  # frozen LM weights: auto (GPU: the mixed-precision dtype, CPU: float32) or a dtype
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # also wandb, mlflow; [] for none
 
@@ -59,7 +59,7 @@ class Recipe:
     data: dict[str, Any] = field(default_factory=lambda: {"train": {"format": "easy-vqa", "split": "train"}})
     training: TrainingOptions = field(default_factory=TrainingOptions)
     generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's defaults
-    eval_batch_size: Count = 64
+    eval_batch_size: bounded("batch_size") = 64
     out: str = "runs/default"
 
     def __post_init__(self) -> None:
