@@ -8,6 +8,7 @@ frozen LM and encoder, the same connector and the same layout of the input.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -78,14 +79,18 @@ def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
 
 
 def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
-    """Weights summing to one (uniform when none are given): a soup is an average, not a sum."""
+    """Weights summing to one (uniform when none are given): a soup is an average, not a sum.
+
+    Each weight is first divided by the largest, so that the sum cannot overflow (1e308 + 1e308 is inf, and
+    inf / inf would make every weight NaN) nor vanish below the smallest float.
+    """
     weights = [1.0] * count if weights is None else [float(w) for w in weights]
     if len(weights) != count:
         raise ValueError(f"{len(weights)} weight(s) for {count} adapters")
-    if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights must be >= 0 with a positive sum, not {weights}")
-    total = sum(weights)
-    return [w / total for w in weights]
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or max(weights) == 0:
+        raise ValueError(f"weights must be finite numbers >= 0, not all 0, not {weights}")
+    scaled = [w / max(weights) for w in weights]
+    return [w / math.fsum(scaled) for w in scaled]
 
 
 def average(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
