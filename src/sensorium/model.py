@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import StoppingCriteriaList
 
 from .cache import FeatureCache, stored_features
 from .config import WEIGHTS_NAME, AdapterConfig, Decoding
@@ -227,14 +228,16 @@ class PrefixedLM(nn.Module):
 
     @torch.inference_mode()
     def generate(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None = None,
-                 **options) -> list[str]:
-        """Answers (captions when the questions are empty) decoded by generate() with the KV cache on."""
+                 stopping_criteria: StoppingCriteriaList | None = None, **options) -> list[str]:
+        """Answers (captions when the questions are empty) decoded by generate() with the KV cache on;
+        ``stopping_criteria`` may end it early (a server stops what nobody waits for any more)."""
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed(self.prompt_ids(questions, contexts), learned)
         options = self.generation_options(questions, **options)
         with self._injecting(layer_tokens, mask):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                                 position_ids=self.positions(mask), **options))
+                                                 position_ids=self.positions(mask),
+                                                 stopping_criteria=stopping_criteria, **options))
 
     @torch.inference_mode()
     def generate_uncached(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
@@ -417,7 +420,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **options) -> list[str]:
+def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]],
+                   stopping_criteria: StoppingCriteriaList | None = None, **options) -> list[str]:
     """One generate() call for samples of different adapters over one shared frozen LM.
 
     Each sample is (adapter, its encoder tokens as ``encode`` gives them, question); each brings its own
@@ -430,7 +434,8 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
     lead = samples[0][0]
     questions = [question for _, _, question in samples]
     if all(model is lead for model, _, _ in samples):
-        return lead.generate(torch.stack([features for _, features, _ in samples]), questions, **options)
+        return lead.generate(torch.stack([features for _, features, _ in samples]), questions,
+                             stopping_criteria=stopping_criteria, **options)
     for model, _, _ in samples:
         if model.lm is not lead.lm or model.batch_layout != lead.batch_layout:
             raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
@@ -441,7 +446,7 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
                                        torch.cat(learned))
     with lead._injecting(None if lead.injector is None else torch.cat(tokens), mask):
         return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                             position_ids=lead.positions(mask),
+                                             position_ids=lead.positions(mask), stopping_criteria=stopping_criteria,
                                              **lead.generation_options(questions, **options)))
 
 

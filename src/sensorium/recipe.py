@@ -20,8 +20,8 @@ from .schema import Integer, NonNegativeNumber, PositiveNumber, bounded, build
 class TrainingOptions:
     batch_size: bounded("batch_size") = 32  # global: all processes and accumulation micro-steps of one optimizer step
     max_steps: bounded("steps") = 1000
-    lr: PositiveNumber = 1e-3  # connector
-    prompt_lr: PositiveNumber = 1e-3  # soft prompt and slot embedding
+    lr: bounded("learning_rate") = 1e-3  # connector
+    prompt_lr: bounded("learning_rate") = 1e-3  # soft prompt and slot embedding
     weight_decay: NonNegativeNumber = 0.02
     warmup_steps: bounded("step_count") = 50
     grad_clip: PositiveNumber = 1.0

@@ -62,6 +62,7 @@ BOUNDS: dict[str, Bound] = {
     "image_size": Bound(1, 4_096),  # pixels a side
     "frames": Bound(1, 1_024),  # frames sampled per video
     "interpolation_steps": Bound(2, 1_001),  # weights from 0 to 1, both ends included
+    "learning_rate": Bound(1e-12, 1_000.0),  # NaN or 0 would train nothing, silently
     # Decoding: the tokens of one answer, the beams searched for it, the n-gram never repeated.
     "max_new_tokens": Bound(1, 2_048),
     "min_new_tokens": Bound(0, 2_048),
@@ -75,6 +76,8 @@ BOUNDS: dict[str, Bound] = {
     "requests": Bound(1, 1_024),  # requests answered by one generate() call
     "wait_ms": Bound(0.0, 60_000.0),
     "upload_mb": Bound(0.001, 4_096.0),
+    "upload_bytes": Bound(1_024, 4_096 * 2**20),
+    "pixels": Bound(1, 1_000_000_000),
     "seconds": Bound(0.001, 86_400.0),
 }
 
