@@ -14,6 +14,7 @@ from pydantic import ConfigDict, StrictBool, ValidationInfo, field_validator, mo
 from pydantic.dataclasses import dataclass
 
 from .errors import BadInputError
+from .files import MAX_DATA_BYTES, regular_file
 from .schema import Count, bounded, build
 
 CONFIG_NAME = "adapter_config.json"
@@ -216,10 +217,10 @@ class AdapterConfig:
     def load(cls, folder: Path) -> AdapterConfig:
         """The config of an adapter folder, or a one-line BadInputError naming the file and each wrong field."""
         path = Path(folder) / CONFIG_NAME
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"{path}: not an adapter folder (no {CONFIG_NAME})")
         try:
-            return cls._from_saved(json.loads(path.read_bytes()))
+            return cls._from_saved(json.loads(regular_file(path, MAX_DATA_BYTES).read_bytes()))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise BadInputError(f"{path}: not valid JSON ({error})") from error
         except RecursionError as error:

@@ -13,6 +13,7 @@ from pydantic.dataclasses import dataclass
 
 from .config import SETTINGS, AdapterConfig
 from .errors import BadInputError
+from .files import MAX_DATA_BYTES, regular_file
 from .schema import Integer, NonNegativeNumber, PositiveNumber, bounded, build
 
 
@@ -94,10 +95,10 @@ def apply_override(values: dict[str, Any], assignment: str) -> None:
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """A recipe file's mapping of sections, or a one-line BadInputError naming the file."""
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise FileNotFoundError(f"{file}: recipe not found")
     try:
-        values = yaml.safe_load(file.read_bytes())
+        values = yaml.safe_load(regular_file(file, MAX_DATA_BYTES).read_bytes())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
