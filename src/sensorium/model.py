@@ -21,6 +21,7 @@ from .errors import BadInputError
 from .injection import SlotInjector
 from .layout import EncoderFacts, encoder_tokens, plan
 from .lm import check_lm, hold_weights, lm_facts, load_lm, loading_dtype, weight_format
+from .schema import BOUNDS
 
 
 def encoder_facts(encoder: Encoder) -> EncoderFacts:
@@ -167,14 +168,27 @@ class PrefixedLM(nn.Module):
     def prompt_ids(self, questions: list[str], contexts: list[str] | None = None) -> list[list[int]]:
         """Token ids of the template around each question, after its context text where one is given (the
         text oracle states what the medium shows there)."""
-        texts = [self.config.prompt_text(q) for q in questions]
+        texts = [self.config.prompt_text(q) for q in tokenizable(questions, "question")]
         if contexts is not None:
-            texts = [f"{context} {text}" if context else text for context, text in zip(contexts, texts, strict=True)]
+            texts = [f"{context} {text}" if context else text
+                     for context, text in zip(tokenizable(contexts, "context"), texts, strict=True)]
         return self.tokenizer(texts, add_special_tokens=False).input_ids
 
     def target_ids(self, targets: list[str]) -> list[list[int]]:
-        ids = self.tokenizer([" " + t.strip() for t in targets], add_special_tokens=False).input_ids
+        texts = [" " + target.strip() for target in tokenizable(targets, "answer")]
+        ids = self.tokenizer(texts, add_special_tokens=False).input_ids
         return [t + [self.tokenizer.eos_token_id] for t in ids]
+
+    def check_context(self, ids: list[list[int]], new_tokens: int = 0) -> None:
+        """Refuse inputs the LM cannot read: the learned prefix, the longest text and the tokens still to generate
+        must fit its positions. Past them a model fails or degrades, after a forward over all of it (minutes for a
+        1 MB question)."""
+        context = getattr(self.lm.config, "max_position_embeddings", None)
+        longest = max(map(len, ids))
+        if context is not None and self.prefix_length + longest + new_tokens > context:
+            raise BadInputError(f"an input of {longest:,} tokens, after {self.prefix_length} prefix columns and "
+                                f"with {new_tokens:,} new tokens to generate, does not fit the LM's {context:,} "
+                                "positions: shorten the question")
 
     def positions(self, mask: torch.Tensor) -> torch.Tensor:
         """Position ids of the layout: each column's index in its row's content (padding gets 0). Generation passes
@@ -187,6 +201,7 @@ class PrefixedLM(nn.Module):
         """Logits where each target token is predicted, [batch, span, vocab], and the targets as labels (-100
         left of a shorter target)."""
         prompts, answers = self.prompt_ids(questions, contexts), self.target_ids(targets)
+        self.check_context([p + a for p, a in zip(prompts, answers, strict=True)])
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed([p + a for p, a in zip(prompts, answers, strict=True)], learned)
         span = max(len(a) for a in answers)
@@ -231,9 +246,10 @@ class PrefixedLM(nn.Module):
                  stopping_criteria: StoppingCriteriaList | None = None, **options) -> list[str]:
         """Answers (captions when the questions are empty) decoded by generate() with the KV cache on;
         ``stopping_criteria`` may end it early (a server stops what nobody waits for any more)."""
+        ids, options = self.prompt_ids(questions, contexts), self.generation_options(questions, **options)
+        self.check_context(ids, options["max_new_tokens"])
         learned, layer_tokens = self.perceive(features)
-        embeds, mask = self._embed(self.prompt_ids(questions, contexts), learned)
-        options = self.generation_options(questions, **options)
+        embeds, mask = self._embed(ids, learned)
         with self._injecting(layer_tokens, mask):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
                                                  position_ids=self.positions(mask),
@@ -248,8 +264,10 @@ class PrefixedLM(nn.Module):
         learned prefix written in by a hook on the embedding layer), because transformers keeps a cache
         for ``inputs_embeds`` generation even when asked not to.
         """
-        ids, mask = self._token_ids(self.prompt_ids(questions))
+        prompts = self.prompt_ids(questions)
         options = {**self.generation_options(questions, **options), "use_cache": False}
+        self.check_context(prompts, options["max_new_tokens"])
+        ids, mask = self._token_ids(prompts)
         learned, layer_tokens = self.perceive(features)
         pads = self._leading_pads(mask)  # new tokens join on the right: every step keeps the same padding
         hook = self.lm.get_input_embeddings().register_forward_hook(
@@ -408,6 +426,23 @@ class PerceptualLM(PrefixedLM):
         return model
 
 
+def tokenizable(texts: list[str], what: str) -> list[str]:
+    """``texts`` once each is text a tokenizer takes, or a one-line BadInputError naming the first that is not: one
+    longer than any question (see schema.BOUNDS), or one holding a lone surrogate (what Python makes of a byte that
+    is not UTF-8 in a command-line argument, or of an unpaired escape such as \\ud800 in a JSON file)."""
+    longest = BOUNDS["question_chars"].high
+    for text in texts:
+        if len(text) > longest:
+            raise BadInputError(f"a {what} of {len(text):,} characters: at most {longest:,} are read")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise BadInputError(f"{what} {text!r:.80}: not valid text (character {error.start + 1} is a lone "
+                                "surrogate: a byte that is not UTF-8, or an unpaired escape such as \\ud800)") \
+                from None
+    return texts
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of an adapter.safetensors, or a one-line error naming the file when it is missing or damaged
     (truncated, overwritten, a header that does not parse)."""
@@ -440,14 +475,17 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]],
         if model.lm is not lead.lm or model.batch_layout != lead.batch_layout:
             raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
                              "length and slot width")
-    ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
+    prompts, options = [model.prompt_ids([question])[0] for model, _, question in samples], \
+        lead.generation_options(questions, **options)
+    lead.check_context(prompts, options["max_new_tokens"])
+    ids, mask = lead._token_ids(prompts)
     learned, tokens = zip(*(model.perceive(features[None]) for model, features, _ in samples), strict=True)
     embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), lead._leading_pads(mask),
                                        torch.cat(learned))
     with lead._injecting(None if lead.injector is None else torch.cat(tokens), mask):
         return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
                                              position_ids=lead.positions(mask), stopping_criteria=stopping_criteria,
-                                             **lead.generation_options(questions, **options)))
+                                             **options))
 
 
 def load(folder: str | Path, weights: str = "float32", device_map: str | dict | None = None) -> PerceptualLM:
