@@ -69,7 +69,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
 
 def _eval(args: argparse.Namespace) -> None:
     from .data import parse_data_spec
-    from .evaluate import predict_all, predictions_name, report, scoring_task, write_predictions
+    from .evaluate import has_references, predict_all, predictions_name, report, scoring_task, write_predictions
     from .recipe import TrainingOptions
     from .train import cached_features, recorded_recipe, task_examples
 
@@ -86,7 +86,8 @@ def _eval(args: argparse.Namespace) -> None:
     check_outputs([predictions], [*adapter_files(args.adapter), *data_files(spec)], "--predictions")
     records = predict_all(model, examples, features, row_of, args.batch_size, _generation_options(args))
     write_predictions(task, records, predictions)
-    print(report(task, records).format())
+    print(report(task, records).format() if has_references(records) else
+          f"{args.data}: no references to score against (predictions only)")
     print(f"predictions written to {predictions}")
 
 

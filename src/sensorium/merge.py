@@ -154,6 +154,8 @@ class HeldOutScorer:
         self.examples, self.features, self.row_of, _ = cached_features(
             self.model, task_examples(data, options), options, skip_bad=False)
         self.task = scoring_task(ingredient.config, self.examples)
+        if not any(example.answers for example in self.examples):
+            raise BadInputError(f"{data}: held-out data without references: nothing to score adapters by")
         self.batch_size = batch_size
 
     def __call__(self, state: dict[str, torch.Tensor]) -> float:

@@ -54,7 +54,16 @@ from transformers import get_cosine_schedule_with_warmup
 from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from .data import Example, read_dataset
 from .errors import BadInputError
-from .evaluate import by_task, contexts, headline, predict_all, predictions_name, report, write_predictions
+from .evaluate import (
+    by_task,
+    contexts,
+    has_references,
+    headline,
+    predict_all,
+    predictions_name,
+    report,
+    write_predictions,
+)
 from .lm import cpu_has_native_bf16, load_lm
 from .model import PerceptualLM, PrefixedLM
 from .oracle import with_truth
@@ -573,7 +582,8 @@ def _rate(progress: tqdm, batch_size: int) -> float:
 
 def _quick_eval_set(recipe: Recipe, train_examples: list[Example] | None, options: TrainingOptions, skip_bad: bool,
                     core: PerceptualLM) -> EncodedExamples | None:
-    """A small fixed sample for periodic evaluation: the eval set's, else held-in training data."""
+    """A small fixed sample for periodic evaluation: the eval set's, else held-in training data; None without one,
+    or when the sample has no references to score against."""
     if not options.eval_every:
         return None
     spec = recipe.data.get("eval")
@@ -584,6 +594,8 @@ def _quick_eval_set(recipe: Recipe, train_examples: list[Example] | None, option
     else:
         examples = random.Random(options.seed).sample(train_examples, min(options.quick_eval_size,
                                                                           len(train_examples)))
+    if not any(example.answers for example in examples):  # nothing to score: no quick evaluation
+        return None
     return _encoded(core, examples, options, skip_bad)
 
 
@@ -615,9 +627,12 @@ def _final_eval(core: PerceptualLM, accelerator: Accelerator, recipe: Recipe, ev
                                "samples": [{k: r[k] for k in ("media", "question", "prediction", "answers")}
                                            for r in _spread(records, 6)]}
     for task, task_records in by_task(records).items():  # one task, or a multitask run's two
-        result = report(task, task_records)
         if accelerator.is_main_process:
             write_predictions(task, task_records, out / predictions_name(task))
+        if not has_references(task_records):
+            log(f"data.eval: no {task} references to score against (predictions only)")
+            continue
+        result = report(task, task_records)
         log(result.format())
         if task == "caption":
             summary["caption_scores"] = {k: round(v, 2) for k, v in result.scores.items()}
