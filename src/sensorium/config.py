@@ -51,6 +51,14 @@ TEMPLATE_FIELDS = ("question",)
 SETTINGS = ConfigDict(extra="forbid")
 
 
+def model_identity(name_or_path: str) -> str:
+    """One key per frozen model however its folder is spelled (``lm``, ``lm/``, ``./lm``, a link to it): the
+    resolved path of a folder or file that exists; a packaged name or hub id as it is. Settings naming models are
+    compared by it, never as strings."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
 def readable_format(kind: str, format_version: int, newest: int) -> int:
     """``format_version`` of a saved ``kind`` ("adapter", "composition"), unless it is newer than this code reads."""
     if format_version > newest:

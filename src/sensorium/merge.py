@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import CONFIG_NAME, MULTITASK, TASKS, WEIGHTS_NAME, AdapterConfig
+from .config import CONFIG_NAME, MULTITASK, TASKS, WEIGHTS_NAME, AdapterConfig, model_identity
 from .errors import BadInputError
 from .evaluate import headline, predict_all, report, scoring_task
 from .model import PerceptualLM, read_weights
@@ -27,6 +27,8 @@ from .train import ADAPTER_FOLDER, cached_features, recorded_recipe, task_exampl
 # caption adapter of one image domain interpolate).
 LAYOUT_SETTINGS = ("lm", "encoder", "image_size", "num_frames", "temporal", "connector", "connector_options",
                    "num_blocks", "encoder_blocks", "inject_layers", "shared_linear", "prompt_length", "token_norm")
+# Layout settings naming a frozen model: equal when they name the same model, however spelled (see model_identity).
+MODEL_SETTINGS = ("lm", "encoder")
 # What an adapter was trained to read besides the media: a blind adapter never saw features, an oracle the
 # truth as text; averaging one with a seeing adapter mixes inputs that never met.
 INPUT_SETTINGS = ("blind", "oracle")
@@ -65,6 +67,8 @@ def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
     for other in ingredients[1:]:
         for name in LAYOUT_SETTINGS:
             mine, theirs = getattr(first.config, name), getattr(other.config, name)
+            if name in MODEL_SETTINGS and model_identity(mine) == model_identity(theirs):
+                continue
             if mine != theirs:
                 problems.append(f"{name}: {mine!r} in {first.folder}, {theirs!r} in {other.folder}")
         mine, theirs = _trained_input(first), _trained_input(other)
