@@ -11,7 +11,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import StoppingCriteriaList
 
 from .cache import FeatureCache, stored_features
 from .config import WEIGHTS_NAME, AdapterConfig, Decoding
@@ -22,6 +21,11 @@ from .injection import SlotInjector
 from .layout import EncoderFacts, encoder_tokens, plan
 from .lm import check_lm, hold_weights, lm_facts, load_lm, loading_dtype, weight_format
 from .schema import BOUNDS
+
+# generate() arguments that say how decoding runs or watch it, not what it decodes (a server's stop when nobody
+# waits any more, a benchmark's clock, its choice of KV cache): passed to generate() as they are.
+RUNTIME_ARGUMENTS = ("stopping_criteria", "logits_processor", "cache_implementation", "compile_config",
+                     "disable_compile")
 
 
 def encoder_facts(encoder: Encoder) -> EncoderFacts:
@@ -232,28 +236,32 @@ class PrefixedLM(nn.Module):
 
     # ---- generate ---------------------------------------------------------------------------
     def generation_options(self, questions: list[str], **overrides) -> dict:
-        """generate() options shared by the cached and the uncached path: the adapter's for the task the
-        questions ask (see ``AdapterConfig.task_of``), then the call's."""
+        """generate() options shared by the cached and the uncached path: the model's own (greedy or beam search,
+        its tokenizer's pad and end tokens), then the decoding options (``Decoding``, each within its bound) of the
+        adapter for the task the questions ask (see ``AdapterConfig.task_of``), then the call's. A call may pass
+        back options this method gave it: the model's own are its own whatever they say. ``RUNTIME_ARGUMENTS`` pass
+        through."""
+        own = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
+               "eos_token_id": self.tokenizer.eos_token_id}
+        runtime = {key: overrides.pop(key) for key in RUNTIME_ARGUMENTS if key in overrides}
         defaults = self.config.generation_defaults(self.config.task_of(questions))
-        return {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-                "eos_token_id": self.tokenizer.eos_token_id, **Decoding.checked({**defaults, **overrides})}
+        decoding = {key: value for key, value in {**defaults, **overrides}.items() if key not in own}
+        return {**own, **Decoding.checked(decoding), **runtime}
 
     def _decode(self, tokens: torch.Tensor) -> list[str]:
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     @torch.inference_mode()
     def generate(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None = None,
-                 stopping_criteria: StoppingCriteriaList | None = None, **options) -> list[str]:
-        """Answers (captions when the questions are empty) decoded by generate() with the KV cache on;
-        ``stopping_criteria`` may end it early (a server stops what nobody waits for any more)."""
+                 **options) -> list[str]:
+        """Answers (captions when the questions are empty) decoded by generate() with the KV cache on."""
         ids, options = self.prompt_ids(questions, contexts), self.generation_options(questions, **options)
         self.check_context(ids, options["max_new_tokens"])
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed(ids, learned)
         with self._injecting(layer_tokens, mask):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                                 position_ids=self.positions(mask),
-                                                 stopping_criteria=stopping_criteria, **options))
+                                                 position_ids=self.positions(mask), **options))
 
     @torch.inference_mode()
     def generate_uncached(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
@@ -455,8 +463,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]],
-                   stopping_criteria: StoppingCriteriaList | None = None, **options) -> list[str]:
+def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **options) -> list[str]:
     """One generate() call for samples of different adapters over one shared frozen LM.
 
     Each sample is (adapter, its encoder tokens as ``encode`` gives them, question); each brings its own
@@ -469,8 +476,7 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]],
     lead = samples[0][0]
     questions = [question for _, _, question in samples]
     if all(model is lead for model, _, _ in samples):
-        return lead.generate(torch.stack([features for _, features, _ in samples]), questions,
-                             stopping_criteria=stopping_criteria, **options)
+        return lead.generate(torch.stack([features for _, features, _ in samples]), questions, **options)
     for model, _, _ in samples:
         if model.lm is not lead.lm or model.batch_layout != lead.batch_layout:
             raise ValueError("generate_mixed needs adapters sharing one LM, placement, injection layers, prompt "
@@ -484,8 +490,7 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]],
                                        torch.cat(learned))
     with lead._injecting(None if lead.injector is None else torch.cat(tokens), mask):
         return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                             position_ids=lead.positions(mask), stopping_criteria=stopping_criteria,
-                                             **options))
+                                             position_ids=lead.positions(mask), **options))
 
 
 def load(folder: str | Path, weights: str = "float32", device_map: str | dict | None = None) -> PerceptualLM:
