@@ -53,7 +53,7 @@ BOUNDS: dict[str, Bound] = {
     "steps": Bound(1, 100_000_000),  # optimizer steps (and spacing of checkpoints and evaluations)
     "step_count": Bound(0, 100_000_000),  # warm-up steps; 0: none
     "examples": Bound(1, 1_000_000_000),  # a sample or a held-out part of a data set
-    "generated": Bound(0, 10_000_000),  # media files a data generator makes
+    "generated": Bound(1, 10_000_000),  # media files a data generator makes, per split
     "keep_checkpoints": Bound(1, 1_000),
     "workers": Bound(0, 256),  # processes or threads; 0: the calling one
     "prompt_length": Bound(0, 1_024),  # soft-prompt columns
