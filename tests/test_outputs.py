@@ -98,3 +98,18 @@ def test_merge_never_replaces_an_ingredient(workspace, data, capsys):
     assert _unchanged(workspace, before)
     # A merge into the data folder replaces none of its files; into an adapter's folder it would replace the adapter.
     assert code == (0 if kind in ("data", "fresh") else 2)
+
+
+@pytest.mark.parametrize("command", [
+    ["eval", "shapes", "--data", "data/train.jsonl", "--predictions", "data/train.jsonl"],
+    ["eval", "shapes", "--data", "data/train.jsonl", "--predictions", "data"],
+    ["compose", "shapes", "captions", "--out", "a-file"],
+    ["soup", "shapes", "link-shapes", "--data", "data/train.jsonl", "--out", "link-shapes/"],
+    ["interpolate", "shapes", "captions", "--first-data", "data/train.jsonl", "--second-data", "data/train.jsonl",
+     "--out", "a-file/plots"],
+])
+def test_every_writing_verb_checks_its_output_first(workspace, command, capsys):
+    before = _inputs(workspace)
+    assert main(command) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"sensorium: error: {command[-2]}: ")
+    assert _unchanged(workspace, before)
