@@ -1,11 +1,14 @@
 """Merging adapters: the weighted average, refusal of mismatched layouts, greedy soups, and the commands."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import one_line_error, save_steered_adapter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from sensorium import AdapterConfig, PerceptualLM
@@ -52,6 +55,30 @@ def test_uniform_weights_and_bad_weights():
     for bad in ([1.0], [-1.0, 2.0], [0.0, 0.0], [float("nan"), 1.0]):
         with pytest.raises(ValueError):
             normalised(bad, 2)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=2, max_size=6))
+def test_any_weights_are_refused_or_normalised_to_a_finite_average(weights):
+    """Huge, tiny, subnormal, infinite or NaN: weights are refused, or they sum to one in their own proportions."""
+    valid = all(math.isfinite(w) and w >= 0 for w in weights) and max(weights) > 0
+    if not valid:
+        with pytest.raises(ValueError):
+            normalised(weights, len(weights))
+        return
+    result = normalised(weights, len(weights))
+    assert all(math.isfinite(r) and 0 <= r <= 1 for r in result)
+    assert math.isclose(math.fsum(result), 1, rel_tol=1e-12)
+    largest = weights.index(max(weights))
+    for weight, share in zip(weights, result, strict=True):
+        assert math.isclose(share, weight / weights[largest] * result[largest], rel_tol=1e-9, abs_tol=1e-300)
+
+
+def test_merge_of_the_largest_weights_is_their_average(adapters, tmp_path, capsys):
+    assert main(["merge", *adapters[:2], "--weights", "1e308,1e308", "--out", str(tmp_path / "soup")]) == 0
+    assert "weights 0.500, 0.500" in capsys.readouterr().out
+    soup, first = read_ingredient(tmp_path / "soup"), read_ingredient(adapters[0])
+    assert not torch.equal(soup.state["prompt"], torch.zeros_like(first.state["prompt"]))
 
 
 def test_adapters_of_different_layouts_are_refused_in_one_line_naming_the_difference(

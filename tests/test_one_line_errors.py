@@ -108,9 +108,9 @@ def test_vqa_v2_errors_name_the_file_that_holds_them(adapter, tmp_path, capsys, 
 
 # ---- flags ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("flag, value, message", [
-    ("--batch-size", "0", "argument --batch-size: must be at least 1, not 0"),
-    ("--limit", "-1", "argument --limit: must be at least 1, not -1"),
-    ("--limit", "ten", "argument --limit: 'ten' is not a whole number"),
+    ("--batch-size", "0", "argument --batch-size: must be >= 1, not 0"),
+    ("--limit", "-1", "argument --limit: must be >= 1, not -1"),
+    ("--limit", "ten", "argument --limit: must be a whole number, not ten"),
 ])
 def test_count_flags_are_named(adapter, flag, value, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -121,7 +121,7 @@ def test_count_flags_are_named(adapter, flag, value, message, capsys):
 def test_caption_batch_size_zero_is_named(caption_adapter, image, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["caption", caption_adapter, image, "--batch-size", "0"])
-    assert exit_.value.code == 2 and "argument --batch-size: must be at least 1, not 0" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --batch-size: must be >= 1, not 0" in capsys.readouterr().err
 
 
 # ---- images ---------------------------------------------------------------------------------

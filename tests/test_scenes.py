@@ -184,7 +184,8 @@ def test_cli_makes_scenes_and_prints_a_summary(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value", [("--n-train", "0"), ("--n-test", "-2")])
 def test_cli_rejects_a_non_positive_count(tmp_path, capsys, flag, value):
-    assert main(["data", "make-scenes", "--out", str(tmp_path), flag, value]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("sensorium: error: the number of") and f"got {value}" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "make-scenes", "--out", str(tmp_path), flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must be >= 1, not {value}" in capsys.readouterr().err
     assert not (tmp_path / "meta.json").exists()

@@ -94,12 +94,12 @@ def write_recipe(tmp_path, text: str) -> str:
 
 
 @pytest.mark.parametrize("training, message", [
-    ({"batch_size": 0}, "training.batch_size must be > 0, not 0"),
-    ({"max_steps": -5}, "training.max_steps must be > 0, not -5"),
+    ({"batch_size": 0}, "training.batch_size must be >= 1, not 0"),
+    ({"max_steps": -5}, "training.max_steps must be >= 1, not -5"),
     ({"max_steps": "5"}, "training.max_steps must be a number, not '5'"),
     ({"lr": "fast"}, "training.lr must be a number, not 'fast'"),
-    ({"lr": float("nan")}, "training.lr must be > 0, not nan"),
-    ({"prompt_lr": float("inf")}, "training.prompt_lr must be a finite number, not inf"),
+    ({"lr": float("nan")}, "training.lr must be >= 1e-12, not nan"),
+    ({"prompt_lr": float("inf")}, "training.prompt_lr must be <= 1000.0, not inf"),
     ({"blind": "yes"}, "training.blind must be true or false, not 'yes'"),
     ({"mixed_precision": False}, "training.mixed_precision 'False' not one of 'auto', 'no', 'fp16' or 'bf16' "
                                  "(YAML reads a bare yes/no/on/off as true/false: quote it)"),

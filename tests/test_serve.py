@@ -339,7 +339,7 @@ def test_page_is_served_and_needs_no_network(client):
 
 def test_cli_serve_hosts_the_named_adapters(monkeypatch, tiny_adapter_folders):
     served = {}
-    monkeypatch.setattr(app_module.uvicorn, "run", lambda app, host, port: served.update(app=app, port=port))
+    monkeypatch.setattr(app_module.uvicorn, "run", lambda app, host, port, **options: served.update(app=app, port=port))
     folders = tiny_adapter_folders
     assert cli.main(["serve", "--adapter", f"a={folders['shapes']}", "--adapter", f"b={folders['captions']}",
                      "--port", "8123", "--no-batching"]) == 0

@@ -178,7 +178,7 @@ def test_a_composed_folder_is_hosted_over_the_shared_models(registry, sense_fold
 
 def test_cli_serve_composes_hosted_adapters(monkeypatch, sense_folders):
     served = {}
-    monkeypatch.setattr(app_module.uvicorn, "run", lambda app, host, port: served.update(app=app))
+    monkeypatch.setattr(app_module.uvicorn, "run", lambda app, host, port, **options: served.update(app=app))
     assert cli.main(["serve", "--adapter", f"v={sense_folders['clips']}", "--adapter", f"a={sense_folders['sounds']}",
                      "--compose", "av=v,a", "--compose", "va=a,v"]) == 0
     with TestClient(served["app"]) as client:

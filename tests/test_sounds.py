@@ -172,8 +172,9 @@ def test_cli_makes_audio_and_prints_a_summary(tmp_path, capsys):
 
 
 def test_cli_rejects_a_non_positive_count_and_a_missing_synthesiser(tmp_path, capsys, monkeypatch):
-    assert main(["data", "make-audio", "--out", str(tmp_path), "--n-test", "0"]) == 2
-    assert "the number of test clips must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "make-audio", "--out", str(tmp_path), "--n-test", "0"])
+    assert exit_.value.code == 2 and "argument --n-test: must be >= 1, not 0" in capsys.readouterr().err
     monkeypatch.setattr(sound_scenes.shutil, "which", lambda program: None if program == "espeak-ng" else program)
     assert main(["data", "make-audio", "--out", str(tmp_path)]) == 2
     assert "apt-get install espeak-ng" in capsys.readouterr().err

@@ -180,5 +180,6 @@ def test_cli_makes_videos_and_prints_a_summary(tmp_path, capsys):
 
 
 def test_cli_rejects_a_non_positive_count(tmp_path, capsys):
-    assert main(["data", "make-videos", "--out", str(tmp_path), "--n-test", "0"]) == 2
-    assert "the number of test clips must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "make-videos", "--out", str(tmp_path), "--n-test", "0"])
+    assert exit_.value.code == 2 and "argument --n-test: must be >= 1, not 0" in capsys.readouterr().err

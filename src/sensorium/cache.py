@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .encoders import Encoder
 from .errors import BadInputError
+from .files import MAX_MEDIA_BYTES, regular_file
 from .layout import FEATURE_DTYPES
 from .zoo import cache_dir
 
@@ -65,9 +66,7 @@ class DamagedShard(Exception):
 
 def content_key(path: str) -> str:
     try:
-        return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
-    except FileNotFoundError as error:
-        raise BadInputError(f"{path}: file not found") from error
+        return hashlib.blake2b(regular_file(path, MAX_MEDIA_BYTES).read_bytes(), digest_size=16).hexdigest()
     except OSError as error:
         raise BadInputError(f"{path}: unreadable ({error.strerror})") from error
 

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 from .config import WEIGHT_FORMATS
 from .data import data_spec_forms
 from .errors import BadInputError
+from .outputs import adapter_files, check_outputs, data_files
+from .schema import bounded_flag
 
 USER_ERRORS = (BadInputError, FileNotFoundError, ValueError)
 
@@ -26,11 +28,14 @@ def _train(args: argparse.Namespace) -> int:
         print(report.format())
         return report.exit_code
     from .recipe import load_recipe
-    from .train import train
+    from .train import RUN_FILES, train
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.out:
         recipe.out = args.out
+    check_outputs([Path(recipe.out) / name for name in RUN_FILES],
+                  [args.recipe, *data_files([spec for part in recipe.data.values()
+                                             for spec in (part if isinstance(part, list) else [part])])])
     summary = train(recipe, resume=args.resume, skip_bad=args.skip_bad)
     if PartialState().is_main_process:  # once, not once per process
         print(format_summary(summary, recipe.out))
@@ -64,7 +69,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
 
 def _eval(args: argparse.Namespace) -> None:
     from .data import parse_data_spec
-    from .evaluate import predict_all, predictions_name, report, scoring_task, write_predictions
+    from .evaluate import has_references, predict_all, predictions_name, report, scoring_task, write_predictions
     from .recipe import TrainingOptions
     from .train import cached_features, recorded_recipe, task_examples
 
@@ -77,10 +82,12 @@ def _eval(args: argparse.Namespace) -> None:
     options = TrainingOptions(blind=trained.blind, oracle=trained.oracle)
     examples, features, row_of, _ = cached_features(model, task_examples(spec, options), options, args.skip_bad)
     task = scoring_task(model.config, examples)
-    records = predict_all(model, examples, features, row_of, args.batch_size, _generation_options(args))
     predictions = args.predictions or predictions_name(task)
+    check_outputs([predictions], [*adapter_files(args.adapter), *data_files(spec)], "--predictions")
+    records = predict_all(model, examples, features, row_of, args.batch_size, _generation_options(args))
     write_predictions(task, records, predictions)
-    print(report(task, records).format())
+    print(report(task, records).format() if has_references(records) else
+          f"{args.data}: no references to score against (predictions only)")
     print(f"predictions written to {predictions}")
 
 
@@ -103,7 +110,7 @@ def _ask(args: argparse.Namespace) -> None:
 def _compose(args: argparse.Namespace) -> None:
     import torch
 
-    from .compose import Tuning, compose, tune
+    from .compose import COMPOSITION_NAME, Tuning, compose, sense_names, tune
     from .data import parse_data_spec, read_dataset
     from .recipe import TrainingOptions
     from .train import cached_features
@@ -113,6 +120,12 @@ def _compose(args: argparse.Namespace) -> None:
     mode = args.mode or ("prefix" if args.tune else "select")
     if args.tune and mode != "prefix":
         raise BadInputError("--tune trains the senses as one sequence: it needs --mode prefix, not select")
+    tuning_data = parse_data_spec(args.tune) if args.tune else None
+    out = Path(args.out)
+    check_outputs([out / COMPOSITION_NAME, *(file for name in args.names or sense_names(args.adapters)
+                                             for file in adapter_files(out / name))],
+                  [*(file for folder in args.adapters for file in adapter_files(folder)),
+                   *(data_files(tuning_data) if tuning_data else [])])
     torch.manual_seed(args.seed)  # fresh connectors start from the seed's draw
     model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh, mode=mode,
                     positions=args.positions)
@@ -120,7 +133,7 @@ def _compose(args: argparse.Namespace) -> None:
     print(f"composed {', '.join(model.names)} over {model.config.lm} ({mode}): {reads}, "
           f"{model.parameter_counts()[0]:,} trainable parameters")
     if args.tune:
-        examples, features, row_of, _ = cached_features(model, read_dataset(parse_data_spec(args.tune)),
+        examples, features, row_of, _ = cached_features(model, read_dataset(tuning_data),
                                                         TrainingOptions(), args.skip_bad)
         started = time.perf_counter()
         tuning = Tuning(args.steps, args.batch_size, args.lr, args.prompt_lr, min(args.warmup_steps, args.steps),
@@ -168,6 +181,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> None:
     from .merge import merge, read_ingredient, save
 
+    check_outputs(adapter_files(args.out), _ingredient_files(args.adapters))
     soup = merge([read_ingredient(path) for path in args.adapters], args.weights)
     weights = ", ".join(f"{w:.3f}" for w in soup.config.merged_from["weights"])
     print(f"merged {len(args.adapters)} adapters (weights {weights}) into {save(soup, args.out)}")
@@ -177,9 +191,11 @@ def _soup(args: argparse.Namespace) -> None:
     from .data import parse_data_spec
     from .merge import HeldOutScorer, greedy_soup, merge, read_ingredient, save
 
+    data = parse_data_spec(args.data)
+    check_outputs(adapter_files(args.out), [*_ingredient_files(args.adapters), *data_files(data)])
     ingredients = [read_ingredient(path) for path in args.adapters]
     merge(ingredients)  # refuses mismatched layouts before any evaluation
-    scorer = HeldOutScorer(ingredients[0], parse_data_spec(args.data), args.batch_size)
+    scorer = HeldOutScorer(ingredients[0], data, args.batch_size)
     if args.greedy:
         chosen, held_out, _ = greedy_soup(ingredients, scorer)
     else:
@@ -199,11 +215,12 @@ def _interpolate(args: argparse.Namespace) -> None:
     from .evaluate import headline_name
     from .merge import interpolation_table, plot_interpolation, read_ingredient
 
+    out, data = Path(args.out), [parse_data_spec(args.first_data), parse_data_spec(args.second_data)]
+    check_outputs([out / "interpolation.json", out / "interpolation.png"],
+                  [*_ingredient_files([args.first, args.second]), *data_files(data)])
     first, second = read_ingredient(args.first), read_ingredient(args.second)
-    rows = interpolation_table(first, second, parse_data_spec(args.first_data), parse_data_spec(args.second_data),
-                               args.steps, args.batch_size)
+    rows = interpolation_table(first, second, *data, args.steps, args.batch_size)
     labels = tuple(f"{headline_name(i.config.task)} ({i.config.task}, {i.folder})" for i in (first, second))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "interpolation.json").write_text(json.dumps({"first": str(first.folder), "second": str(second.folder),
                                                         "labels": labels, "rows": rows}, indent=2) + "\n")
@@ -223,6 +240,13 @@ def _import_epalm(args: argparse.Namespace) -> None:
     print(f"imported {args.checkpoint} into {args.out}: layout paper, task {config.task}, "
           f"{model.parameter_counts()[0]:,} trained parameters over {config.lm} and {config.encoder}, "
           f"{config.num_blocks} encoder blocks into LM layers {layers[0]}..{layers[-1]}")
+
+
+def _ingredient_files(paths: list[str]) -> list[Path]:
+    """The files of the adapters a merge reads (each an adapter folder or a training run's)."""
+    from .merge import adapter_folder
+
+    return [file for path in paths for file in adapter_files(adapter_folder(path))]
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -254,17 +278,6 @@ def _serve(args: argparse.Namespace) -> None:
     if twice is not None:  # before any model is loaded
         raise ValueError(f"adapter name '{twice}' given twice")
     serve(args.adapter, args.host, args.port, settings, args.device, args.compose or [], args.dtype)
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a count such as a batch size or a sample size (argparse names the flag)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def weight_list(text: str) -> list[float]:
@@ -339,16 +352,20 @@ def _make_data(args: argparse.Namespace) -> None:
     print(f"evaluate with {command.evaluate.format(out=args.out)}")
 
 
+SPLIT_PARTS = ("train", "held-out")  # the manifests `data split` writes
+
+
 def _split_data(args: argparse.Namespace) -> None:
     from .data import parse_data_spec, read_dataset, split_validation, write_manifest
 
-    examples = read_dataset(parse_data_spec(args.data))
+    spec, out = parse_data_spec(args.data), Path(args.out)
+    check_outputs([out / f"{name}.jsonl" for name in SPLIT_PARTS], data_files(spec))
+    examples = read_dataset(spec)
     try:
         training, held_out = split_validation(examples, args.held_out, args.seed)
     except ValueError as error:
         raise BadInputError(f"{args.data}: {error}") from error
-    out = Path(args.out)
-    for name, part in (("train", training), ("held-out", held_out)):
+    for name, part in zip(SPLIT_PARTS, (training, held_out), strict=True):
         write_manifest(part, out / f"{name}.jsonl")
         print(f"{name}: {len(part):,} examples of {len({e.media for e in part}):,} media files -> "
               f"--data {out / name}.jsonl")
@@ -366,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable files instead of stopping")
     train.add_argument("--dry-run", action="store_true",
                        help="check the recipe, models, data, batch arithmetic and memory without loading weights")
-    train.add_argument("--num-processes", type=positive_int,
+    train.add_argument("--num-processes", type=bounded_flag("requests"),
                        help="processes (GPUs) to size the dry run for; default: WORLD_SIZE of the environment, or 1")
     train.set_defaults(run=_train)
 
@@ -379,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the same methods on tiny random models and data, a few steps each: a test of the path")
     compare.add_argument("--dry-run", action="store_true",
                          help="check every method's recipe with train --dry-run, loading no weights")
-    compare.add_argument("--jobs", type=positive_int, default=1,
+    compare.add_argument("--jobs", type=bounded_flag("requests"), default=1,
                          help="methods trained at once, one worker process each (spread over the GPUs); "
                               "costs are measured afterwards in one process (default 1)")
     compare.set_defaults(run=_compare)
@@ -388,10 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("adapter", help="adapter folder, or a composed model's")
     evaluate.add_argument("--data", required=True,
                           help=" | ".join(data_spec_forms()))
-    evaluate.add_argument("--limit", type=positive_int, help="a fixed seeded sample of this many questions")
+    evaluate.add_argument("--limit", type=bounded_flag("examples"), help="a fixed seeded sample of this many questions")
     evaluate.add_argument("--predictions", help="where to write predictions (default: predictions.jsonl for VQA, "
                           "captions_results.json in the COCO results format for captions)")
-    evaluate.add_argument("--batch-size", type=positive_int, default=64)
+    evaluate.add_argument("--batch-size", type=bounded_flag("batch_size"), default=64)
     evaluate.add_argument("--skip-bad", action="store_true")
     _model_arguments(evaluate)
     _generation_arguments(evaluate)
@@ -414,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption = verbs.add_parser("caption", help="caption images, videos or sounds (one line each: path, tab, caption)")
     caption.add_argument("adapter")
     caption.add_argument("media", nargs="+", help="images, or videos or sound files for a video or audio adapter")
-    caption.add_argument("--batch-size", type=positive_int, default=16)
+    caption.add_argument("--batch-size", type=bounded_flag("batch_size"), default=16)
     _model_arguments(caption)
     _generation_arguments(caption)
     caption.set_defaults(run=_caption)
@@ -437,11 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
                           + " | ".join(data_spec_forms()))
     composer.add_argument("--fresh", action="store_true", help="start from untrained adapters of the same settings "
                                                                "(a jointly trained model; needs --tune)")
-    composer.add_argument("--steps", type=positive_int, default=100)
-    composer.add_argument("--batch-size", type=positive_int, default=16)
-    composer.add_argument("--lr", type=float, default=1e-3)
-    composer.add_argument("--prompt-lr", type=float, default=1e-3)
-    composer.add_argument("--warmup-steps", type=int, default=10)
+    composer.add_argument("--steps", type=bounded_flag("steps"), default=100)
+    composer.add_argument("--batch-size", type=bounded_flag("batch_size"), default=16)
+    composer.add_argument("--lr", type=bounded_flag("learning_rate"), default=1e-3)
+    composer.add_argument("--prompt-lr", type=bounded_flag("learning_rate"), default=1e-3)
+    composer.add_argument("--warmup-steps", type=bounded_flag("step_count"), default=10)
     composer.add_argument("--seed", type=int, default=0)
     composer.add_argument("--skip-bad", action="store_true")
     composer.add_argument("--dtype", choices=("auto", *WEIGHT_FORMATS), default="float32",
@@ -460,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--data", required=True, help="held-out data (not the test split), as for eval --data")
     soup.add_argument("--greedy", action="store_true",
                       help="add ingredients best first, each kept only if the held-out score does not drop")
-    soup.add_argument("--batch-size", type=positive_int, default=64)
+    soup.add_argument("--batch-size", type=bounded_flag("batch_size"), default=64)
     soup.add_argument("--out", required=True, help="folder of the soup's adapter")
     soup.set_defaults(run=_soup)
 
@@ -470,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("second", help="adapter folder of the same layout (e.g. a caption adapter)")
     interpolate.add_argument("--first-data", required=True, help="held-out data of the first adapter's task")
     interpolate.add_argument("--second-data", required=True, help="held-out data of the second adapter's task")
-    interpolate.add_argument("--steps", type=positive_int, default=11, help="weights from 0 to 1 (default 11)")
-    interpolate.add_argument("--batch-size", type=positive_int, default=64)
+    interpolate.add_argument("--steps", type=bounded_flag("interpolation_steps"), default=11,
+                             help="weights from 0 to 1 (default 11)")
+    interpolate.add_argument("--batch-size", type=bounded_flag("batch_size"), default=64)
     interpolate.add_argument("--out", required=True, help="folder for interpolation.json and interpolation.png")
     interpolate.set_defaults(run=_interpolate)
 
@@ -500,18 +518,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in MAKE_COMMANDS.items():
         maker = data_verbs.add_parser(f"make-{name}", help=command.help)
         maker.add_argument("--out", required=True, help="output folder")
-        maker.add_argument("--n-train", type=int, default=4000, help=f"training {command.unit}")
-        maker.add_argument("--n-test", type=int, default=500, help=command.n_test)
+        maker.add_argument("--n-train", type=bounded_flag("generated"), default=4000, help=f"training {command.unit}")
+        maker.add_argument("--n-test", type=bounded_flag("generated"), default=500, help=command.n_test)
         maker.add_argument("--seed", type=int, default=0)
         maker.set_defaults(run=_make_data, generator=name)
         if name in ("audio", "audiovisual"):
-            maker.add_argument("--workers", type=int, help="clips made at once, each by its own sox/espeak-ng "
-                                                           "processes (default: one per CPU)")
+            maker.add_argument("--workers", type=bounded_flag("workers"),
+                               help="clips made at once, each by its own sox/espeak-ng processes (default: 1 per CPU)")
 
     splitter = data_verbs.add_parser("split", help="hold out part of a data set (whole media files) for choosing "
                                      "learning rates or soup ingredients: writes train.jsonl and held-out.jsonl")
     splitter.add_argument("data", help=" | ".join(data_spec_forms()))
-    splitter.add_argument("--held-out", type=positive_int, required=True,
+    splitter.add_argument("--held-out", type=bounded_flag("examples"), required=True,
                           help="examples to hold out (whole media files move until it holds at least this many)")
     splitter.add_argument("--seed", type=int, default=0)
     splitter.add_argument("--out", required=True, help="output folder")
@@ -529,23 +547,24 @@ def build_parser() -> argparse.ArgumentParser:
                             "order, as one model under NAME, over the same loaded LM and encoders (the answer of "
                             "the sense surest of its own is kept); repeat for more")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--port", type=bounded_flag("port"), default=8000, help="port to listen on")
     serve.add_argument("--device", default="cpu", help="torch device of the models")
     serve.add_argument("--dtype", choices=("auto", *WEIGHT_FORMATS), default="auto",
                        help="how the frozen LMs hold their weights (auto: the fastest on the device)")
-    serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+    serve.add_argument("--max-batch-size", type=bounded_flag("requests"), default=defaults.max_batch_size,
                        help="requests answered by one generate() call")
-    serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+    serve.add_argument("--max-wait-ms", type=bounded_flag("wait_ms"), default=defaults.max_wait_ms,
                        help="how long a request waits for others to batch with")
     serve.add_argument("--no-batching", action="store_true", help="one request per generate() call")
-    serve.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20,
+    serve.add_argument("--max-upload-mb", type=bounded_flag("upload_mb"), default=defaults.max_upload_bytes / 2**20,
                        help="largest accepted upload")
-    serve.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars,
+    serve.add_argument("--max-question-chars", type=bounded_flag("question_chars"), default=defaults.max_question_chars,
                        help="longest accepted question")
-    serve.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+    serve.add_argument("--max-new-tokens", type=bounded_flag("max_new_tokens"), default=defaults.max_new_tokens,
                        help="the most new tokens a request may ask for")
-    serve.add_argument("--max-beams", type=int, default=defaults.max_beams, help="the most beams a request may ask for")
-    serve.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+    serve.add_argument("--max-beams", type=bounded_flag("num_beams"), default=defaults.max_beams,
+                       help="the most beams a request may ask for")
+    serve.add_argument("--request-timeout", type=bounded_flag("seconds"), default=defaults.request_timeout_s,
                        help="seconds a request may take, queueing included")
     serve.set_defaults(run=_serve)
     return parser
@@ -557,15 +576,15 @@ def _true_or_false(text: str) -> bool:
     return text.lower() == "true"
 
 
-GENERATION_FLAGS = {  # flag -> (type, help); unset flags keep the adapter's own decoding settings
-    "max_new_tokens": (int, "longest answer or caption, in tokens"),
-    "min_new_tokens": (int, "shortest answer or caption, in tokens"),
-    "num_beams": (int, "beam search width (1: greedy)"),
-    "length_penalty": (float, "beam score / length**penalty: above 0 favours longer outputs"),
-    "repetition_penalty": (float, "above 1 discourages repeating tokens"),
-    "no_repeat_ngram_size": (int, "never repeat an n-gram of this size"),
-    "use_cache": (_true_or_false, "false: recompute the whole sequence for each new token, the official eP-ALM "
-                                  "decoding (exact for layout: paper, slower); true: the KV cache"),
+GENERATION_FLAGS = {  # flag -> help (its range: schema.BOUNDS); unset flags keep the adapter's own decoding settings
+    "max_new_tokens": "longest answer or caption, in tokens",
+    "min_new_tokens": "shortest answer or caption, in tokens",
+    "num_beams": "beam search width (1: greedy)",
+    "length_penalty": "beam score / length**penalty: above 0 favours longer outputs",
+    "repetition_penalty": "above 1 discourages repeating tokens",
+    "no_repeat_ngram_size": "never repeat an n-gram of this size",
+    "use_cache": "false: recompute the whole sequence for each new token, the official eP-ALM decoding (exact for "
+                 "layout: paper, slower); true: the KV cache",
 }
 
 
@@ -594,8 +613,9 @@ def _load_model(args: argparse.Namespace):
 
 
 def _generation_arguments(parser: argparse.ArgumentParser) -> None:
-    for name, (value_type, text) in GENERATION_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=value_type, help=text + " (default: the adapter's)")
+    for name, text in GENERATION_FLAGS.items():
+        kind = _true_or_false if name == "use_cache" else bounded_flag(name)  # the one switch; the rest are sizes
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text + " (default: the adapter's)")
 
 
 def _generation_options(args: argparse.Namespace) -> dict[str, Any]:

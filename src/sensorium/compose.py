@@ -41,7 +41,7 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, readable_format
+from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, model_identity, readable_format
 from .data.examples import Example
 from .errors import BadInputError
 from .injection import SlotInjector
@@ -300,7 +300,7 @@ def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, w
     if paper:
         raise BadInputError(f"composition lays senses out side by side in the sensorium layout; "
                             f"{', '.join(paper)} {'is' if len(paper) == 1 else 'are'} in layout 'paper'")
-    lms = {config.lm for config in configs}
+    lms = {model_identity(config.lm) for config in configs}
     if len(lms) > 1:
         listed = "; ".join(f"{folder}: {config.lm}" for folder, config in zip(folders, configs, strict=True))
         raise BadInputError(f"composed adapters must share one frozen LM: {listed}")

@@ -10,11 +10,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, StrictBool, ValidationInfo, field_validator
+from pydantic import ConfigDict, StrictBool, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from .errors import BadInputError
-from .schema import Count, NonNegative, build
+from .files import MAX_DATA_BYTES, regular_file
+from .schema import Count, bounded, build
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
@@ -64,6 +65,14 @@ TEMPLATE_FIELDS = ("question",)
 SETTINGS = ConfigDict(extra="forbid")
 
 
+def model_identity(name_or_path: str) -> str:
+    """One key per frozen model however its folder is spelled (``lm``, ``lm/``, ``./lm``, a link to it): the
+    resolved path of a folder or file that exists; a packaged name or hub id as it is. Settings naming models are
+    compared by it, never as strings."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
 def readable_format(kind: str, format_version: int, newest: int) -> int:
     """``format_version`` of a saved ``kind`` ("adapter", "composition"), unless it is newer than this code reads."""
     if format_version > newest:
@@ -96,23 +105,52 @@ FORMAT_FIELDS = tuple(spec.name for spec in dataclasses.fields(AdapterFormat))
 
 
 @dataclass(config=SETTINGS)
+class Decoding:
+    """The generate() options a recipe, an adapter's config, a command line or a request may set, each within its
+    bound (schema.BOUNDS): a beam count of 0 divides by zero inside generate(), one of a million asks for the memory
+    of a million sequences, and neither may wait until a run's final evaluation to say so. None: not set."""
+
+    max_new_tokens: bounded("max_new_tokens") | None = None
+    min_new_tokens: bounded("min_new_tokens") | None = None
+    num_beams: bounded("num_beams") | None = None
+    length_penalty: bounded("length_penalty") | None = None
+    repetition_penalty: bounded("repetition_penalty") | None = None
+    no_repeat_ngram_size: bounded("no_repeat_ngram_size") | None = None
+    use_cache: StrictBool | None = None  # False: recompute the whole sequence for each token (exact for layout paper)
+
+    @model_validator(mode="after")
+    def _shortest_fits_longest(self) -> Decoding:
+        if None not in (self.min_new_tokens, self.max_new_tokens) and self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens ({self.min_new_tokens}) is more than max_new_tokens "
+                             f"({self.max_new_tokens})")
+        return self
+
+    @classmethod
+    def checked(cls, options: dict[str, Any], where: str = "") -> dict[str, Any]:
+        """``options`` once every one is known and in bounds, or a one-line ValueError naming each wrong one
+        (``where``: the section holding them, as ``generation``)."""
+        decoding = build(cls, options, "generation option", f"{where}." if where else "")
+        return {key: value for key, value in dataclasses.asdict(decoding).items() if value is not None}
+
+
+@dataclass(config=SETTINGS)
 class AdapterConfig:
     """Serialised as adapter_config.json beside adapter.safetensors (the PEFT contract)."""
 
     lm: str = "smollm2-135m"
     encoder: str = "dinov2-small"
-    image_size: Count | None = None  # encoder input resolution; None keeps the encoder's own
-    num_frames: Count | None = None  # frames sampled per video; None: 8 for frames:NAME, a video model's own
+    image_size: bounded("image_size") | None = None  # encoder input resolution; None keeps the encoder's own
+    num_frames: bounded("frames") | None = None  # frames per video; None: 8 for frames:NAME, a video model's own
     temporal: str = "mean"  # mean | frames | change: see TEMPORAL
     connector: str = "epalm"  # epalm | epalm-patches | limber-1 | limber-all | mapl (see connectors/)
     connector_options: dict[str, Any] = field(default_factory=dict)  # the connector's own options
     # Injecting connectors (epalm, epalm-patches) read several blocks and feed LM layers; input connectors
     # (limber-1, limber-all, mapl) read one block, the last unless encoder_blocks names another.
-    num_blocks: Count = 6  # the [CLS] of the last N encoder blocks ...
-    encoder_blocks: list[NonNegative] | None = None  # ... or these 0-based blocks, shallow first
-    inject_layers: list[NonNegative] | None = None  # None: the paper's relative range of LM layers
+    num_blocks: bounded("blocks") = 6  # the [CLS] of the last N encoder blocks ...
+    encoder_blocks: list[bounded("layer")] | None = None  # ... or these 0-based blocks, shallow first
+    inject_layers: list[bounded("layer")] | None = None  # None: the paper's relative range of LM layers
     shared_linear: StrictBool = True  # one linear layer for all injection layers (False: one per layer)
-    prompt_length: NonNegative = 1  # trainable soft-prompt tokens at the input
+    prompt_length: bounded("prompt_length") = 1  # trainable soft-prompt tokens at the input
     token_norm: StrictBool = True
     # Each block's [CLS] through the encoder's own final LayerNorm (affine included) before the connector, as the
     # official eP-ALM ViT gives them.
@@ -163,11 +201,17 @@ class AdapterConfig:
         self.check_generation(self.generation, "generation")
 
     def check_generation(self, generation: dict[str, Any], where: str) -> None:
-        """A multitask adapter's decoding options come per task: its two tasks decode differently."""
+        """Decoding options as ``Decoding`` declares them; a multitask adapter's come per task: its two tasks
+        decode differently."""
+        if self.task != MULTITASK:
+            Decoding.checked(generation, where)
+            return
         unknown = sorted(set(generation) - set(TASKS))
-        if self.task == MULTITASK and (unknown or not all(isinstance(v, dict) for v in generation.values())):
+        if unknown or not all(isinstance(v, dict) for v in generation.values()):
             raise ValueError(f"{where}: a multitask adapter's options are given per task ({', '.join(TASKS)}: "
                              f"{{...}}), not {unknown or generation}")
+        for task, options in generation.items():
+            Decoding.checked(options, f"{where}.{task}")
 
     def task_template(self, task: str) -> str:
         """The text around a ``task`` input in this adapter's layout, when the adapter names none."""
@@ -214,10 +258,10 @@ class AdapterConfig:
     def load(cls, folder: Path) -> AdapterConfig:
         """The config of an adapter folder, or a one-line BadInputError naming the file and each wrong field."""
         path = Path(folder) / CONFIG_NAME
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"{path}: not an adapter folder (no {CONFIG_NAME})")
         try:
-            return cls._from_saved(json.loads(path.read_bytes()))
+            return cls._from_saved(json.loads(regular_file(path, MAX_DATA_BYTES).read_bytes()))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise BadInputError(f"{path}: not valid JSON ({error})") from error
         except RecursionError as error:

@@ -21,10 +21,10 @@ import torch
 import yaml
 from accelerate.commands.config.config_args import default_config_file
 from huggingface_hub import try_to_load_from_cache
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationConfig
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from . import zoo
-from .config import MULTITASK, AdapterConfig
+from .config import AdapterConfig
 from .connectors import build_connector
 from .data import read_dataset, reader
 from .encoders import FRAMES_PREFIX, modality_of
@@ -159,37 +159,16 @@ def _load(path: str | Path, overrides: list[str], report: DryRunReport) -> Recip
 
 
 def _check_values(recipe: Recipe, report: DryRunReport) -> bool:
-    """Report every unsound value; whether the run can still be sized (numbers and connector sound)."""
+    """Report every unsound value; whether the run can still be sized (its connector sound). The recipe's numbers,
+    decoding options included, were checked by its schema when it was read."""
     model = recipe.model
-    choices = _choice_problems(recipe)
-    numbers = _number_problems(recipe)
-    for problem in choices + numbers:
+    choices = setting_problems(model)
+    for problem in choices:
         report.add("recipe values", "error", problem)
-    if not choices + numbers:
+    if not choices:
         report.add("recipe values", "ok", f"task {model.task}, connector {model.connector}, "
                    f"prompt length {model.prompt_length}, generation {recipe.generation}")
-    return not numbers and not setting_problems(model)
-
-
-def _choice_problems(recipe: Recipe) -> list[str]:
-    found = setting_problems(recipe.model)
-    per_task = recipe.generation.values() if recipe.model.task == MULTITASK else [recipe.generation]
-    unknown = sorted({name for options in per_task for name in options} - set(GenerationConfig().to_dict()))
-    if unknown:
-        found.append(f"unknown generation option(s): {', '.join(unknown)} (generate() would reject them)")
-    return found
-
-
-def _number_problems(recipe: Recipe) -> list[str]:
-    """Decoding numbers; the recipe's own numbers were checked by its schema when it was read."""
-    found = []
-    for name in ("num_beams", "max_new_tokens"):
-        value = recipe.generation.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, int):
-            found.append(f"generation.{name} must be a number, not {value!r}")
-        elif value <= 0:
-            found.append(f"generation.{name} must be > 0, not {value}")
-    return found
+    return not choices
 
 
 # ---- data -----------------------------------------------------------------------------------

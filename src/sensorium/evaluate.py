@@ -75,8 +75,14 @@ def contexts(examples: list[Example]) -> list[str] | None:
     return texts if any(texts) else None
 
 
+def has_references(records: list[dict[str, Any]]) -> bool:
+    """Whether any record can be scored: data without references (VQA v2 questions without annotations, a COCO
+    test split) is answered, not scored, and that is no error."""
+    return any(record["answers"] for record in records)
+
+
 def report(task: str, records: list[dict[str, Any]]) -> VQAReport | CaptionReport:
-    """The task's report over the records that have references."""
+    """The task's report over the records that have references (see ``has_references``: at least one)."""
     if task == "caption":
         scored = [r for r in records if r["answers"]]
         return score_captions({r["question_id"]: r["prediction"] for r in scored},

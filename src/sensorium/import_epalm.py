@@ -25,6 +25,7 @@ from pydantic.dataclasses import dataclass
 
 from .config import PAPER_TEMPLATES, AdapterConfig
 from .errors import BadInputError
+from .files import regular_file
 from .lm import load_lm
 from .model import PerceptualLM, build_model, check_tensor
 from .recipe import read_yaml
@@ -82,7 +83,7 @@ OFFICIAL_KEYS = tuple(spec.name for spec in dataclasses.fields(OfficialConfig))
 
 def read_official_config(path: Path) -> tuple[OfficialConfig, dict[str, Any]]:
     """The official config's deciding keys, and the whole mapping; one line naming the file for any problem."""
-    values = read_yaml(_bounded(path, MAX_CONFIG_BYTES, "config"))
+    values = read_yaml(regular_file(path, MAX_CONFIG_BYTES))
     if not isinstance(values, dict):
         raise BadInputError(f"{path}: an eP-ALM config is a mapping of settings, not {type(values).__name__}")
     for key, (default, accepted, needs) in UNSUPPORTED.items():
@@ -93,16 +94,6 @@ def read_official_config(path: Path) -> tuple[OfficialConfig, dict[str, Any]]:
     except ValueError as error:
         raise BadInputError(f"{path}: {error}") from error
     return official, values
-
-
-def _bounded(path: Path, limit: int, what: str) -> Path:
-    """``path`` if it is a file of at most ``limit`` bytes, checked before anything reads it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    size = path.stat().st_size
-    if size > limit:
-        raise BadInputError(f"{path}: {size:,} bytes, more than an eP-ALM {what} holds (at most {limit:,})")
-    return path
 
 
 def adapter_config(official: OfficialConfig, config_path: Path, lm: str, encoder: str | None,
@@ -149,7 +140,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The saved mapping, built by ``torch.load(weights_only=True)``: tensors and plain values, never an object."""
     from .train import UNREADABLE  # train brings accelerate: imported to read a checkpoint, not to start the CLI
 
-    _bounded(path, MAX_CHECKPOINT_BYTES, "checkpoint")
+    regular_file(path, MAX_CHECKPOINT_BYTES)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

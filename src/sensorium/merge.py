@@ -8,13 +8,14 @@ frozen LM and encoder, the same connector and the same layout of the input.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from .config import CONFIG_NAME, MULTITASK, TASKS, WEIGHTS_NAME, AdapterConfig
+from .config import CONFIG_NAME, MULTITASK, TASKS, WEIGHTS_NAME, AdapterConfig, model_identity
 from .errors import BadInputError
 from .evaluate import headline, predict_all, report, scoring_task
 from .model import build_model, read_weights
@@ -27,6 +28,8 @@ from .train import ADAPTER_FOLDER, cached_features, recorded_recipe, task_exampl
 LAYOUT_SETTINGS = ("lm", "encoder", "image_size", "num_frames", "temporal", "connector", "connector_options",
                    "num_blocks", "encoder_blocks", "inject_layers", "shared_linear", "prompt_length", "token_norm",
                    "encoder_norm", "prompt_mlp", "layout", "visual_row")
+# Layout settings naming a frozen model: equal when they name the same model, however spelled (see model_identity).
+MODEL_SETTINGS = ("lm", "encoder")
 # What an adapter was trained to read besides the media: a blind adapter never saw features, an oracle the
 # truth as text; averaging one with a seeing adapter mixes inputs that never met.
 INPUT_SETTINGS = ("blind", "oracle")
@@ -65,6 +68,8 @@ def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
     for other in ingredients[1:]:
         for name in LAYOUT_SETTINGS:
             mine, theirs = getattr(first.config, name), getattr(other.config, name)
+            if name in MODEL_SETTINGS and model_identity(mine) == model_identity(theirs):
+                continue
             if mine != theirs:
                 problems.append(f"{name}: {mine!r} in {first.folder}, {theirs!r} in {other.folder}")
         mine, theirs = _trained_input(first), _trained_input(other)
@@ -79,14 +84,18 @@ def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
 
 
 def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
-    """Weights summing to one (uniform when none are given): a soup is an average, not a sum."""
+    """Weights summing to one (uniform when none are given): a soup is an average, not a sum.
+
+    Each weight is first divided by the largest, so that the sum cannot overflow (1e308 + 1e308 is inf, and
+    inf / inf would make every weight NaN) nor vanish below the smallest float.
+    """
     weights = [1.0] * count if weights is None else [float(w) for w in weights]
     if len(weights) != count:
         raise ValueError(f"{len(weights)} weight(s) for {count} adapters")
-    if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights must be >= 0 with a positive sum, not {weights}")
-    total = sum(weights)
-    return [w / total for w in weights]
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or max(weights) == 0:
+        raise ValueError(f"weights must be finite numbers >= 0, not all 0, not {weights}")
+    scaled = [w / max(weights) for w in weights]
+    return [w / math.fsum(scaled) for w in scaled]
 
 
 def average(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
@@ -150,6 +159,8 @@ class HeldOutScorer:
         self.examples, self.features, self.row_of, _ = cached_features(
             self.model, task_examples(data, options), options, skip_bad=False)
         self.task = scoring_task(ingredient.config, self.examples)
+        if not any(example.answers for example in self.examples):
+            raise BadInputError(f"{data}: held-out data without references: nothing to score adapters by")
         self.batch_size = batch_size
 
     def __call__(self, state: dict[str, torch.Tensor]) -> float:

@@ -13,13 +13,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .cache import FeatureCache, stored_features
-from .config import PAPER_ADDED_TOKENS, WEIGHTS_NAME, AdapterConfig
+from .config import PAPER_ADDED_TOKENS, WEIGHTS_NAME, AdapterConfig, Decoding
 from .connectors import build_connector
 from .encoders import Encoder, load_encoder
 from .errors import BadInputError
 from .injection import FrontInjector, SlotInjector
 from .layout import EncoderFacts, encoder_tokens, plan
 from .lm import check_lm, hold_weights, lm_facts, load_lm, loading_dtype, weight_format
+from .schema import BOUNDS
+
+# generate() arguments that say how decoding runs or watch it, not what it decodes (a server's stop when nobody
+# waits any more, a benchmark's clock, its choice of KV cache): passed to generate() as they are.
+RUNTIME_ARGUMENTS = ("stopping_criteria", "logits_processor", "cache_implementation", "compile_config",
+                     "disable_compile")
 
 
 def encoder_facts(encoder: Encoder) -> EncoderFacts:
@@ -167,14 +173,27 @@ class PrefixedLM(nn.Module):
     def prompt_ids(self, questions: list[str], contexts: list[str] | None = None) -> list[list[int]]:
         """Token ids of the template around each question, after its context text where one is given (the
         text oracle states what the medium shows there)."""
-        texts = [self.config.prompt_text(q) for q in questions]
+        texts = [self.config.prompt_text(q) for q in tokenizable(questions, "question")]
         if contexts is not None:
-            texts = [f"{context} {text}" if context else text for context, text in zip(contexts, texts, strict=True)]
+            texts = [f"{context} {text}" if context else text
+                     for context, text in zip(tokenizable(contexts, "context"), texts, strict=True)]
         return self.tokenizer(texts, add_special_tokens=False).input_ids
 
     def target_ids(self, targets: list[str]) -> list[list[int]]:
-        ids = self.tokenizer([" " + t.strip() for t in targets], add_special_tokens=False).input_ids
+        texts = [" " + target.strip() for target in tokenizable(targets, "answer")]
+        ids = self.tokenizer(texts, add_special_tokens=False).input_ids
         return [t + [self.tokenizer.eos_token_id] for t in ids]
+
+    def check_context(self, ids: list[list[int]], new_tokens: int = 0) -> None:
+        """Refuse inputs the LM cannot read: the learned prefix, the longest text and the tokens still to generate
+        must fit its positions. Past them a model fails or degrades, after a forward over all of it (minutes for a
+        1 MB question)."""
+        context = getattr(self.lm.config, "max_position_embeddings", None)
+        longest = max(map(len, ids))
+        if context is not None and self.prefix_length + longest + new_tokens > context:
+            raise BadInputError(f"an input of {longest:,} tokens, after {self.prefix_length} prefix columns and "
+                                f"with {new_tokens:,} new tokens to generate, does not fit the LM's {context:,} "
+                                "positions: shorten the question")
 
     def positions(self, mask: torch.Tensor) -> torch.Tensor:
         """Position ids of the layout: each column's index in its row's content (padding gets 0). Generation passes
@@ -188,6 +207,7 @@ class PrefixedLM(nn.Module):
         left of a shorter row): the target's tokens, or with ``whole_text`` every text token, the template's and
         the question's too."""
         prompts, answers = self.prompt_ids(questions, contexts), self.target_ids(targets)
+        self.check_context([p + a for p, a in zip(prompts, answers, strict=True)])
         learned, layer_tokens = self.perceive(features)
         texts = [p + a for p, a in zip(prompts, answers, strict=True)]
         embeds, mask = self._embed(texts, learned)
@@ -230,11 +250,17 @@ class PrefixedLM(nn.Module):
 
     # ---- generate ---------------------------------------------------------------------------
     def generation_options(self, questions: list[str], **overrides) -> dict:
-        """generate() options shared by the cached and the uncached path: the adapter's for the task the
-        questions ask (see ``AdapterConfig.task_of``), then the call's."""
+        """generate() options shared by the cached and the uncached path: the model's own (greedy or beam search,
+        its tokenizer's pad and end tokens), then the decoding options (``Decoding``, each within its bound) of the
+        adapter for the task the questions ask (see ``AdapterConfig.task_of``), then the call's. A call may pass
+        back options this method gave it: the model's own are its own whatever they say. ``RUNTIME_ARGUMENTS`` pass
+        through."""
+        own = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
+               "eos_token_id": self.tokenizer.eos_token_id}
+        runtime = {key: overrides.pop(key) for key in RUNTIME_ARGUMENTS if key in overrides}
         defaults = self.config.generation_defaults(self.config.task_of(questions))
-        return {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-                "eos_token_id": self.tokenizer.eos_token_id, **defaults, **overrides}
+        decoding = {key: value for key, value in {**defaults, **overrides}.items() if key not in own}
+        return {**own, **Decoding.checked(decoding), **runtime}
 
     def _decode(self, tokens: torch.Tensor) -> list[str]:
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
@@ -243,13 +269,14 @@ class PrefixedLM(nn.Module):
     def generate(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None = None,
                  **options) -> list[str]:
         """Answers (captions when the questions are empty) decoded by generate() with the KV cache on."""
-        options = self.generation_options(questions, **options)
+        ids, options = self.prompt_ids(questions, contexts), self.generation_options(questions, **options)
+        self.check_context(ids, options["max_new_tokens"])
         if options.get("use_cache") is False:
             if contexts is not None:
                 raise ValueError("decoding with use_cache: false takes no context text")
             return self.generate_uncached(features, questions, **options)
         learned, layer_tokens = self.perceive(features)
-        embeds, mask = self._embed(self.prompt_ids(questions, contexts), learned)
+        embeds, mask = self._embed(ids, learned)
         with self._injecting(layer_tokens, mask):
             return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
                                                  position_ids=self.positions(mask), **options))
@@ -263,8 +290,10 @@ class PrefixedLM(nn.Module):
         learned prefix written in by a hook on the embedding layer), because transformers keeps a cache
         for ``inputs_embeds`` generation even when asked not to.
         """
-        ids, mask = self._token_ids(self.prompt_ids(questions))
+        prompts = self.prompt_ids(questions)
         options = {**self.generation_options(questions, **options), "use_cache": False}
+        self.check_context(prompts, options["max_new_tokens"])
+        ids, mask = self._token_ids(prompts)
         learned, layer_tokens = self.perceive(features)
         pads = self._leading_pads(mask)  # new tokens join on the right: every step keeps the same padding
         hook = self.lm.get_input_embeddings().register_forward_hook(
@@ -550,6 +579,23 @@ def build_model(config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder
     return kind(config, lm=lm, tokenizer=tokenizer, encoder=encoder)
 
 
+def tokenizable(texts: list[str], what: str) -> list[str]:
+    """``texts`` once each is text a tokenizer takes, or a one-line BadInputError naming the first that is not: one
+    longer than any question (see schema.BOUNDS), or one holding a lone surrogate (what Python makes of a byte that
+    is not UTF-8 in a command-line argument, or of an unpaired escape such as \\ud800 in a JSON file)."""
+    longest = BOUNDS["question_chars"].high
+    for text in texts:
+        if len(text) > longest:
+            raise BadInputError(f"a {what} of {len(text):,} characters: at most {longest:,} are read")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise BadInputError(f"{what} {text!r:.80}: not valid text (character {error.start + 1} is a lone "
+                                "surrogate: a byte that is not UTF-8, or an unpaired escape such as \\ud800)") \
+                from None
+    return texts
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of an adapter.safetensors, or a one-line error naming the file when it is missing or damaged
     (truncated, overwritten, a header that does not parse)."""
@@ -582,14 +628,16 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
                              "length and slot width")
     if lead.generation_options(questions, **options).get("use_cache") is False:  # recomputed: one call each
         return [model.generate(features[None], [question], **options)[0] for model, features, question in samples]
-    ids, mask = lead._token_ids([model.prompt_ids([question])[0] for model, _, question in samples])
+    prompts, options = [model.prompt_ids([question])[0] for model, _, question in samples], \
+        lead.generation_options(questions, **options)
+    lead.check_context(prompts, options["max_new_tokens"])
+    ids, mask = lead._token_ids(prompts)
     learned, tokens = zip(*(model.perceive(features[None]) for model, features, _ in samples), strict=True)
     embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), lead._leading_pads(mask),
                                        torch.cat(learned))
     with lead._injecting(None if lead.injector is None else torch.cat(tokens), mask):
         return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                             position_ids=lead.positions(mask),
-                                             **lead.generation_options(questions, **options)))
+                                             position_ids=lead.positions(mask), **options))
 
 
 def load(folder: str | Path, weights: str = "float32", device_map: str | dict | None = None) -> PerceptualLM:

@@ -13,30 +13,31 @@ from pydantic.dataclasses import dataclass
 
 from .config import SETTINGS, AdapterConfig
 from .errors import BadInputError
-from .schema import Count, Integer, NonNegative, NonNegativeNumber, PositiveNumber, build
+from .files import MAX_DATA_BYTES, regular_file
+from .schema import Integer, NonNegativeNumber, PositiveNumber, bounded, build
 
 
 @dataclass(config=SETTINGS)
 class TrainingOptions:
-    batch_size: Count = 32  # global: all processes and accumulation micro-steps of one optimizer step
-    max_steps: Count = 1000
-    lr: PositiveNumber = 1e-3  # connector
-    prompt_lr: PositiveNumber = 1e-3  # soft prompt and slot embedding
+    batch_size: bounded("batch_size") = 32  # global: all processes and accumulation micro-steps of one optimizer step
+    max_steps: bounded("steps") = 1000
+    lr: bounded("learning_rate") = 1e-3  # connector
+    prompt_lr: bounded("learning_rate") = 1e-3  # soft prompt and slot embedding
     weight_decay: NonNegativeNumber = 0.02
-    warmup_steps: NonNegative = 50
+    warmup_steps: bounded("step_count") = 50
     grad_clip: PositiveNumber = 1.0
-    gradient_accumulation: Count = 1
+    gradient_accumulation: bounded("batch_size") = 1
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 where the hardware runs it fast
-    eval_every: NonNegative = 0  # steps between quick evaluations (0: only at the end)
-    quick_eval_size: Count = 256
-    checkpoint_every: Count = 200
-    keep_checkpoints: Count = 2
+    eval_every: bounded("step_count") = 0  # steps between quick evaluations (0: only at the end)
+    quick_eval_size: bounded("examples") = 256
+    checkpoint_every: bounded("steps") = 200
+    keep_checkpoints: bounded("keep_checkpoints") = 2
     seed: Integer = 0
     init_from: str | None = None  # an adapter (or a run's folder) whose tensors start the run, not the seed's
     blind: StrictBool = False  # zero the visual input: what the question wording alone predicts
     oracle: StrictBool = False  # zero it and state the medium's true content as text: the ceiling (see oracle.py)
-    cache_batch_size: Count = 32
-    cache_workers: NonNegative = 1
+    cache_batch_size: bounded("batch_size") = 32
+    cache_workers: bounded("workers") = 1
     lm_dtype: str = "auto"  # frozen LM weights: auto (GPU: the mixed-precision dtype, CPU: float32) or a dtype
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # also wandb, mlflow; [] for none
 
@@ -59,7 +60,7 @@ class Recipe:
     data: dict[str, Any] = field(default_factory=lambda: {"train": {"format": "easy-vqa", "split": "train"}})
     training: TrainingOptions = field(default_factory=TrainingOptions)
     generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's defaults
-    eval_batch_size: Count = 64
+    eval_batch_size: bounded("batch_size") = 64
     out: str = "runs/default"
 
     def __post_init__(self) -> None:
@@ -92,9 +93,10 @@ def apply_override(values: dict[str, Any], assignment: str) -> None:
 
 
 def read_yaml(file: Path) -> Any:
-    """A YAML file's plain values (``safe_load``: never an object), or a one-line BadInputError naming the file."""
+    """A YAML file's plain values (``safe_load``: never an object), or a one-line BadInputError naming the file: a
+    regular file within its size bound only."""
     try:
-        return yaml.safe_load(file.read_bytes())
+        return yaml.safe_load(regular_file(file, MAX_DATA_BYTES).read_bytes())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -109,7 +111,7 @@ def read_yaml(file: Path) -> Any:
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """A recipe file's mapping of sections, or a one-line BadInputError naming the file."""
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise FileNotFoundError(f"{file}: recipe not found")
     values = read_yaml(file)
     if values is None:

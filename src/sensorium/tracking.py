@@ -64,12 +64,15 @@ class MetricsLog:
     A resumed run keeps the records up to the step it resumes from and drops the later ones that
     the interrupted run wrote, so every step appears once. Given ``records``, the count the log held
     when the checkpoint was saved, it keeps exactly those: a run resumed at its last step then drops
-    the final evaluation recorded after that checkpoint, which it records again.
+    the final evaluation recorded after that checkpoint, which it records again. A fresh run
+    (``resumed_step`` None) replaces the earlier run's log without reading it: nothing of that run,
+    damaged or not, is its business.
     """
 
-    def __init__(self, out: Path, resumed_step: int, records: int | None = None) -> None:
+    def __init__(self, out: Path, resumed_step: int | None, records: int | None = None) -> None:
         self.path = out / METRICS_NAME
-        kept = [r for r in read_metrics(self.path) if r["step"] <= resumed_step][:records]
+        earlier = read_metrics(self.path) if resumed_step is not None else []
+        kept = [r for r in earlier if r["step"] <= resumed_step][:records]
         out.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.records = len(kept)

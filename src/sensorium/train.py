@@ -12,6 +12,10 @@ is the mean over all target tokens of the global batch. Only the main process wr
 One run folder (``--out``) holds one run: the main process locks it for the run's duration, a run
 without ``--resume`` starts the folder over, and a checkpoint resumes only the recipe that wrote it
 (see ``recipe_fingerprint``); a damaged checkpoint is passed over for the newest intact one.
+
+A failed run loses nothing: the earlier run's checkpoints and metrics are replaced only once this run has
+loaded its models and data and is about to take its first step, and the trained adapter is written as soon
+as the last step is taken, before the final evaluation, which may still fail.
 """
 
 from __future__ import annotations
@@ -50,13 +54,23 @@ from transformers import get_cosine_schedule_with_warmup
 from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from .data import Example, read_dataset
 from .errors import BadInputError
-from .evaluate import by_task, contexts, headline, predict_all, predictions_name, report, write_predictions
+from .evaluate import (
+    by_task,
+    contexts,
+    has_references,
+    headline,
+    predict_all,
+    predictions_name,
+    report,
+    write_predictions,
+)
 from .lm import cpu_has_native_bf16, load_lm
 from .model import PerceptualLM, PrefixedLM, build_model
 from .oracle import with_truth
 from .recipe import Recipe, TrainingOptions
 from .tracking import (
     CURVES_NAME,
+    METRICS_NAME,
     MetricsLog,
     flat_config,
     plot_curves,
@@ -67,11 +81,14 @@ from .tracking import (
 
 STATE_NAME = "training_state.pt"
 ADAPTER_FOLDER = "adapter"  # the run folder's trained adapter
+# The files a run writes at the top of its folder, besides checkpoints/ and the adapter.
+RUN_FILES = ("summary.json", METRICS_NAME, predictions_name("vqa"), predictions_name("caption"), CURVES_NAME)
 LOCK_NAME = ".sensorium.lock"  # the run folder's lock; the holder's process id is in LOCK_NAME + ".pid"
-# Recipe keys that do not change what a run produces, only where it writes, what it records along the way
-# and how fast it encodes: a run may resume under other values of these. model.training, .generation and
-# .metrics are copies the run itself writes into the adapter's config.
-BOOKKEEPING = ("out", "eval_batch_size", "training.trackers", "training.checkpoint_every",
+# Recipe keys that do not change the trained weights, only where the run writes, what it records along the
+# way, how fast it encodes and how the final evaluation decodes: a run may resume under other values of these
+# (a run whose evaluation failed on its decoding options resumes with corrected ones). model.training,
+# .generation and .metrics are copies the run itself writes into the adapter's config.
+BOOKKEEPING = ("out", "eval_batch_size", "generation", "training.trackers", "training.checkpoint_every",
                "training.keep_checkpoints", "training.eval_every", "training.quick_eval_size",
                "training.cache_batch_size", "training.cache_workers", "model.training", "model.generation",
                "model.metrics")
@@ -173,9 +190,9 @@ def _permutation(size: int, seed: int) -> list[int]:
 def recipe_fingerprint(recipe: Recipe) -> dict[str, Any]:
     """The recipe as flat ``section.key`` values, bookkeeping left out (see BOOKKEEPING).
 
-    What remains decides the trained weights and their evaluation: the model, the data (training and
-    evaluation sets), the generation options and every training option that changes an update
-    (steps, batch, learning rates, schedule, precision, seed, blind...). A checkpoint stores it, and
+    What remains decides the trained weights and what they are scored on: the model, the data (training
+    and evaluation sets) and every training option that changes an update (steps, batch, learning rates,
+    schedule, precision, seed, blind...). A checkpoint stores it, and
     ``--resume`` refuses a checkpoint whose recipe differs.
     """
     return {key: value for key, value in flat_config(recipe.to_dict()).items()
@@ -308,7 +325,8 @@ def _read_adapter(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def start_over(out: Path) -> None:
-    """A run without --resume replaces the folder's run, checkpoints included, with a warning.
+    """A run without --resume replaces the folder's run, checkpoints included, with a warning; called once
+    the run has loaded and checked everything it needs, so that a recipe that fails loses nothing.
 
     Not refused: a fresh run already replaces the folder's adapter, metrics.jsonl and summary, and
     re-running a command (``make demo``, ``compare`` after an interruption) must keep working. Kept,
@@ -374,8 +392,6 @@ def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[
     accelerator = _accelerator(recipe.training, out)
     with ExitStack() as held:
         _main_first(accelerator, lambda: held.enter_context(run_lock(out)))
-        if not resume and accelerator.is_main_process:
-            start_over(out)
         return _train(recipe, accelerator, out, resume, skip_bad)
 
 
@@ -413,10 +429,13 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core: PerceptualLM = accelerator.unwrap_model(model)
 
-    step, records = resume_from_checkpoint(core, optimizer, scheduler, out, fingerprint) if resume else (0, None)
-
     quick_eval = _quick_eval_set(recipe, examples if "eval" not in recipe.data else None, options, skip_bad, core)
-    metrics = MetricsLog(out, step, records) if accelerator.is_main_process else None
+    final_eval = _encoded(core, task_examples(recipe.data["eval"], options), options, skip_bad) \
+        if "eval" in recipe.data else None
+    step, records = resume_from_checkpoint(core, optimizer, scheduler, out, fingerprint) if resume else (0, None)
+    if not resume and accelerator.is_main_process:
+        start_over(out)
+    metrics = MetricsLog(out, step if resume else None, records) if accelerator.is_main_process else None
     accelerator.init_trackers("sensorium", config=flat_config(recipe.to_dict()), init_kwargs=tracker_options(out))
     started = time.perf_counter()
     model.train()
@@ -446,15 +465,17 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     train_seconds = time.perf_counter() - started
     summary = {"trainable_parameters": trainable, "total_parameters": total,
                "feature_cache_seconds": round(cache_seconds, 1), "train_seconds": round(train_seconds, 1)}
-    if "eval" in recipe.data:
-        result = _final_eval(core, accelerator, recipe, options, skip_bad, out)
+    if accelerator.is_main_process:  # the run's result, before an evaluation that may fail
+        core.save_pretrained(out / ADAPTER_FOLDER)
+    if final_eval is not None:
+        result = _final_eval(core, accelerator, recipe, final_eval, out)
         summary.update(result)
         scores = {k: v for k, v in result.items() if isinstance(v, float) and not k.endswith("_seconds")}
         scores.update(result.get("caption_scores", {}))
         _record(accelerator, metrics, step, {f"eval/{k}": v for k, v in scores.items()})
     if accelerator.is_main_process:
         core.config.metrics = summary
-        core.save_pretrained(out / ADAPTER_FOLDER)
+        core.config.save(out / ADAPTER_FOLDER)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_curves(read_metrics(metrics.path), out / CURVES_NAME)
     # Not end_training(): it also tears down the process group, which outlives one run.
@@ -562,7 +583,8 @@ def _rate(progress: tqdm, batch_size: int) -> float:
 
 def _quick_eval_set(recipe: Recipe, train_examples: list[Example] | None, options: TrainingOptions, skip_bad: bool,
                     core: PerceptualLM) -> EncodedExamples | None:
-    """A small fixed sample for periodic evaluation: the eval set's, else held-in training data."""
+    """A small fixed sample for periodic evaluation: the eval set's, else held-in training data; None without one,
+    or when the sample has no references to score against."""
     if not options.eval_every:
         return None
     spec = recipe.data.get("eval")
@@ -573,6 +595,14 @@ def _quick_eval_set(recipe: Recipe, train_examples: list[Example] | None, option
     else:
         examples = random.Random(options.seed).sample(train_examples, min(options.quick_eval_size,
                                                                           len(train_examples)))
+    if not any(example.answers for example in examples):  # nothing to score: no quick evaluation
+        return None
+    return _encoded(core, examples, options, skip_bad)
+
+
+def _encoded(core: PerceptualLM, examples: list[Example], options: TrainingOptions, skip_bad: bool) -> EncodedExamples:
+    """Examples ready to answer, their media read and encoded now: an evaluation set is read before the run's
+    first step, so that a missing or unreadable file fails the run before it has replaced anything."""
     return cached_features(core, examples, options, skip_bad)[:3]
 
 
@@ -585,10 +615,9 @@ def _quick_score(core: PerceptualLM, quick_eval: EncodedExamples, recipe: Recipe
     return headline(report(task, first))
 
 
-def _final_eval(core: PerceptualLM, accelerator: Accelerator, recipe: Recipe, options: TrainingOptions, skip_bad: bool,
+def _final_eval(core: PerceptualLM, accelerator: Accelerator, recipe: Recipe, eval_set: EncodedExamples,
                 out: Path) -> dict[str, Any]:
-    examples, features, row_of, _ = cached_features(core, task_examples(recipe.data["eval"], options), options,
-                                                    skip_bad)
+    examples, features, row_of = eval_set
     core.eval()
     started = time.perf_counter()
     # No autocast: generation re-casting every frozen weight at every token costs more than it saves.
@@ -599,9 +628,12 @@ def _final_eval(core: PerceptualLM, accelerator: Accelerator, recipe: Recipe, op
                                "samples": [{k: r[k] for k in ("media", "question", "prediction", "answers")}
                                            for r in _spread(records, 6)]}
     for task, task_records in by_task(records).items():  # one task, or a multitask run's two
-        result = report(task, task_records)
         if accelerator.is_main_process:
             write_predictions(task, task_records, out / predictions_name(task))
+        if not has_references(task_records):
+            log(f"data.eval: no {task} references to score against (predictions only)")
+            continue
+        result = report(task, task_records)
         log(result.format())
         if task == "caption":
             summary["caption_scores"] = {k: round(v, 2) for k, v in result.scores.items()}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..files import MAX_DATA_BYTES, regular_file
 
 
 @dataclass
@@ -28,7 +29,7 @@ def load_json(path: str | Path) -> Any:
     """The content of a user's JSON file, or a BadInputError naming the file; readers check its shape."""
     file = Path(path)
     try:
-        return json.loads(file.read_bytes())
+        return json.loads(regular_file(file, MAX_DATA_BYTES).read_bytes())
     except FileNotFoundError as error:
         raise BadInputError(f"{file}: file not found") from error
     except json.JSONDecodeError as error:

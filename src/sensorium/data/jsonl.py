@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..files import MAX_DATA_BYTES, regular_file
 from .examples import Example, text
 
 
@@ -53,8 +54,9 @@ def _record(line: bytes, where: str) -> dict | None:
 
 def read(path: str) -> list[Example]:
     manifest = Path(path)
-    if not manifest.is_file():
+    if not manifest.exists():
         raise BadInputError(f"{manifest}: manifest not found")
+    regular_file(manifest, MAX_DATA_BYTES)
     examples = []
     for number, line in enumerate(manifest.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
         where = f"{manifest}:{number}"

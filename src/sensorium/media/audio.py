@@ -19,6 +19,7 @@ import soundfile
 import soxr
 
 from ..errors import BadInputError
+from ..files import MAX_MEDIA_BYTES, regular_file
 from .ffmpeg import first_stream, open_container
 
 # libsndfile formats read by soundfile; anything else goes to FFmpeg (libsndfile's MP3 support included).
@@ -58,9 +59,7 @@ def load_audio(source: str | Path | BinaryIO, sampling_rate: int | None = None, 
     """
     name = name or str(source)
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise BadInputError(f"{name}: file not found")
+        path = regular_file(source, MAX_MEDIA_BYTES)
         if path.stat().st_size == 0:
             raise BadInputError(f"{name}: empty file")
         source = str(path)

@@ -8,6 +8,7 @@ from typing import BinaryIO
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import BadInputError
+from ..files import MAX_MEDIA_BYTES, regular_file
 
 
 def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
@@ -19,6 +20,8 @@ def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Im
     ``name`` names a stream (an upload) in the error; a path names itself.
     """
     name = name or str(path)
+    if isinstance(path, (str, Path)):
+        regular_file(path, MAX_MEDIA_BYTES)
     try:
         with Image.open(path) as image:
             image.load()

@@ -20,6 +20,7 @@ import av
 from PIL import Image
 
 from ..errors import BadInputError
+from ..files import MAX_MEDIA_BYTES, regular_file
 from .ffmpeg import first_stream, open_container
 
 DEFAULT_FRAMES = 8
@@ -62,8 +63,8 @@ def _open(source: str | Path | bytes, name: str) -> av.container.InputContainer:
             raise BadInputError(f"{name}: empty file")
         target: str | io.BytesIO = io.BytesIO(source)
     else:
-        path = Path(source)
-        if path.is_file() and path.stat().st_size == 0:
+        path = regular_file(source, MAX_MEDIA_BYTES)
+        if path.stat().st_size == 0:
             raise BadInputError(f"{name}: empty file")
         target = str(path)
     return open_container(target, name, "video")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..compose import ComposedLM, is_composition, read_composition
-from ..config import WEIGHTS_NAME, AdapterConfig
+from ..config import WEIGHTS_NAME, AdapterConfig, model_identity
 from ..encoders import Encoder, load_encoder
 from ..layout import encoder_tokens
 from ..lm import hold_weights, load_lm, loading_dtype, weight_format
@@ -31,12 +31,6 @@ from .media import MediaLimits, read_media, read_senses
 
 class UnknownAdapterError(LookupError):
     """A request named an adapter that the server does not host (HTTP 404)."""
-
-
-def _source_key(name_or_path: str) -> str:
-    """One key per model, however its folder was spelled; packaged names and hub ids stay as they are."""
-    path = Path(name_or_path).expanduser()
-    return str(path.resolve()) if path.exists() else name_or_path
 
 
 @dataclass
@@ -61,7 +55,7 @@ class HostedAdapter:
     @property
     def batch_key(self) -> tuple:
         """Adapters with equal keys can share one generate() call (see ``model.generate_mixed``)."""
-        return _source_key(self.model.config.lm), self.model.batch_layout
+        return model_identity(self.model.config.lm), self.model.batch_layout
 
     @property
     def encode_key(self) -> tuple:
@@ -206,12 +200,12 @@ class AdapterRegistry:
     def _load(self, folder: Path) -> PerceptualLM:
         """An adapter over the shared LM and encoder, loading them on first use."""
         config = AdapterConfig.load(folder)
-        lm_key = _source_key(config.lm)
+        lm_key = model_identity(config.lm)
         if lm_key not in self._lms:
             lm, tokenizer = load_lm(config.lm, loading_dtype(self.weights))
             self._lms[lm_key] = hold_weights(lm, self.weights) if self.weights == "int8" else lm, tokenizer
         tokens = encoder_tokens(config)
-        encoder_key = (_source_key(config.encoder), config.image_size, tokens, config.num_frames)
+        encoder_key = (model_identity(config.encoder), config.image_size, tokens, config.num_frames)
         if encoder_key not in self._encoders:
             self._encoders[encoder_key] = load_encoder(config.encoder, image_size=config.image_size,
                                                        num_frames=config.num_frames, tokens=tokens)

@@ -26,12 +26,15 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import BadInputError
 from .adapters import AdapterRegistry, UnknownAdapterError, writes_captions
-from .batching import Batcher
+from .batching import Batcher, ClientGone
 from .body_limit import BodyLimit
 from .media import MediaTooLargeError, UnsupportedMediaError, media_modality
 from .settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
+# Seconds a stopping server (SIGTERM, Ctrl-C) waits for requests in flight; then their handlers are cancelled, which
+# stops the generation they wait for (see ``batching``).
+SHUTDOWN_GRACE_S = 5
 ENDPOINT_OF_TASK = {"vqa": "/v1/ask", "caption": "/v1/caption"}
 
 
@@ -112,7 +115,7 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
                                                 "composed model); its type is read from its content")]
     AdapterName = Annotated[str, Form(description="one of GET /v1/adapters")]
 
-    async def answer(task: str, adapter: str, media: UploadFile, question: str,
+    async def answer(request: Request, task: str, adapter: str, media: UploadFile, question: str,
                      options: dict[str, int | None]) -> AnswerResponse:
         started = time.perf_counter()
         hosted = registry.get(adapter)
@@ -124,12 +127,15 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
         if modality != hosted.upload_modality:
             raise ServeError(415, f"adapter '{adapter}' reads {hosted.reads}, not {modality}")
         decoded = await run_in_threadpool(hosted.read, data, name, settings.media_limits)
-        generation = {**hosted.model.config.generation_defaults(task),
-                      **{key: value for key, value in options.items() if value is not None}}
+        generation = settings.capped({**hosted.model.config.generation_defaults(task),
+                                      **{key: value for key, value in options.items() if value is not None}})
         try:
-            result = await batcher.submit(hosted, decoded, question, generation, settings.request_timeout_s)
+            result = await batcher.submit(hosted, decoded, question, generation, settings.request_timeout_s,
+                                          _disconnect(request))
         except asyncio.TimeoutError as error:
             raise ServeError(504, f"no answer within {settings.request_timeout_s:g} s") from error
+        except ClientGone as error:  # nobody reads this answer; the status is for the log
+            raise ServeError(499, "the client closed the connection") from error
         except BadInputError:
             raise
         except Exception as error:
@@ -140,20 +146,21 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
                               timings=timings)
 
     @app.post("/v1/ask", response_model=AnswerResponse, responses=ERROR_RESPONSES)
-    async def ask(media: Media, adapter: AdapterName,
+    async def ask(request: Request, media: Media, adapter: AdapterName,
                   question: Annotated[str, Form(max_length=settings.max_question_chars)],
                   max_new_tokens: NewTokens = None, num_beams: Beams = None) -> AnswerResponse:
         """Answer a question about the media with a VQA adapter."""
         if not question.strip():
             raise ServeError(400, "empty question")
-        return await answer("vqa", adapter, media, question.strip(),
+        return await answer(request, "vqa", adapter, media, question.strip(),
                             {"max_new_tokens": max_new_tokens, "num_beams": num_beams})
 
     @app.post("/v1/caption", response_model=AnswerResponse, responses=ERROR_RESPONSES)
-    async def caption(media: Media, adapter: AdapterName,
+    async def caption(request: Request, media: Media, adapter: AdapterName,
                       max_new_tokens: NewTokens = None, num_beams: Beams = None) -> AnswerResponse:
         """Describe the media with a captioning adapter."""
-        return await answer("caption", adapter, media, "", {"max_new_tokens": max_new_tokens, "num_beams": num_beams})
+        return await answer(request, "caption", adapter, media, "",
+                            {"max_new_tokens": max_new_tokens, "num_beams": num_beams})
 
     @app.get("/v1/adapters", response_model=list[AdapterInfo])
     def adapters() -> list[dict[str, Any]]:
@@ -171,6 +178,12 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client goes away: its request's body is read, so the next message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -217,7 +230,8 @@ def serve(adapters: list[tuple[str, str | Path]], host: str = "127.0.0.1", port:
           compositions: list[tuple[str, list[str]]] = (), weights: str = "auto") -> None:
     """Load the adapters (frozen models shared, held as ``weights``) and compose the compositions, then serve until
     interrupted."""
-    uvicorn.run(create_app(load_registry(adapters, device, compositions, weights), settings), host=host, port=port)
+    uvicorn.run(create_app(load_registry(adapters, device, compositions, weights), settings), host=host, port=port,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 @contextmanager
@@ -225,7 +239,7 @@ def running_server(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
     """The app served by uvicorn from a background thread on a free port; yields its base URL."""
     listener = socket.socket()
     listener.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="sensorium-http", daemon=True)
     thread.start()
     while not server.started:

@@ -9,7 +9,9 @@ options, and each part is encoded and generated at once. A composed model's requ
 each other (its own ``batch_key``), its senses' media encoded sense by sense.
 
 All model work runs in this one thread, so the server's event loop never waits on torch and the
-injection hooks on a shared LM are never used by two batches at once.
+injection hooks on a shared LM are never used by two batches at once. A batch nobody waits for any more (each of
+its requests timed out, or its client went away) or a stopping server ends its generate() call at the next token
+(``_Abandoned``): one slow request cannot hold the thread, and so every later request, past its own deadline.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..model import generate_mixed
 from .adapters import HostedAdapter, HostedComposition
+
+
+class ClientGone(Exception):
+    """The client of a request closed its connection before the answer."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     submitted: float = field(default_factory=time.perf_counter)
-    abandoned: bool = False  # the request timed out: skip it if its batch has not started
+    abandoned: bool = False  # the request timed out or its client went away: skip it, or stop generating it
 
     def group(self) -> tuple:
         return self.adapter.batch_key, json.dumps(self.options, sort_keys=True)
@@ -64,6 +72,17 @@ def _settle(future: asyncio.Future, answer: Answer | None, error: BaseException 
         future.set_result(answer)
 
 
+class _Abandoned(StoppingCriteria):
+    """Ends a batch's generation at the next token once no request of it is waited for, or the server stops."""
+
+    def __init__(self, jobs: list[_Job], stopping: threading.Event) -> None:
+        self.jobs, self.stopping = jobs, stopping
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        done = self.stopping.is_set() or all(job.abandoned for job in self.jobs)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
 class Batcher:
     """A queue of requests served by one model thread; ``max_batch_size=1`` turns batching off."""
 
@@ -74,28 +93,41 @@ class Batcher:
         self.generate_calls = 0
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="sensorium-model", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         if self._thread is not None:
+            self._stopping.set()  # a generation in progress ends at its next token
             self._queue.put(None)
             self._thread.join()
             self._thread = None
 
     async def submit(self, adapter: HostedAdapter | HostedComposition, media: Any, question: str,
-                     options: dict[str, Any], timeout_s: float) -> Answer:
-        """The answer, or asyncio.TimeoutError after ``timeout_s`` (queueing included)."""
+                     options: dict[str, Any], timeout_s: float, gone: Awaitable[None] | None = None) -> Answer:
+        """The answer, or asyncio.TimeoutError after ``timeout_s`` (queueing included). ``gone`` returns when the
+        client goes away (then ClientGone); after either, as after a cancellation, the request is dropped and its
+        generation stopped, unless others of its batch still wait."""
         loop = asyncio.get_running_loop()
         job = _Job(adapter, media, question, options, loop, loop.create_future())
+        watcher = asyncio.ensure_future(gone) if gone is not None else None
         self._queue.put(job)
         try:
-            return await asyncio.wait_for(job.future, timeout_s)
-        except asyncio.TimeoutError:
-            job.abandoned = True
-            raise
+            done, _ = await asyncio.wait([job.future, *([watcher] if watcher else [])], timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if job.future in done:
+                return job.future.result()
+            raise ClientGone() if done else asyncio.TimeoutError()
+        finally:
+            if not job.future.done():
+                job.abandoned = True
+                job.future.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     def _serve(self) -> None:
         while (first := self._queue.get()) is not None:
@@ -126,7 +158,8 @@ class Batcher:
             features = self._encode(group)
             encoded = time.perf_counter()
             samples = [(job.adapter.model, tokens, job.question) for job, tokens in zip(group, features, strict=True)]
-            texts = generate_mixed(samples, **group[0].options)
+            texts = generate_mixed(samples, stopping_criteria=StoppingCriteriaList([_Abandoned(group, self._stopping)]),
+                                   **group[0].options)
             self.generate_calls += 1
         except Exception as error:  # a failure belongs to these requests; the thread serves the next batch
             for job in group:
