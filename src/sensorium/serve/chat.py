@@ -172,7 +172,7 @@ def medium_bytes(part: ImagePart | VideoPart | AudioPart, name: str, max_bytes: 
             raise BadInputError(f"{name}: only data: URLs (data:MIME;base64,...) are read; the server fetches "
                                 f"nothing, so '{url:.40}' is refused")
         encoded = url[found.end():]
-    if 3 * (len(encoded) // 4) > max_bytes:
+    if 3 * len(encoded) // 4 - encoded[-2:].count("=") > max_bytes:
         raise MediaTooLargeError(f"{name}: a medium larger than {max_bytes:,} bytes")
     try:
         return base64.b64decode(encoded, validate=True)
