@@ -116,8 +116,9 @@ def chat_request_model(settings: ServeSettings) -> type[BaseModel]:
         max_completion_tokens: int | None = Field(None, ge=1, le=settings.max_new_tokens)
         temperature: float | None = Field(None, ge=0, le=2, description="absent: the adapter's own decoding; "
                                                                         "0: greedy; above 0: sampling")
-        top_p: float | None = Field(None, gt=0, le=1)
-        seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="sampling is repeatable with it")
+        top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling, with a temperature above 0")
+        seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1,
+                                 description="sampling from it is repeatable (the request then decodes alone)")
         stop: str | list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1, max_length=4)
         n: Literal[1] | None = Field(None, description="one choice per request")
         stream: bool | None = False
@@ -153,7 +154,7 @@ def read_messages(messages: list[ChatMessage], settings: ServeSettings) -> tuple
     name, part = media[0]
     content = users[-1][1].content
     question = content if isinstance(content, str) else " ".join(
-        part.text for part in content or [] if isinstance(part, TextPart))
+        piece.text for piece in content or [] if isinstance(piece, TextPart))
     question = question.strip()
     if len(question) > settings.max_question_chars:
         raise BadInputError(f"messages: a question of {len(question):,} characters; at most "
