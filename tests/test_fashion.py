@@ -15,6 +15,7 @@ from PIL import Image
 from sensorium.cli import main
 from sensorium.data import parse_data_spec, read_dataset
 from sensorium.data.fashion import CLASSES, SOURCE, make_fashion
+from sensorium.oracle import with_truth
 
 
 def write_idx(path: Path, items: np.ndarray) -> None:
@@ -89,3 +90,18 @@ def test_the_installed_release(tmp_path):
     assert summary["train"]["photos"] == 20 and summary["test"]["photos"] == 2
     asked = questions_by_photo(read_dataset(parse_data_spec(f"hf:path={tmp_path / 'out' / 'vqa'},split=test")))
     assert [asked[f"test-0000{index}"]["what is this item?"] for index in range(2)] == ["ankle boot", "pullover"]
+
+
+def test_the_text_oracle_reads_each_photos_truth_through_a_split(release, tmp_path):
+    """The truth column survives `data split` (its manifests), so an oracle run trains on any part of the set."""
+    source, _ = release
+    make_fashion(tmp_path / "out", source)
+    test = with_truth(read_dataset(parse_data_spec(f"hf:path={tmp_path / 'out' / 'vqa'},split=test")))
+    assert test[0].extra["context"] == "The image shows an ankle boot."
+    assert main(["data", "split", f"hf:path={tmp_path / 'out' / 'captions'},split=train", "--held-out", "3", "--out",
+                 str(tmp_path / "split")]) == 0
+    held = with_truth(read_dataset({"format": "jsonl", "path": str(tmp_path / "split" / "held-out.jsonl")}))
+    assert len(held) >= 3
+    for example in held:
+        label = next(label for label, (_, words) in enumerate(CLASSES) if example.answers[0].endswith(words))
+        assert example.extra["context"] == f"The image shows {CLASSES[label][1]}."

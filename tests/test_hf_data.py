@@ -213,12 +213,20 @@ def test_dry_run_counts_train_eval_and_data_split_read_it(colour_set, tiny_lm_fo
     assert len(kept) + len(held) == 16 and len(held) >= 4 and not {e.media for e in kept} & {e.media for e in held}
 
 
-def test_compare_trains_and_scores_on_a_dataset(colour_set, tmp_path):
+def test_compare_trains_and_scores_on_a_dataset(tmp_path):
+    """eP-ALM and its text oracle, which reads each image's truth column, through the validation split's
+    manifests too."""
+    whole = squares(24)
+    whole = whole.add_column("truth", [f"a {answers[0]} square" for answers in whole["answers"]])
+    datasets.DatasetDict({"train": whole.select(range(16)), "test": whole.select(range(16, 24))}).save_to_disk(
+        tmp_path / "colours")
     comparison = compare.smoke(compare.load_comparison(EASY_VQA), tmp_path / "compare")
-    comparison.recipe["data"] = {"train": {"format": "hf", "path": str(colour_set), "split": "train"},
-                                 "eval": {"format": "hf", "path": str(colour_set), "split": "test"}}
-    comparison = replace(comparison, methods=[m for m in comparison.methods if m.name == "epalm"], seeds=[0])
-    summary = compare.run(comparison)
-    [epalm] = summary["methods"]
-    assert epalm["name"] == "epalm" and [run["seed"] for run in epalm["runs"]] == [0]
-    assert 0 <= epalm["runs"][0]["test"] <= 100 and list(epalm["validation_by_lr"]) == ["0.001", "0.003"]
+    comparison.recipe["data"] = {"train": {"format": "hf", "path": str(tmp_path / "colours"), "split": "train"},
+                                 "eval": {"format": "hf", "path": str(tmp_path / "colours"), "split": "test"}}
+    [epalm] = [m for m in comparison.methods if m.name == "epalm"]
+    oracle = replace(epalm, name="oracle", overrides={**epalm.overrides, "training": {"oracle": True}})
+    summary = compare.run(replace(comparison, methods=[epalm, oracle], seeds=[0]))
+    assert [method["name"] for method in summary["methods"]] == ["epalm", "oracle"]
+    for method in summary["methods"]:
+        assert [run["seed"] for run in method["runs"]] == [0] and 0 <= method["runs"][0]["test"] <= 100
+        assert list(method["validation_by_lr"]) == ["0.001", "0.003"]

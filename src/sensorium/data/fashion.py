@@ -51,13 +51,14 @@ def make_fashion(out: Path, source: Path = SOURCE, limits: dict[str, int | None]
     import pyarrow.parquet as pq
 
     image = datasets.Image()
+    # The label, and the photo's content as the text oracle states it.
+    labelled = {"label": datasets.ClassLabel(names=[name for name, _ in CLASSES]), "truth": datasets.Value("string")}
     schemas = {"vqa": datasets.Features({"image": image, "question": datasets.Value("string"),
                                          "answers": datasets.Sequence(datasets.Value("string")),
                                          "answer_type": datasets.Value("string"),
-                                         "question_id": datasets.Value("string"),
-                                         "label": datasets.ClassLabel(names=[name for name, _ in CLASSES])}),
+                                         "question_id": datasets.Value("string"), **labelled}),
                "captions": datasets.Features({"image": image, "captions": datasets.Sequence(datasets.Value("string")),
-                                              "label": datasets.ClassLabel(names=[name for name, _ in CLASSES])})}
+                                              **labelled})}
     summary = {}
     for split, prefix in SPLITS.items():
         photos = read_idx(source / f"{prefix}-images-idx3-ubyte.gz", (SIDE, SIDE))
@@ -95,9 +96,9 @@ def _batches(photos: np.ndarray, labels: np.ndarray, split: str) -> Iterator[dic
                 if truth is not None:
                     rows["vqa"].append({"image": medium, "question": question, "answers": [truth],
                                         "answer_type": answer_type, "question_id": f"{split}-{index:05d}-{number}",
-                                        "label": label})
+                                        "label": label, "truth": CLASSES[label][1]})
             rows["captions"].append({"image": medium, "captions": [f"a grey photo of {CLASSES[label][1]}"],
-                                     "label": label})
+                                     "label": label, "truth": CLASSES[label][1]})
         yield rows
 
 

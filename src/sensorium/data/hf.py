@@ -11,7 +11,8 @@ bounds) reads it as any other file.
 
 Columns are found by their common names (``image``, ``audio``, ``video``, ``question``, ``answer``/``answers``,
 ``caption``/``captions``/``text``) or named in the spec; a question column gives VQA examples, a caption column
-without one captioning examples.
+without one captioning examples. A ``truth`` column, where there is one, states each medium's content as text for
+the text oracle (see ``oracle``).
 """
 
 from __future__ import annotations
@@ -148,12 +149,13 @@ def example(row: dict[str, Any], number: int, chosen: dict[str, str | None], med
             labels: list[str] | None, folders: tuple[Path, Path], where: str) -> Example:
     media = media_file(row[medium], medium, *folders, where)
     question_id = str(row.get("question_id", number))
+    extra = {"truth": text(row["truth"], "truth", where)} if row.get("truth") is not None else {}
     if chosen["question"] is None:
         return Example(media=media, question="", answers=strings(row[chosen["captions"]], chosen["captions"], where),
-                       answer_type="caption", question_id=question_id)
+                       answer_type="caption", question_id=question_id, extra=extra)
     answers = [] if chosen["answers"] is None else strings(row[chosen["answers"]], chosen["answers"], where, labels)
     return Example(media=media, question=text(row[chosen["question"]], chosen["question"], where), answers=answers,
-                   answer_type=str(row.get("answer_type") or "other"), question_id=question_id)
+                   answer_type=str(row.get("answer_type") or "other"), question_id=question_id, extra=extra)
 
 
 def strings(value: Any, column: str, where: str, labels: list[str] | None = None) -> list[str]:
