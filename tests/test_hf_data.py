@@ -16,11 +16,13 @@ import soundfile
 import yaml
 from conftest import one_line_error, save_tiny_adapter, tiny_training_recipe
 from PIL import Image
+from test_video import write_clip
 
 from sensorium import compare
 from sensorium.cli import main
 from sensorium.data import hf, parse_data_spec, read_dataset
 from sensorium.errors import BadInputError
+from sensorium.media.video import load_video
 from sensorium.testing import COLOURS
 
 EASY_VQA = Path(__file__).parents[1] / "recipes" / "compare" / "easy-vqa.yaml"
@@ -230,3 +232,21 @@ def test_compare_trains_and_scores_on_a_dataset(tmp_path):
     for method in summary["methods"]:
         assert [run["seed"] for run in method["runs"]] == [0] and 0 <= method["runs"][0]["test"] <= 100
         assert list(method["validation_by_lr"]) == ["0.001", "0.003"]
+
+
+def test_a_video_column_and_a_column_of_file_names(tmp_path):
+    clip = Path(write_clip(tmp_path / "clip.mp4", 6)).read_bytes()
+    datasets.Dataset.from_dict({"video": [{"bytes": clip, "path": "clip.mp4"}], "question": ["what moves ?"],
+                                "answer": ["a square"]},
+                               features=datasets.Features({"video": datasets.Video(), "question": datasets.Value(
+                                   "string"), "answer": datasets.Value("string")})).save_to_disk(tmp_path / "clips")
+    [example] = read(f"hf:path={tmp_path / 'clips'}")
+    assert Path(example.media).read_bytes() == clip and example.media.endswith(".mp4")
+    assert len(load_video(example.media, 4)) == 4 and example.answers == ["a square"]
+    # Media named by a text column, relative to the dataset's folder, are read where they lie.
+    (tmp_path / "named").mkdir()
+    (tmp_path / "named" / "red.png").write_bytes(png(COLOURS["red"]))
+    datasets.Dataset.from_dict({"file": ["red.png"], "caption": ["a red square"]}).to_parquet(
+        str(tmp_path / "named" / "data.parquet"))
+    [named] = read(f"hf:path={tmp_path / 'named' / 'data.parquet'},image=file")
+    assert (named.media, named.answers) == (str(tmp_path / "named" / "red.png"), ["a red square"])
