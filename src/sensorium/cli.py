@@ -352,6 +352,16 @@ def _make_data(args: argparse.Namespace) -> None:
     print(f"evaluate with {command.evaluate.format(out=args.out)}")
 
 
+def _make_fashion(args: argparse.Namespace) -> None:
+    from .data.fashion import make_fashion
+
+    summary = make_fashion(Path(args.out), Path(args.source), {"train": args.n_train, "test": args.n_test})
+    print(f"Fashion-MNIST from {args.source} written to {args.out}")
+    for name, split in summary.items():
+        print(f"  {name}: {split['photos']:,} photos, {split['questions']:,} questions, {split['captions']:,} captions")
+    print(f"evaluate with --data hf:path={args.out}/vqa,split=test (or hf:path={args.out}/captions,split=test)")
+
+
 SPLIT_PARTS = ("train", "held-out")  # the manifests `data split` writes
 
 
@@ -525,6 +535,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("audio", "audiovisual"):
             maker.add_argument("--workers", type=bounded_flag("workers"),
                                help="clips made at once, each by its own sox/espeak-ng processes (default: 1 per CPU)")
+
+    from .data.fashion import SOURCE
+
+    fashion = data_verbs.add_parser("make-fashion", help="Fashion-MNIST's real product photos (Debian's "
+                                    "dataset-fashion-mnist) as a Hugging Face dataset: questions true by the label, "
+                                    "and captions (train and test)")
+    fashion.add_argument("--out", required=True, help="output folder")
+    fashion.add_argument("--source", default=str(SOURCE), help="the folder of the release's IDX files")
+    fashion.add_argument("--n-train", type=bounded_flag("generated"),
+                         help="the first N training photos (default: all 60,000)")
+    fashion.add_argument("--n-test", type=bounded_flag("generated"),
+                         help="the first N test photos (default: all 10,000)")
+    fashion.set_defaults(run=_make_fashion)
 
     splitter = data_verbs.add_parser("split", help="hold out part of a data set (whole media files) for choosing "
                                      "learning rates or soup ingredients: writes train.jsonl and held-out.jsonl")

@@ -117,6 +117,9 @@ class Decoding:
     repetition_penalty: bounded("repetition_penalty") | None = None
     no_repeat_ngram_size: bounded("no_repeat_ngram_size") | None = None
     use_cache: StrictBool | None = None  # False: recompute the whole sequence for each token (exact for layout paper)
+    do_sample: StrictBool | None = None  # sampling (the OpenAI route's temperature above 0); None: greedy or beams
+    temperature: bounded("temperature") | None = None
+    top_p: bounded("top_p") | None = None
 
     @model_validator(mode="after")
     def _shortest_fits_longest(self) -> Decoding:

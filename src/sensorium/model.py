@@ -255,12 +255,11 @@ class PrefixedLM(nn.Module):
         adapter for the task the questions ask (see ``AdapterConfig.task_of``), then the call's. A call may pass
         back options this method gave it: the model's own are its own whatever they say. ``RUNTIME_ARGUMENTS`` pass
         through."""
-        own = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-               "eos_token_id": self.tokenizer.eos_token_id}
+        own = {"pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id}
         runtime = {key: overrides.pop(key) for key in RUNTIME_ARGUMENTS if key in overrides}
         defaults = self.config.generation_defaults(self.config.task_of(questions))
         decoding = {key: value for key, value in {**defaults, **overrides}.items() if key not in own}
-        return {**own, **Decoding.checked(decoding), **runtime}
+        return {"do_sample": False, **own, **Decoding.checked(decoding), **runtime}
 
     def _decode(self, tokens: torch.Tensor) -> list[str]:
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]

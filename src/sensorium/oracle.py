@@ -52,12 +52,15 @@ def _truths_in(folder: Path) -> dict[str, str]:
 
 
 def with_truth(examples: list[Example]) -> list[Example]:
-    """The examples, each carrying its medium's content as the text that precedes its prompt."""
+    """The examples, each carrying its medium's content as the text that precedes its prompt: the benchmark's own
+    where the file is a known benchmark's, else the truth the data states (``Example.extra["truth"]``: a dataset's
+    or a manifest's ``truth``)."""
     known = truths(e.media for e in examples)
-    keys = [str(Path(e.media).resolve()) for e in examples]
-    missing = [e.media for e, key in zip(examples, keys, strict=True) if key not in known]
+    stated = [known.get(str(Path(e.media).resolve()), e.extra.get("truth")) for e in examples]
+    missing = [e.media for e, truth in zip(examples, stated, strict=True) if not truth]
     if missing:
         raise ValueError(f"text oracle: no known content for {len(missing)} file(s), e.g. {missing[0]}: the truth "
-                         "is known for easy-vqa's images and for the shapes scenes of 'sensorium data make-scenes'")
-    return [dataclasses.replace(e, extra={**e.extra, "context": CONTEXT.format(truth=known[key])})
-            for e, key in zip(examples, keys, strict=True)]
+                         "is known for easy-vqa's images and for the shapes scenes of 'sensorium data make-scenes', "
+                         "or stated by a 'truth' field of the data")
+    return [dataclasses.replace(e, extra={**e.extra, "context": CONTEXT.format(truth=truth)})
+            for e, truth in zip(examples, stated, strict=True)]

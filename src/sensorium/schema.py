@@ -70,6 +70,8 @@ BOUNDS: dict[str, Bound] = {
     "no_repeat_ngram_size": Bound(0, 64),
     "length_penalty": Bound(-100.0, 100.0),
     "repetition_penalty": Bound(0.01, 100.0),
+    "temperature": Bound(1e-6, 100.0),  # sampling; 0 is greedy decoding, said by do_sample: false
+    "top_p": Bound(1e-6, 1.0),
     "question_chars": Bound(1, 100_000),  # a question, before its tokens are counted against the LM's context
     # The server's own options.
     "port": Bound(1, 65_535),

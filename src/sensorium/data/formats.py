@@ -51,6 +51,7 @@ FORMATS = {
     "clotho": DataFormat("clotho", keys=("csv", "audio")),
     "asterisk": DataFormat("asterisk:read_qa", split="all"),  # Debian's Asterisk prompts
     "asterisk-caption": DataFormat("asterisk:read_captions", split="all"),
+    "hf": DataFormat("hf", keys=("path", "split", "image", "audio", "video", "question", "answers", "captions")),
 }
 
 

@@ -1,7 +1,8 @@
 """The plain manifest: one JSON object per line, media paths relative to the manifest's folder.
 
 A line is a question (``media``, ``question``, ``answers`` or ``answer``) or, without a question, an
-image to caption (``media``, ``captions``).
+image to caption (``media``, ``captions``); ``truth``, where given, states the medium's content as text for the
+text oracle (see ``oracle``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ def _strings(values: object, key: str, where: str) -> list[str]:
 
 def _example(record: dict, manifest: Path, number: int, where: str) -> Example:
     media, question_id = str(manifest.parent / text(record["media"], "media", where)), str(record.get("id", number))
+    extra = {"truth": text(record["truth"], "truth", where)} if "truth" in record else {}
     if "captions" in record:
         return Example(media=media, question="", answers=_strings(record["captions"], "captions", where),
-                       answer_type="caption", question_id=question_id)
+                       answer_type="caption", question_id=question_id, extra=extra)
     answers = record.get("answers", [text(record["answer"], "answer", where)] if "answer" in record else [])
     return Example(
         media=media, question=text(record["question"], "question", where), answers=_strings(answers, "answers", where),
-        answer_type=str(record.get("answer_type", "other")), question_id=question_id,
+        answer_type=str(record.get("answer_type", "other")), question_id=question_id, extra=extra,
     )
 
 
@@ -77,6 +79,8 @@ def write_manifest(examples: list[Example], path: Path) -> dict[str, Any]:
             record["captions"] = example.answers
         else:
             record.update(question=example.question, answers=example.answers, answer_type=example.answer_type)
+        if "truth" in example.extra:
+            record["truth"] = example.extra["truth"]
         lines.append(json.dumps(record))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines))

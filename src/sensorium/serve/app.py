@@ -28,6 +28,7 @@ from ..errors import BadInputError
 from .adapters import AdapterRegistry, UnknownAdapterError, writes_captions
 from .batching import Batcher, ClientGone
 from .body_limit import BodyLimit
+from .chat import OpenAIErrors, add_chat_routes, chat_body_limit
 from .media import MediaTooLargeError, UnsupportedMediaError, media_modality
 from .settings import ServeSettings
 
@@ -105,7 +106,9 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        message=f"request body larger than {settings.max_request_bytes:,} bytes (an upload of at most "
-                               f"{settings.max_upload_bytes:,} bytes and the form fields)")
+                               f"{settings.max_upload_bytes:,} bytes and the form fields)",
+                       paths=chat_body_limit(settings))
+    app.add_middleware(OpenAIErrors)
 
     NewTokens = Annotated[int | None, Form(ge=1, le=settings.max_new_tokens,
                                            description="default: the adapter's (its task's)")]
@@ -166,6 +169,8 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
     def adapters() -> list[dict[str, Any]]:
         """The hosted adapters; those naming the same LM and encoder share one copy of each."""
         return [hosted.describe() for hosted in registry.adapters.values()]
+
+    add_chat_routes(app, answer, settings)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

@@ -8,6 +8,9 @@ generate() call, the base LM and layout (adapters may differ: ``generate_mixed``
 options, and each part is encoded and generated at once. A composed model's requests batch only with
 each other (its own ``batch_key``), its senses' media encoded sense by sense.
 
+A request that samples with a ``seed`` (``options["seed"]``) generates alone, from its own seed: its answer
+then depends on its seed and input, never on the requests that arrived beside it.
+
 All model work runs in this one thread, so the server's event loop never waits on torch and the
 injection hooks on a shared LM are never used by two batches at once. A batch nobody waits for any more (each of
 its requests timed out, or its client went away) or a stopping server ends its generate() call at the next token
@@ -21,7 +24,8 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +61,8 @@ class _Job:
     abandoned: bool = False  # the request timed out or its client went away: skip it, or stop generating it
 
     def group(self) -> tuple:
-        return self.adapter.batch_key, json.dumps(self.options, sort_keys=True)
+        alone = id(self) if "seed" in self.options else None
+        return self.adapter.batch_key, json.dumps(self.options, sort_keys=True), alone
 
     def settle(self, answer: Answer | None = None, error: BaseException | None = None) -> None:
         self.loop.call_soon_threadsafe(_settle, self.future, answer, error)
@@ -81,6 +86,18 @@ class _Abandoned(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         done = self.stopping.is_set() or all(job.abandoned for job in self.jobs)
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Random draws from ``seed`` inside, the generators' earlier state restored after: unseeded sampling of later
+    requests stays as random as if no seed had been given."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 class Batcher:
@@ -158,8 +175,10 @@ class Batcher:
             features = self._encode(group)
             encoded = time.perf_counter()
             samples = [(job.adapter.model, tokens, job.question) for job, tokens in zip(group, features, strict=True)]
-            texts = generate_mixed(samples, stopping_criteria=StoppingCriteriaList([_Abandoned(group, self._stopping)]),
-                                   **group[0].options)
+            options = dict(group[0].options)
+            abandoned = StoppingCriteriaList([_Abandoned(group, self._stopping)])
+            with seeded(options.pop("seed", None)):
+                texts = generate_mixed(samples, stopping_criteria=abandoned, **options)
             self.generate_calls += 1
         except Exception as error:  # a failure belongs to these requests; the thread serves the next batch
             for job in group:
