@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sensorium.cli import main
 from sensorium.config import AdapterConfig
-from sensorium.merge import layout_differences, read_ingredient
+from sensorium.trained import layout_differences, read_ingredient
 
 
 @pytest.fixture

@@ -16,15 +16,14 @@ from sensorium.cli import main
 from sensorium.errors import BadInputError
 from sensorium.merge import (
     HeldOutScorer,
-    Ingredient,
     average,
     greedy_soup,
     interpolation,
     merge,
     normalised,
-    read_ingredient,
     save,
 )
+from sensorium.trained import Ingredient, read_ingredient
 
 
 def config(tiny_lm_folder, tiny_vit_folder, **settings) -> AdapterConfig:

@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: dict[str, Any], out: str) -> str:
-    from .train import ADAPTER_FOLDER
+    from .trained import ADAPTER_FOLDER
 
     lines = [
         f"trainable parameters : {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
@@ -71,7 +71,8 @@ def _eval(args: argparse.Namespace) -> None:
     from .data import parse_data_spec
     from .evaluate import has_references, predict_all, predictions_name, report, scoring_task, write_predictions
     from .recipe import TrainingOptions
-    from .train import cached_features, recorded_recipe, task_examples
+    from .train import cached_features, task_examples
+    from .trained import recorded_recipe
 
     model = _load_model(args)
     spec = parse_data_spec(args.data)
@@ -179,7 +180,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> None:
-    from .merge import merge, read_ingredient, save
+    from .merge import merge, save
+    from .trained import read_ingredient
 
     check_outputs(adapter_files(args.out), _ingredient_files(args.adapters))
     soup = merge([read_ingredient(path) for path in args.adapters], args.weights)
@@ -189,7 +191,8 @@ def _merge(args: argparse.Namespace) -> None:
 
 def _soup(args: argparse.Namespace) -> None:
     from .data import parse_data_spec
-    from .merge import HeldOutScorer, greedy_soup, merge, read_ingredient, save
+    from .merge import HeldOutScorer, greedy_soup, merge, save
+    from .trained import read_ingredient
 
     data = parse_data_spec(args.data)
     check_outputs(adapter_files(args.out), [*_ingredient_files(args.adapters), *data_files(data)])
@@ -213,7 +216,8 @@ def _interpolate(args: argparse.Namespace) -> None:
 
     from .data import parse_data_spec
     from .evaluate import headline_name
-    from .merge import interpolation_table, plot_interpolation, read_ingredient
+    from .merge import interpolation_table, plot_interpolation
+    from .trained import read_ingredient
 
     out, data = Path(args.out), [parse_data_spec(args.first_data), parse_data_spec(args.second_data)]
     check_outputs([out / "interpolation.json", out / "interpolation.png"],
@@ -244,7 +248,7 @@ def _import_epalm(args: argparse.Namespace) -> None:
 
 def _ingredient_files(paths: list[str]) -> list[Path]:
     """The files of the adapters a merge reads (each an adapter folder or a training run's)."""
-    from .merge import adapter_folder
+    from .trained import adapter_folder
 
     return [file for path in paths for file in adapter_files(adapter_folder(path))]
 

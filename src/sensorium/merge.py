@@ -10,77 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from .config import CONFIG_NAME, MULTITASK, TASKS, WEIGHTS_NAME, AdapterConfig, model_identity
+from .config import MULTITASK, TASKS
 from .errors import BadInputError
 from .evaluate import headline, predict_all, report, scoring_task
-from .model import build_model, read_weights
+from .model import build_model
 from .recipe import TrainingOptions
-from .train import ADAPTER_FOLDER, cached_features, recorded_recipe, task_examples
-
-# Settings that decide which tensors an adapter has and where its tokens enter the LM. Adapters that agree on
-# all of them can be averaged; task, template, decoding and training settings may differ (a VQA adapter and a
-# caption adapter of one image domain interpolate).
-LAYOUT_SETTINGS = ("lm", "encoder", "image_size", "num_frames", "temporal", "connector", "connector_options",
-                   "num_blocks", "encoder_blocks", "inject_layers", "shared_linear", "prompt_length", "token_norm",
-                   "encoder_norm", "prompt_mlp", "layout", "visual_row")
-# Layout settings naming a frozen model: equal when they name the same model, however spelled (see model_identity).
-MODEL_SETTINGS = ("lm", "encoder")
-# What an adapter was trained to read besides the media: a blind adapter never saw features, an oracle the
-# truth as text; averaging one with a seeing adapter mixes inputs that never met.
-INPUT_SETTINGS = ("blind", "oracle")
-
-
-@dataclass(frozen=True)
-class Ingredient:
-    """One adapter read from its folder."""
-
-    folder: Path
-    config: AdapterConfig
-    state: dict[str, torch.Tensor]
-
-
-def adapter_folder(path: str | Path) -> Path:
-    """The adapter folder itself, or the adapter folder of a training run's output."""
-    path = Path(path)
-    if not (path / CONFIG_NAME).is_file() and (path / ADAPTER_FOLDER / CONFIG_NAME).is_file():
-        return path / ADAPTER_FOLDER
-    return path
-
-
-def read_ingredient(path: str | Path) -> Ingredient:
-    folder = adapter_folder(path)
-    return Ingredient(folder, AdapterConfig.load(folder), read_weights(folder / WEIGHTS_NAME))
-
-
-def _trained_input(ingredient: Ingredient) -> dict[str, bool]:
-    options = recorded_recipe(ingredient.config, ingredient.folder).training
-    return {name: getattr(options, name) for name in INPUT_SETTINGS}
-
-
-def layout_differences(ingredients: Sequence[Ingredient]) -> list[str]:
-    """What the adapters disagree on that averaging cannot bridge, one phrase each, against the first."""
-    first, problems = ingredients[0], []
-    for other in ingredients[1:]:
-        for name in LAYOUT_SETTINGS:
-            mine, theirs = getattr(first.config, name), getattr(other.config, name)
-            if name in MODEL_SETTINGS and model_identity(mine) == model_identity(theirs):
-                continue
-            if mine != theirs:
-                problems.append(f"{name}: {mine!r} in {first.folder}, {theirs!r} in {other.folder}")
-        mine, theirs = _trained_input(first), _trained_input(other)
-        if mine != theirs:
-            problems.append(f"trained input: {mine} in {first.folder}, {theirs} in {other.folder}")
-        shapes = {name: tuple(t.shape) for name, t in first.state.items()}
-        other_shapes = {name: tuple(t.shape) for name, t in other.state.items()}
-        if not problems and shapes != other_shapes:
-            changed = sorted(n for n in shapes.keys() | other_shapes.keys() if shapes.get(n) != other_shapes.get(n))
-            problems.append(f"tensors {', '.join(changed)} differ between {first.folder} and {other.folder}")
-    return problems
+from .train import cached_features, task_examples
+from .trained import Ingredient, layout_differences, trained_input
 
 
 def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -155,7 +96,7 @@ class HeldOutScorer:
     def __init__(self, ingredient: Ingredient, data: dict, batch_size: int = 64, lm=None, tokenizer=None,
                  encoder=None) -> None:
         self.model = build_model(ingredient.config, lm=lm, tokenizer=tokenizer, encoder=encoder).eval()
-        options = TrainingOptions(**_trained_input(ingredient))
+        options = TrainingOptions(**trained_input(ingredient))
         self.examples, self.features, self.row_of, _ = cached_features(
             self.model, task_examples(data, options), options, skip_bad=False)
         self.task = scoring_task(ingredient.config, self.examples)

@@ -51,7 +51,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
+from .config import WEIGHTS_NAME
 from .data import Example, read_dataset
 from .errors import BadInputError
 from .evaluate import (
@@ -78,9 +78,9 @@ from .tracking import (
     selected_trackers,
     tracker_options,
 )
+from .trained import ADAPTER_FOLDER, Ingredient, layout_differences, read_ingredient
 
 STATE_NAME = "training_state.pt"
-ADAPTER_FOLDER = "adapter"  # the run folder's trained adapter
 # The files a run writes at the top of its folder, besides checkpoints/ and the adapter.
 RUN_FILES = ("summary.json", METRICS_NAME, predictions_name("vqa"), predictions_name("caption"), CURVES_NAME)
 LOCK_NAME = ".sensorium.lock"  # the run folder's lock; the holder's process id is in LOCK_NAME + ".pid"
@@ -489,28 +489,12 @@ def start_from(model: PerceptualLM, adapter: str) -> None:
     """``training.init_from``: the run starts from a trained adapter's tensors, not from the seed's draw. Runs
     fine-tuned from one adapter stay near it, where averaging them (a model soup) keeps what each learned;
     adapters started apart do not average. The adapter must have the recipe's layout, as a merge would need."""
-    from .merge import Ingredient, layout_differences, read_ingredient  # merge builds on training
-
     start = read_ingredient(adapter)
     problems = layout_differences([start, Ingredient(Path("this recipe"), model.config, model.adapter_state())])
     if problems:
         raise BadInputError(f"training.init_from={adapter}: not this recipe's layout: " + "; ".join(problems))
     model.load_adapter_state(start.state, start.folder / WEIGHTS_NAME)
     log(f"starting from the adapter in {start.folder}")
-
-
-def recorded_recipe(config: AdapterConfig, folder: Path) -> Recipe:
-    """The recipe an adapter was trained with, read back through the recipe's schema from the adapter's config,
-    where ``train`` records every section but the model (which is the config itself); the defaults for an
-    adapter saved outside ``train``. A recorded section the schema refuses is a BadInputError naming the config
-    file of the adapter ``folder``.
-    """
-    try:
-        recipe = Recipe.from_dict(config.training)
-    except ValueError as error:
-        raise BadInputError(f"{folder / CONFIG_NAME}: training (the recipe it was trained with): {error}") from error
-    recipe.model = config
-    return recipe
 
 
 def _accelerator(options: TrainingOptions, out: Path) -> Accelerator:

@@ -22,7 +22,8 @@ from ..lm import lm_facts, load_lm
 from ..model import PerceptualLM
 from ..oracle import with_truth
 from ..recipe import Recipe, TrainingOptions
-from ..train import ADAPTER_FOLDER, EncodedExamples, cached_features, lm_dtype, mixed_precision, recorded_recipe
+from ..train import EncodedExamples, cached_features, lm_dtype, mixed_precision
+from ..trained import ADAPTER_FOLDER, recorded_recipe
 from .comparison import Comparison
 
 TEST_RESULT = "test.json"  # a run's test score (and, for VQA, its accuracy per answer type), kept in its folder
