@@ -498,3 +498,16 @@ def test_init_from_an_adapter_of_another_layout_is_refused(tiny_lm_folder, tiny_
         training.train(recipe)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "other" / "adapter").exists()
+
+
+def test_the_printed_samples_show_each_answer_type_as_it_comes():
+    """One sample of every answer type first, whatever the model answered, then samples from across the set."""
+    from sensorium.train import sample_records
+
+    records = [{"answer_type": kind, "index": index}
+               for index, kind in enumerate(["yes/no"] * 10 + ["shape"] * 3 + ["color"] * 5)]
+    picked = sample_records(records, 6)
+    assert [r["answer_type"] for r in picked[:3]] == ["yes/no", "shape", "color"]
+    assert len(picked) == 6 and len({r["index"] for r in picked}) == 6
+    assert [r["index"] for r in sample_records([{"answer_type": None, "index": i} for i in range(20)], 4)] == \
+        [0, 5, 10, 15]

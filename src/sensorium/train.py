@@ -610,7 +610,7 @@ def _final_eval(core: PerceptualLM, accelerator: Accelerator, recipe: Recipe, ev
     summary: dict[str, Any] = {"eval_seconds": round(time.perf_counter() - started, 1),
                                "eval_questions": len(records),
                                "samples": [{k: r[k] for k in ("media", "question", "prediction", "answers")}
-                                           for r in _spread(records, 6)]}
+                                           for r in sample_records(records, 6)]}
     for task, task_records in by_task(records).items():  # one task, or a multitask run's two
         if accelerator.is_main_process:
             write_predictions(task, task_records, out / predictions_name(task))
@@ -639,6 +639,17 @@ def _answer_sharded(accelerator: Accelerator, core: PerceptualLM, examples: list
     return sorted(gather_object(records), key=lambda record: len(record["question"]))
 
 
-def _spread(records: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    """A few records from across the set (records are ordered by question length)."""
-    return records[:: max(1, len(records) // count)][:count]
+def sample_records(records: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """A few records to show: the first of each answer type, in the order the types first come, then records from
+    across the set (ordered by question length) up to ``count``. Right and wrong answers come as they come: a
+    sample chosen for being wrong, or for being right, would say nothing of the model."""
+    first_of_type: dict[Any, dict[str, Any]] = {}
+    for record in records:
+        first_of_type.setdefault(record["answer_type"], record)
+    picked = list(first_of_type.values())[:count]
+    for record in records[:: max(1, len(records) // count)]:
+        if len(picked) == count:
+            break
+        if all(record is not other for other in picked):
+            picked.append(record)
+    return picked
