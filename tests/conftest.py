@@ -39,14 +39,14 @@ def file_bytes(folder: Path) -> dict[Path, bytes]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def few_threads():
     """Tiny models gain nothing from more threads, and on a busy machine spinning threads slow them 100-fold.
 
-    The e-PALM reference outputs were recorded with one thread too: another split of a reduction may round
-    differently.
+    SENSORIUM_TEST_THREADS sets another number, so that the suite can be run as a multi-threaded user runs it:
+    no test may depend on how a reduction is split between threads.
     """
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("SENSORIUM_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(threads)
 
