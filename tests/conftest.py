@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sensorium.lm import NATIVE_BF16_ENV
 from sensorium.testing import save_tiny_lm, save_tiny_vit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +50,13 @@ def few_threads():
     torch.set_num_threads(int(os.environ.get("SENSORIUM_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def emulated_bf16(monkeypatch):
+    """``auto`` decides as on a CPU without native bf16 (float32 weights, no mixed precision) on whatever CPU runs
+    the suite, so that a test gets the same formats on every machine; the tests of ``auto`` set either answer."""
+    monkeypatch.setenv(NATIVE_BF16_ENV, "0")
 
 
 @pytest.fixture(scope="session")
