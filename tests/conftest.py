@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sensorium.lm import NATIVE_BF16_ENV
 from sensorium.testing import save_tiny_lm, save_tiny_vit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,16 +40,23 @@ def file_bytes(folder: Path) -> dict[Path, bytes]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def few_threads():
     """Tiny models gain nothing from more threads, and on a busy machine spinning threads slow them 100-fold.
 
-    The e-PALM reference outputs were recorded with one thread too: another split of a reduction may round
-    differently.
+    SENSORIUM_TEST_THREADS sets another number, so that the suite can be run as a multi-threaded user runs it:
+    no test may depend on how a reduction is split between threads.
     """
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("SENSORIUM_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def emulated_bf16(monkeypatch):
+    """``auto`` decides as on a CPU without native bf16 (float32 weights, no mixed precision) on whatever CPU runs
+    the suite, so that a test gets the same formats on every machine; the tests of ``auto`` set either answer."""
+    monkeypatch.setenv(NATIVE_BF16_ENV, "0")
 
 
 @pytest.fixture(scope="session")

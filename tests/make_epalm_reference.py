@@ -3,10 +3,11 @@
 Each case saves a tiny frozen LM (float16 on disk, so the folder stays small; it loads as float32), an adapter
 made by the code of the commit that ran this script, random encoder features, and what that code computed
 from them: the mapped tokens, the loss and its gradients, the loss after one AdamW step, and the greedy,
-beam-search and uncached generations. The tests recompute all of it with the current code and require it
-bit for bit, so that a change in the model leaves every adapter trained before it computing what it did.
+beam-search and uncached generations. The tests recompute all of it with the current code and require the
+generations exactly and the numbers within float32 rounding (tests/test_epalm_reference.py), so that a change in
+the model leaves every adapter trained before it computing what it did.
 
-Run from the repository root, with one thread (as the test does): ``OMP_NUM_THREADS=1 PYTHONPATH=src:tests
+Run from the repository root, with one thread (as the recording was made): ``OMP_NUM_THREADS=1 PYTHONPATH=src:tests
 python tests/make_epalm_reference.py``. Only rerun it to record a deliberate change of the numbers.
 """
 

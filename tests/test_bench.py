@@ -97,8 +97,8 @@ def test_adapters(common, tmp_path, capsys):
 
 
 def test_floor(common, tmp_path, capsys):
-    line = main(["floor", *common, "--batches", "1", "2", "--new-tokens", "3", "--copy-mib", "8",
-                 "--caches", "dynamic", "static"])
+    line = main(["floor", *common, "--batches", "1", "2", "--new-tokens", "3", "--caches", "dynamic",
+                 "static"])
     appended(tmp_path, line, capsys, "greedy decode steps (3 new tokens")
     rows = {(row["weights"], row["batch"], row["cache"]): row for row in line["rows"]}
     assert set(rows) == {(w, b, c) for w in ("float32", "bfloat16", "int8") for b in (1, 2)
@@ -106,5 +106,6 @@ def test_floor(common, tmp_path, capsys):
     read = {w: rows[w, 1, "static"]["weight_bytes_per_token"] for w in ("float32", "bfloat16", "int8")}
     assert read["float32"] == 2 * read["bfloat16"], "bfloat16 halves every weight"
     assert read["bfloat16"] > read["int8"] > read["float32"] / 4, "int8 data is a quarter, plus its scales"
-    assert line["copy_bytes_per_second"] > 0
-    assert all(row["decode_over_floor"] > 0 for row in line["rows"])
+    for row in line["rows"]:  # the floor: the step's weight bytes at the rate its format's matvec reads them
+        assert row["read_bytes_per_second"] > 0 and row["decode_over_floor"] > 0
+        assert row["floor_ms"] == pytest.approx(1000 * row["weight_bytes_per_token"] / row["read_bytes_per_second"])

@@ -186,9 +186,9 @@ def test_auto_weights_follow_the_device(monkeypatch):
     """auto: bf16 where the hardware multiplies it natively, float32 on CPUs that emulate it; never int8."""
     from sensorium import lm
 
-    monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setenv(lm.NATIVE_BF16_ENV, "0")
     assert lm.weight_format("auto", "cpu") == "float32"
-    monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv(lm.NATIVE_BF16_ENV, "1")
     assert lm.weight_format("auto", "cpu") == "bfloat16"
     assert lm.weight_format("auto", "cpu", captions=True) == "float32"  # bf16 moved CIDEr: not auto for captions
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
@@ -202,7 +202,7 @@ def test_auto_weights_follow_the_device(monkeypatch):
 def test_ask_holds_the_lm_as_auto_decides(adapter, caption_adapter, image, monkeypatch, capsys):
     from sensorium import lm, model
 
-    monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv(lm.NATIVE_BF16_ENV, "1")
     loaded = []
 
     def load_lm(name, dtype, device_map):

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 from test_dryrun import refuse_weights
@@ -88,9 +89,12 @@ def test_a_second_run_reuses_every_finished_run(smoke_run, monkeypatch, capsys):
         assert after["runs"] == before["runs"] and after["chosen_lr"] == before["chosen_lr"]
 
 
-def test_worker_processes_train_the_same_runs_as_one_process(smoke_run, tmp_path):
+def test_worker_processes_train_the_same_runs_as_one_process(smoke_run, tmp_path, monkeypatch):
     """--jobs 2: methods train in two spawned workers; the main process then only reads their runs and
     measures costs, and every run (same rate chosen, same seeds) scores as in the one-process comparison."""
+    # The workers start with as many threads as the one-process runs had: another split of a sum rounds
+    # differently, and a few training steps can carry that to an answer.
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     out = tmp_path / "jobs"
     assert main(["compare", str(EASY_VQA), "--smoke", "--out", str(out), "--jobs", "2"]) == 0
     summary = json.loads((out / "comparison.json").read_text())

@@ -144,7 +144,7 @@ def test_auto_keeps_float32_when_a_hosted_adapter_writes_captions(tiny_adapter_f
     """bf16 weights moved captions (CIDEr) where they left answers unchanged: auto only picks it for questions."""
     from sensorium import lm
 
-    monkeypatch.setattr(lm, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv(lm.NATIVE_BF16_ENV, "1")
     assert load_registry([("shapes", tiny_adapter_folders["shapes"])]).weights == "bfloat16"
     assert load_registry(list(tiny_adapter_folders.items())).weights == "float32"
 

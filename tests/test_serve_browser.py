@@ -28,7 +28,7 @@ OFFLINE = ["--proxy-server=127.0.0.1:9", "--disable-background-networking", "--d
 
 @pytest.fixture(scope="module")
 def server(tiny_adapter_folders):
-    with running_server(create_app(load_registry(list(tiny_adapter_folders.items())))) as url:
+    with running_server(create_app(load_registry(list(tiny_adapter_folders.items()), weights="float32"))) as url:
         yield url
 
 
@@ -76,7 +76,7 @@ def test_ask_about_an_uploaded_image(page, server, tiny_adapter_folders, tmp_pat
     page.fill("#question", question)
     page.click("#ask")
     expect(page.locator("#timing")).to_contain_text("ms")
-    expected = load(tiny_adapter_folders["shapes"]).ask([load_image(picture)], [question])[0]
+    expected = load(tiny_adapter_folders["shapes"], weights="float32").ask([load_image(picture)], [question])[0]
     assert page.inner_text("#answer") == shown(expected)
     assert page.inner_text("#error") == ""
     screenshot = tmp_path / "serve-screenshot.png"

@@ -46,7 +46,8 @@ def sense_folders(tiny_lm_folder, tiny_vit_folder, tmp_path_factory) -> dict[str
 @pytest.fixture(scope="module")
 def registry(sense_folders):
     return load_registry([(name, sense_folders[name]) for name in ADAPTERS],
-                         compositions=[("av", ["clips", "sounds"]), ("seen-heard", ["still", "sounds"])])
+                         compositions=[("av", ["clips", "sounds"]), ("seen-heard", ["still", "sounds"])],
+                         weights="float32")
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_a_composed_folder_is_hosted_over_the_shared_models(registry, sense_fold
     folder = tmp_path / "composed"
     registry.get("av").model.save_pretrained(folder)
     hosted = load_registry([("clips", sense_folders["clips"]), ("sounds", sense_folders["sounds"]),
-                            ("saved", folder)])
+                            ("saved", folder)], weights="float32")
     assert hosted.frozen_models == 3  # the composed folder's senses reuse the LM and both encoders
     saved = hosted.get("saved")
     assert isinstance(saved, HostedComposition) and saved.modality == "audiovisual"
@@ -170,7 +171,8 @@ def test_a_composed_folder_is_hosted_over_the_shared_models(registry, sense_fold
         response = client.post("/v1/ask", data={"adapter": "saved", "question": QUESTION, "max_new_tokens": "4"},
                                files=upload(Path(clip).read_bytes()))
     assert response.status_code == 200, response.text
-    assert response.json()["answer"] == load_composed(folder).ask([clip], [QUESTION], max_new_tokens=4)[0]
+    in_process = load_composed(folder, weights="float32")
+    assert response.json()["answer"] == in_process.ask([clip], [QUESTION], max_new_tokens=4)[0]
 
 
 # ---- the command line --------------------------------------------------------------------------------

@@ -125,7 +125,12 @@ def test_speech_is_there_exactly_when_espeak_said_it(monkeypatch, tmp_path):
     """The synthesis commands of each clip: espeak-ng runs for a clip iff its answer to "is there speech?" is yes."""
     commands: list[str] = []
     run = sound_scenes._run
-    monkeypatch.setattr(sound_scenes, "_run", lambda command: commands.append(command[0]) or run(command))
+
+    def counted(command: list[str], env: dict[str, str] | None = None) -> bytes:
+        commands.append(command[0])
+        return run(command, env)
+
+    monkeypatch.setattr(sound_scenes, "_run", counted)
     (tmp_path / "clips").mkdir()
     for index in range(12):
         commands.clear()
@@ -178,3 +183,15 @@ def test_cli_rejects_a_non_positive_count_and_a_missing_synthesiser(tmp_path, ca
     monkeypatch.setattr(sound_scenes.shutil, "which", lambda program: None if program == "espeak-ng" else program)
     assert main(["data", "make-audio", "--out", str(tmp_path)]) == 2
     assert "apt-get install espeak-ng" in capsys.readouterr().err
+
+
+def test_speech_does_not_depend_on_the_audio_system_of_the_machine(tmp_path, monkeypatch):
+    """espeak-ng opens an audio device even to write to stdout. PulseAudio's client, lacking its runtime directory
+    (as on a fresh machine: here a fresh HOME), names a new one with rand(), the C library's one random stream,
+    which the breath noise of the voices that breathe (en-us+f2, f3) draws from: the first sentence such a voice
+    said on a fresh machine sounded, and once trimmed lasted, differently from the same sentence said again."""
+    event = sound_scenes.Event("speech", 0.5, words=("hello",), speaker="woman", voice="en-us+f2", voice_pitch=55,
+                               speed=151)
+    usual = sound_scenes.synthesise(event)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert np.array_equal(sound_scenes.synthesise(event), usual)

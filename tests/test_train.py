@@ -50,6 +50,23 @@ def tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, out, **training_optio
     })
 
 
+def test_auto_mixed_precision_follows_the_cpu(monkeypatch):
+    """auto trains in bf16 autocast on a CPU that multiplies bf16 natively, without it where bf16 is emulated; the
+    frozen LM's weights stay float32 on a CPU either way."""
+    from sensorium.lm import NATIVE_BF16_ENV
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(NATIVE_BF16_ENV, "1")
+    assert training.mixed_precision("auto") == "bf16"
+    assert training.lm_dtype("auto", "bf16", torch.device("cpu")) == torch.float32
+    monkeypatch.setenv(NATIVE_BF16_ENV, "0")
+    assert training.mixed_precision("auto") == "no"
+    assert training.mixed_precision("bf16") == "bf16"
+    monkeypatch.setenv(NATIVE_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="SENSORIUM_NATIVE_BF16 must be 1 or 0"):
+        training.mixed_precision("auto")
+
+
 def test_training_writes_adapter_summary_and_predictions(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
     summary = training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "run"))
     out = tmp_path / "run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import torch
@@ -138,8 +139,20 @@ def load_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
     return model, tokenizer
 
 
+NATIVE_BF16_ENV = "SENSORIUM_NATIVE_BF16"
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX); without, bf16 is emulated."""
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX); without, bf16 is emulated.
+
+    The one place where ``auto`` reads the CPU, for the LM's weight format (weight_format) and for training's
+    mixed precision (train.mixed_precision). SENSORIUM_NATIVE_BF16=1 or 0 gives the answer instead, so that a
+    run can choose what it would choose on another CPU, and the tests hold either branch on any machine."""
+    forced = os.environ.get(NATIVE_BF16_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{NATIVE_BF16_ENV} must be 1 or 0 (or unset: read the CPU's flags), not '{forced}'")
+        return forced == "1"
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return "avx512_bf16" in flags or "amx_bf16" in flags
 

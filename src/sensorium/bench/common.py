@@ -43,7 +43,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, repeated: bool = True)
 
 
 class Timer:
-    """Median wall time of a call after warm-up runs; waits for the GPU so that queued kernels count."""
+    """Median or best wall time of a call after warm-up runs; waits for the GPU so that queued kernels count."""
 
     def __init__(self, device: str, repeats: int, warmup: int) -> None:
         self.cuda = torch.device(device).type == "cuda"
@@ -54,7 +54,14 @@ class Timer:
             torch.cuda.synchronize()
 
     def median(self, call: Callable[[], Any]) -> float:
-        """Seconds per call."""
+        """Seconds per call: the typical one."""
+        return statistics.median(self._times(call))
+
+    def best(self, call: Callable[[], Any]) -> float:
+        """Seconds of the fastest call: what the hardware allows, when other work may slow some calls down."""
+        return min(self._times(call))
+
+    def _times(self, call: Callable[[], Any]) -> list[float]:
         for _ in range(self.warmup):
             call()
         times = []
@@ -64,7 +71,7 @@ class Timer:
             call()
             self._sync()
             times.append(time.perf_counter() - started)
-        return statistics.median(times)
+        return times
 
 
 def precision() -> str:

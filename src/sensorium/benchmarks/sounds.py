@@ -15,11 +15,13 @@ plan with the start and end of every event.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import random
 import shutil
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,9 +126,29 @@ def sample_clip(rng: random.Random) -> list[Event]:
 
 
 # ---- synthesis ------------------------------------------------------------------------------------------------
-def _run(command: list[str]) -> bytes:
+def _run(command: list[str], env: dict[str, str] | None = None) -> bytes:
     """stdout of a synthesis program (sox or espeak-ng)."""
-    return subprocess.run(command, capture_output=True, check=True).stdout
+    return subprocess.run(command, capture_output=True, check=True, env=env).stdout
+
+
+@functools.cache
+def _pulse_runtime() -> tempfile.TemporaryDirectory:
+    """A PulseAudio runtime directory for the espeak-ng processes of this process, removed when it ends.
+
+    espeak-ng (1.51) opens an audio device even when it writes to stdout. PulseAudio's client, finding no runtime
+    directory of its own (a fresh machine, a fresh HOME, a cleaned /tmp), names a new one with rand(): the C
+    library's one random stream, from which the breath noise of the voices that breathe (en-us+f2, f3) is drawn
+    too. The first sentence such a voice said on a fresh machine then sounded, and once trimmed lasted, unlike
+    the same sentence said again, and the plan of its clip changed. With a directory given, the client draws
+    nothing."""
+    return tempfile.TemporaryDirectory(prefix="sensorium-pulse-")
+
+
+def _speak(event: Event) -> bytes:
+    """The WAV file espeak-ng says the event's words in."""
+    environment = {**os.environ, "PULSE_RUNTIME_PATH": _pulse_runtime().name}
+    return _run(["espeak-ng", "-v", event.voice, "-p", str(event.voice_pitch), "-s", str(event.speed), "--stdout",
+                 " ".join(event.words)], environment)
 
 
 def _sox(effects: list[str]) -> np.ndarray:
@@ -143,9 +165,7 @@ def _fade(seconds: float, edge: float) -> list[str]:
 def synthesise(event: Event) -> np.ndarray:
     """The event's samples at SAMPLE_RATE, scaled to its peak level."""
     if event.kind == "speech":
-        wav = _run(["espeak-ng", "-v", event.voice, "-p", str(event.voice_pitch), "-s", str(event.speed),
-                    "--stdout", " ".join(event.words)])
-        samples, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
+        samples, rate = soundfile.read(io.BytesIO(_speak(event)), dtype="float32")
         voiced = np.flatnonzero(np.abs(samples) > SPEECH_FLOOR * np.abs(samples).max())
         samples = Waveform(samples[voiced[0]:voiced[-1] + 1], rate).resampled(SAMPLE_RATE).samples
     elif event.kind == "beeps":
