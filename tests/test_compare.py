@@ -108,7 +108,7 @@ def test_worker_processes_train_the_same_runs_as_one_process(smoke_run, tmp_path
 
 def test_a_run_is_reused_only_with_the_recipe_it_was_trained_with(tmp_path, monkeypatch):
     recipe = Recipe.from_dict({"out": str(tmp_path / "run")})
-    monkeypatch.setattr("sensorium.train.train", lambda recipe: {"trained": recipe.training.max_steps})
+    monkeypatch.setattr("sensorium.train.train", lambda recipe, restart: {"trained": recipe.training.max_steps})
     assert compare.trained(recipe) == {"trained": 1000}
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"from": "the folder"}))  # as train() writes it
     assert compare.trained(recipe) == {"from": "the folder"}

@@ -54,7 +54,8 @@ def _out_of_bounds(name: str) -> st.SearchStrategy:
 
 DECODING = [spec.name for spec in dataclasses.fields(Decoding)]
 # Ways to break a run, each as one ``section.key=value`` override: a missing file anywhere in the data, a size past
-# its bound in any section, a decoding option out of range, an unknown one.
+# its bound in any section, a decoding option out of range, a decoding switch neither true nor false, an unknown
+# one.
 BREAKING = st.one_of(
     st.sampled_from(["data.train.path", "data.eval.path"]).map(lambda key: f"{key}=NOPE.jsonl"),
     st.sampled_from(["model.lm", "model.encoder", "training.init_from"]).map(lambda key: f"{key}=/no/such/model"),
@@ -62,8 +63,9 @@ BREAKING = st.one_of(
                      ("training.cache_batch_size", "batch_size"), ("eval_batch_size", "batch_size"),
                      ("model.prompt_length", "prompt_length"), ("model.image_size", "image_size")]).flatmap(
         lambda pair: _out_of_bounds(pair[1]).map(lambda value: f"{pair[0]}={value}")),
-    st.sampled_from(DECODING).flatmap(
+    st.sampled_from([name for name in DECODING if name in BOUNDS]).flatmap(
         lambda name: _out_of_bounds(name).map(lambda value: f"generation.{name}={value}")),
+    st.sampled_from([name for name in DECODING if name not in BOUNDS]).map(lambda name: f"generation.{name}=maybe"),
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(
         lambda name: name not in DECODING).map(lambda name: f"generation.{name}=1"),
 )

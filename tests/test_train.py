@@ -528,3 +528,21 @@ def test_the_printed_samples_show_each_answer_type_as_it_comes():
     assert len(picked) == 6 and len({r["index"] for r in picked}) == 6
     assert [r["index"] for r in sample_records([{"answer_type": None, "index": i} for i in range(20)], 4)] == \
         [0, 5, 10, 15]
+
+
+def test_a_fresh_run_never_removes_an_unfinished_runs_checkpoints(tiny_lm_folder, tiny_vit_folder, manifest,
+                                                                   tmp_path):
+    """Forgetting --resume after a crash is refused before anything loads, the crashed run's checkpoints kept;
+    --restart starts over on purpose."""
+    out = tmp_path / "run"
+    recipe = tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, out, max_steps=4, keep_checkpoints=2)
+    training.train(recipe)
+    (out / "summary.json").unlink()  # the run stopped before its result
+    kept = {step: sorted(p.name for p in folder.iterdir()) for step, folder in training.checkpoint_steps(out).items()}
+    with pytest.raises(BadInputError, match=r"holds an unfinished run \(checkpoints up to step 4.*--resume.*"
+                                            r"--restart"):
+        training.train(recipe)
+    assert {step: sorted(p.name for p in folder.iterdir())
+            for step, folder in training.checkpoint_steps(out).items()} == kept
+    training.train(recipe, restart=True)
+    assert (out / "summary.json").is_file() and training.unfinished_run(out) is None

@@ -36,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
     check_outputs([Path(recipe.out) / name for name in RUN_FILES],
                   [args.recipe, *data_files([spec for part in recipe.data.values()
                                              for spec in (part if isinstance(part, list) else [part])])])
-    summary = train(recipe, resume=args.resume, skip_bad=args.skip_bad)
+    summary = train(recipe, resume=args.resume, skip_bad=args.skip_bad, restart=args.restart)
     if PartialState().is_main_process:  # once, not once per process
         print(format_summary(summary, recipe.out))
     return 0
@@ -394,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=100")
     train.add_argument("--out", help="output folder (overrides the recipe's)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output")
+    train.add_argument("--restart", action="store_true",
+                       help="start over in an output folder holding an unfinished run, removing its checkpoints")
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable files instead of stopping")
     train.add_argument("--dry-run", action="store_true",
                        help="check the recipe, models, data, batch arithmetic and memory without loading weights")

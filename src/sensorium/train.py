@@ -10,8 +10,9 @@ so the data order does not depend on the process count, and the loss is weighted
 is the mean over all target tokens of the global batch. Only the main process writes files.
 
 One run folder (``--out``) holds one run: the main process locks it for the run's duration, a run
-without ``--resume`` starts the folder over, and a checkpoint resumes only the recipe that wrote it
-(see ``recipe_fingerprint``); a damaged checkpoint is passed over for the newest intact one.
+without ``--resume`` starts a finished run's folder over (an unfinished run's only with ``--restart``), and a
+checkpoint resumes only the recipe that wrote it (see ``recipe_fingerprint``); a damaged checkpoint is passed
+over for the newest intact one.
 
 A failed run loses nothing: the earlier run's checkpoints and metrics are replaced only once this run has
 loaded its models and data and is about to take its first step, and the trained adapter is written as soon
@@ -286,7 +287,7 @@ def _check_recipe(folder: Path, state: dict[str, Any], fingerprint: dict[str, An
     if differ:
         changes = "; ".join(f"{key}: {saved.get(key)!r} -> {fingerprint.get(key)!r}" for key in differ)
         raise OtherRecipe(f"{folder}: a checkpoint of a different recipe ({changes}); resume with the recipe "
-                            "that wrote it, or train without --resume to start over")
+                            "that wrote it, or train with --restart instead of --resume to start over")
 
 
 def resume_from_checkpoint(core: PerceptualLM, optimizer, scheduler, out: Path,
@@ -386,9 +387,29 @@ def build_optimizer(senses: PerceptualLM | list[PerceptualLM], options: Training
     ])
 
 
-def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False) -> dict[str, Any]:
-    """Train, evaluate on the recipe's eval set, save the adapter; returns the run's summary."""
+def unfinished_run(out: Path) -> int | None:
+    """The last checkpoint's step of a run that stopped before its result (a crash, an interruption): checkpoints
+    newer than the folder's summary.json, or with none. None when the folder holds no such run."""
+    steps = checkpoint_steps(out)
+    if not steps:
+        return None
+    summary = out / "summary.json"
+    last = max(steps)
+    finished = summary.is_file() and summary.stat().st_mtime >= steps[last].stat().st_mtime
+    return None if finished else last
+
+
+def train(recipe: Recipe, resume: bool = False, skip_bad: bool = False, restart: bool = False) -> dict[str, Any]:
+    """Train, evaluate on the recipe's eval set, save the adapter; returns the run's summary.
+
+    A fresh run (neither ``resume`` nor ``restart``) into a folder holding an unfinished run is refused before
+    anything loads: its checkpoints are the only copy of that run's training, and forgetting --resume after a
+    crash must not remove them. A finished run's folder is started over, as re-running a command does."""
     out = Path(recipe.out)
+    step = unfinished_run(out)
+    if step is not None and not (resume or restart):
+        raise BadInputError(f"{out}: holds an unfinished run (checkpoints up to step {step}, no result after them): "
+                            "--resume continues it, --restart starts over and removes its checkpoints")
     accelerator = _accelerator(recipe.training, out)
     with ExitStack() as held:
         _main_first(accelerator, lambda: held.enter_context(run_lock(out)))

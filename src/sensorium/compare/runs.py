@@ -63,7 +63,7 @@ def trained(recipe: Recipe) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     for stale in (saved, out / TEST_RESULT):  # a run trained anew must be scored anew
         stale.unlink(missing_ok=True)
-    result = train(recipe)
+    result = train(recipe, restart=True)  # an interrupted comparison's run is trained again
     saved.write_text(yaml.safe_dump(settings))
     return result
 
