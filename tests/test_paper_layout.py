@@ -252,3 +252,23 @@ def test_cached_decoding_is_exact_where_the_official_function_allows(arch, visua
         options = {"max_new_tokens": 5, "min_new_tokens": 5, "num_beams": beams}
         assert model.generate(features, QUESTIONS, **options) == model.generate(features, QUESTIONS,
                                                                                use_cache=False, **options)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method. is deprecated:DeprecationWarning")  # torch's own
+@pytest.mark.parametrize("layout", ["sensorium", "paper"])
+def test_a_compiled_decode_step_decodes_as_the_eager_one(layout, tiny_lm_folder, tiny_vit_folder, features):
+    """transformers' compiled generation (a static KV cache, the decode step through torch.compile, forced on the
+    CPU) gives the eager token ids in both layouts: the injection leaves nothing a compiled step would miss."""
+    from transformers import CompileConfig
+
+    settings = {"visual_row": "causal"} if layout == "paper" else {}
+    config = AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, num_blocks=3, inject_layers=[1, 2],
+                           layout=layout, **settings)
+    torch.manual_seed(1)
+    model = build_model(config).eval()
+    compiled = CompileConfig(fullgraph=False)
+    compiled._compile_all_devices = True  # transformers compiles on accelerators only, unless told
+    options = {"max_new_tokens": 6, "min_new_tokens": 6, "num_beams": 1}
+    features = features.float()
+    assert model.generate(features, QUESTIONS, cache_implementation="static", compile_config=compiled,
+                          **options) == model.generate(features, QUESTIONS, **options)

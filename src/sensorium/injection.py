@@ -199,6 +199,9 @@ class FrontInjector:
                              f"{' or '.join(_DENSE_MASKS)}, not '{implementation}'")
         self._lm = lm
         blocks = decoder_layers(lm)
+        # Where a decoder layer takes its mask (GPT-2 passes it positionally): looked up once, not in the hooks,
+        # so that a compiled decode step traces none of the lookup.
+        self._mask_position = _parameter_position(type(blocks[0]), "attention_mask")
         self._hidden_in = list(blocks[:layers[0]])
         self._open_in = list(blocks[layers[0]:]) if open_row else []  # a causal row needs no change
         self._slot = SlotInjector(lm, layers, (0,))
@@ -240,7 +243,7 @@ class FrontInjector:
             start, length = self._chunk, hidden.shape[1]
             if open_row and start > 0:  # the visual row was computed at prefill
                 return None
-            position = _parameter_position(type(module), "attention_mask")  # GPT-2 passes it positionally
+            position = self._mask_position
             passed = position is not None and position < len(args)
             mask = args[position] if passed else kwargs.get("attention_mask")
             allowed = self._allowed(mask, start, length, hidden.device).clone()
