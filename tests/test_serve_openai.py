@@ -226,6 +226,8 @@ def test_oversized_requests_are_refused_in_openais_shape(registry):
     ({"model": "shapes", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,not base64!"}}]}]}, "not base64"),
     ({"model": "shapes", "n": 2, "messages": [{"role": "user", "content": "hi"}]}, "n"),
+    ({"model": "shapes", "temperature": 1e-309, "messages": [{"role": "user", "content": "hi"}]}, "temperature"),
+    ({"model": "shapes", "top_p": 1e-300, "messages": [{"role": "user", "content": "hi"}]}, "top_p"),
 ])
 def test_malformed_requests_are_400_in_openais_shape(server, body, words):
     _, http = server

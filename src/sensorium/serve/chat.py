@@ -30,10 +30,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadInputError
+from ..schema import BOUNDS
 from .adapters import HostedAdapter, HostedComposition
 from .media import MediaTooLargeError
 from .settings import ServeSettings
@@ -116,13 +117,24 @@ def chat_request_model(settings: ServeSettings) -> type[BaseModel]:
         max_completion_tokens: int | None = Field(None, ge=1, le=settings.max_new_tokens)
         temperature: float | None = Field(None, ge=0, le=2, description="absent: the adapter's own decoding; "
                                                                         "0: greedy; above 0: sampling")
-        top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling, with a temperature above 0")
+        top_p: float | None = Field(None, ge=BOUNDS["top_p"].low, le=1,
+                                    description="nucleus sampling, with a temperature above 0")
         seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1,
                                  description="sampling from it is repeatable (the request then decodes alone)")
         stop: str | list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1, max_length=4)
         n: Literal[1] | None = Field(None, description="one choice per request")
         stream: bool | None = False
         stream_options: StreamOptions | None = None
+
+        @field_validator("temperature")
+        @classmethod
+        def _greedy_or_sampling(cls, temperature: float | None) -> float | None:
+            """0 is greedy; a sampling temperature is within the bound every decoding option has (schema.BOUNDS):
+            one of 1e-309 would overflow the scores it divides."""
+            lowest = BOUNDS["temperature"].low
+            if temperature is not None and 0 < temperature < lowest:
+                raise ValueError(f"temperature must be 0 (greedy) or at least {lowest:g}, not {temperature!r}")
+            return temperature
 
         def decoding(self) -> dict[str, Any]:
             """generate() options; None: the adapter's own."""
