@@ -66,6 +66,10 @@ class PrefixedLM(nn.Module):
     slot_index: int
     prefix_length: int
     injector: SlotInjector | None
+    # How the text is tokenized: our layout puts BOS before the learned prefix and the answer after a space; the
+    # paper's (PaperLM) lets the tokenizer add BOS to the template and joins the answer to ``</a>``.
+    template_bos = False
+    answer_separator = " "
 
     def perceive(self, features) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The learned prefix [batch or 1, prefix_length - len(bos), width] and the injection layers' tokens."""
@@ -177,10 +181,10 @@ class PrefixedLM(nn.Module):
         if contexts is not None:
             texts = [f"{context} {text}" if context else text
                      for context, text in zip(tokenizable(contexts, "context"), texts, strict=True)]
-        return self.tokenizer(texts, add_special_tokens=False).input_ids
+        return self.tokenizer(texts, add_special_tokens=self.template_bos).input_ids
 
     def target_ids(self, targets: list[str]) -> list[list[int]]:
-        texts = [" " + target.strip() for target in tokenizable(targets, "answer")]
+        texts = [self.answer_separator + target.strip() for target in tokenizable(targets, "answer")]
         ids = self.tokenizer(texts, add_special_tokens=False).input_ids
         return [t + [self.tokenizer.eos_token_id] for t in ids]
 
@@ -463,6 +467,9 @@ class PaperLM(PerceptualLM):
     ``{question}?</a>`` with ``</a>`` an added token, and the answer follows it without a space.
     """
 
+    template_bos = True  # the tokenizer's BOS starts the text (OPT's and Llama's add one)
+    answer_separator = ""
+
     def __init__(self, config: AdapterConfig, lm=None, tokenizer=None, encoder: Encoder | None = None):
         super().__init__(config, lm, tokenizer, encoder)
         add_template_tokens(self.tokenizer, self.lm, [t for t in PAPER_ADDED_TOKENS if t in config.template])
@@ -475,17 +482,6 @@ class PaperLM(PerceptualLM):
 
     def learned_prefix(self) -> torch.Tensor:
         return self.soft_prompt()
-
-    def prompt_ids(self, questions: list[str], contexts: list[str] | None = None) -> list[list[int]]:
-        """The template's tokens as the tokenizer gives them, its BOS included (OPT's and Llama's add one)."""
-        texts = [self.config.prompt_text(q) for q in questions]
-        if contexts is not None:
-            texts = [f"{context} {text}" if context else text for context, text in zip(contexts, texts, strict=True)]
-        return self.tokenizer(texts).input_ids
-
-    def target_ids(self, targets: list[str]) -> list[list[int]]:
-        ids = self.tokenizer([t.strip() for t in targets], add_special_tokens=False).input_ids
-        return [t + [self.tokenizer.eos_token_id] for t in ids]
 
     def _token_ids(self, texts: list[list[int]], right: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask: the visual and prompt columns (pad ids), then each text padded on the
