@@ -202,6 +202,9 @@ def test_composed_refuses_mismatched_senses(tiny_lm_folder, tiny_vit_folder):
         ComposedLM([first, sense(lm, tokenizer, tiny_vit_folder, 2, inject_layers=[2, 3])], ["a", "b"], "prefix")
     with pytest.raises(ValueError, match="plain folder names"):
         ComposedLM([first, sense(lm, tokenizer, tiny_vit_folder, 2)], ["a", "../b"])
+    reordered = sense(lm, tokenizer, tiny_vit_folder, 2, column_order=["slot", "bos", "prompt"])
+    with pytest.raises(ValueError, match="sense 'b' has column_order"):
+        ComposedLM([first, reordered], ["a", "b"], "prefix")
     with pytest.raises(ValueError, match="at least two senses"):
         ComposedLM([first], ["a"])
 

@@ -321,3 +321,57 @@ def test_task_decides_template_decoding_and_verbs(tiny_lm_folder, tiny_vit_folde
         captioner.ask([], ["what ?"])
     with pytest.raises(ValueError, match="unknown task"):
         AdapterConfig(task="translate")
+
+
+ORDERS = [["prompt", "bos", "slot"], ["slot", "bos", "prompt"]]
+
+
+def prefix_columns(model: PerceptualLM) -> dict[str, list[int]]:
+    """Each part's columns in a row's prefix, counted here from ``column_order`` and the parts' widths."""
+    widths = {"bos": len(model.bos), "prompt": model.config.prompt_length, "slot": model.slot_count}
+    columns, start = {}, 0
+    for part in model.config.column_order:
+        columns[part] = list(range(start, start + widths[part]))
+        start += widths[part]
+    return columns
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["prompt-bos-slot", "slot-bos-prompt"])
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_column_order_puts_each_part_in_its_columns(order, arch, tiny_lm_folder, tiny_vit_folder):
+    """BOS, the soft prompt and the slot lie where column_order says, the injected tokens reach the slot, and
+    cached decoding still equals recomputation."""
+    model = build(arch, tiny_lm_folder, tiny_vit_folder, frames=3, prompt_length=2, column_order=order)
+    assert bool(model.bos) == (arch == "opt"), "OPT's tokenizer adds BOS, the tiny Llama's does not"
+    ids, mask = model._token_ids(model.prompt_ids(QUESTIONS))
+    embeds = model._with_learned_prefix(model.lm.get_input_embeddings()(ids), model._leading_pads(mask))
+    columns = prefix_columns(model)
+    for row, pads in enumerate(model._leading_pads(mask).tolist()):
+        assert [ids[row, pads + c].item() for c in columns["bos"]] == model.bos
+        torch.testing.assert_close(embeds[row, [pads + c for c in columns["prompt"]]], model.prompt)
+        torch.testing.assert_close(embeds[row, [pads + c for c in columns["slot"]]],
+                                   model.slot_embedding.expand(3, -1))
+        assert model.slot_columns(mask)[row].item() == pads + columns["slot"][0]
+    feats = features(model, len(QUESTIONS))
+    options = {"max_new_tokens": 6, "min_new_tokens": 3, "num_beams": 3}
+    assert model.generate(feats, QUESTIONS, **options) == model.generate_uncached(feats, QUESTIONS, **options)
+
+
+def test_column_order_changes_the_function(tiny_lm_folder, tiny_vit_folder):
+    """The same weights in another order compute another loss: the option is not a label."""
+    ours = build("opt", tiny_lm_folder, tiny_vit_folder)
+    feats = features(ours, 2)
+    losses = [ours(feats, QUESTIONS[:2], ["circle", "red"]).item()]
+    for order in ORDERS:
+        other = build("opt", tiny_lm_folder, tiny_vit_folder, column_order=order)
+        other.load_state_dict(ours.state_dict())
+        losses.append(other(feats, QUESTIONS[:2], ["circle", "red"]).item())
+    assert len({round(loss, 5) for loss in losses}) == 3
+
+
+def test_column_order_is_checked(tiny_lm_folder, tiny_vit_folder):
+    with pytest.raises(ValueError, match="must name each of bos, prompt, slot once"):
+        AdapterConfig(column_order=["bos", "slot"])
+    with pytest.raises(ValueError, match="column_order applies to layout 'sensorium'"):
+        PerceptualLM(AdapterConfig(lm=tiny_lm_folder("llama"), encoder=tiny_vit_folder, layout="paper",
+                                  column_order=["prompt", "bos", "slot"]))

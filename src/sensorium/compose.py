@@ -41,7 +41,7 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, model_identity, readable_format
+from .config import CONFIG_NAME, PREFIX_PARTS, WEIGHTS_NAME, AdapterConfig, model_identity, readable_format
 from .data.examples import Example
 from .errors import BadInputError
 from .injection import SlotInjector
@@ -117,6 +117,12 @@ class ComposedLM(PrefixedLM):
 
     def _lay_out(self, senses: Sequence[PerceptualLM], names: Sequence[str], positions: str) -> None:
         """The one sequence of a prefix composition: every sense's columns, their positions and injected slots."""
+        reordered = [name for name, sense in zip(names, senses, strict=True)
+                     if sense.config.column_order != list(PREFIX_PARTS)]
+        if reordered:
+            order = senses[list(names).index(reordered[0])].config.column_order
+            raise ValueError(f"a prefix composition lays BOS, then each sense's prompt and slot: sense "
+                             f"'{reordered[0]}' has column_order {order}")
         injecting = [(name, sense) for name, sense in zip(names, senses, strict=True) if sense.injector is not None]
         layer_sets = {tuple(sense.layout.layers) for _, sense in injecting}
         if len(layer_sets) > 1:

@@ -59,6 +59,10 @@ PAPER_ADDED_TOKENS = ("</a>",)
 # The paper layout's visual token reads every column, later text and padding included (official), or only itself
 # and what precedes it (causal), which a KV cache holds exactly.
 VISUAL_ROWS = ("open", "causal")
+# Our layout: the order of the columns before the text, BOS (where the tokenizer adds one), the soft prompt and the
+# slot. Ours puts BOS first, where the LM saw it in pre-training; the other orders measure the official layout's
+# placements one at a time (the prompt before BOS; the visual token in front of the whole sequence).
+PREFIX_PARTS = ("bos", "prompt", "slot")
 # What a template may hold besides plain text: where the question goes.
 TEMPLATE_FIELDS = ("question",)
 # Settings are declared: a wrong type or an unknown name is an error, never silently converted or ignored.
@@ -165,6 +169,7 @@ class AdapterConfig:
     lm_dropout: StrictBool = False  # the frozen LM's own dropout on while training, as the official training ran it
     # Layout paper: the visual token's attention row open to every column (official) or causal (exact with a KV cache).
     visual_row: str = "open"
+    column_order: list[str] = field(default_factory=lambda: list(PREFIX_PARTS))  # see PREFIX_PARTS
     task: str = "vqa"  # vqa | caption | multitask (both)
     template: str | None = None  # None: the task's (VQA's for multitask); "{question}" marks where the question goes
     generation: dict[str, Any] = field(default_factory=dict)  # generate() options over the task's (per task: multitask)
@@ -182,6 +187,13 @@ class AdapterConfig:
         if value not in choices:
             raise ValueError(f"unknown {what} '{value}'; available: {', '.join(choices)}")
         return value
+
+    @field_validator("column_order")
+    @classmethod
+    def _prefix_permutation(cls, order: list[str]) -> list[str]:
+        if sorted(order) != sorted(PREFIX_PARTS):
+            raise ValueError(f"column_order {order} must name each of {', '.join(PREFIX_PARTS)} once")
+        return order
 
     @field_validator("template")
     @classmethod

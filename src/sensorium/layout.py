@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import AdapterConfig
+from .config import PREFIX_PARTS, AdapterConfig
 from .connectors import CONNECTORS, ConnectorSetup, connector_options, connector_type
 
 # How the feature cache stores what an encoder gives: [CLS] tokens in float32; patch tokens, many per block, in
@@ -176,6 +176,8 @@ def setting_problems(config: AdapterConfig) -> list[str]:
                      f"temporal 'mean', not connector '{config.connector}' with temporal '{config.temporal}'")
     if config.layout != "paper" and config.visual_row != "open":
         found.append("visual_row applies to layout 'paper': our layout's slot row is causal")
+    if config.layout == "paper" and config.column_order != list(PREFIX_PARTS):
+        found.append("column_order applies to layout 'sensorium': the paper layout has its own order")
     return found
 
 

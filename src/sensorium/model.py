@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -63,6 +64,7 @@ class PrefixedLM(nn.Module):
 
     config: AdapterConfig
     bos: list[int]
+    bos_index = 0  # BOS's column in the prefix
     slot_index: int
     prefix_length: int
     injector: SlotInjector | None
@@ -136,7 +138,8 @@ class PrefixedLM(nn.Module):
         device = self.lm.get_input_embeddings().weight.device
         width = max(len(ids) for ids in texts)
         pad = self.tokenizer.pad_token_id
-        prefix = self.bos + [pad] * (self.prefix_length - len(self.bos))
+        prefix = [pad] * self.prefix_length
+        prefix[self.bos_index:self.bos_index + len(self.bos)] = self.bos
         ids = torch.tensor([[pad] * (width - len(t)) + prefix + t for t in texts], device=device)
         mask = torch.tensor([[0] * (width - len(t)) + [1] * (len(prefix) + len(t)) for t in texts], device=device)
         return ids, mask
@@ -163,11 +166,17 @@ class PrefixedLM(nn.Module):
             learned = learned.repeat_interleave(batch // learned.shape[0], dim=0)
         if len(pads) != batch:
             pads = pads.repeat_interleave(batch // len(pads))
-        offsets = torch.arange(len(self.bos), self.prefix_length, device=embeds.device)
+        offsets = torch.tensor(self.learned_columns(), device=embeds.device)
         columns = pads.to(embeds.device)[:, None] + offsets
         rows = torch.arange(batch, device=embeds.device)[:, None].expand_as(columns)
         # Out of place (index_put, not index_put_): autograd needs the embeddings as they were.
         return embeds.index_put((rows, columns), learned.to(embeds.dtype).expand(batch, -1, -1))
+
+    def learned_columns(self) -> list[int]:
+        """Where each learned vector goes in a row's prefix (after its padding), in ``perceive``'s order: here
+        every column but BOS, in order."""
+        bos = range(self.bos_index, self.bos_index + len(self.bos))
+        return [column for column in range(self.prefix_length) if column not in bos]
 
     def _embed(self, texts: list[list[int]], learned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs_embeds and attention mask for token lists, left-padded, each after the learned prefix."""
@@ -350,14 +359,27 @@ class PerceptualLM(PrefixedLM):
         layers = list(self.layout.layers)
         self.slot_embedding = nn.Parameter(start[-1].clone()) if layers else None
         self.bos = self._leading_bos(tokenizer)
-        self.slot_index = len(self.bos) + config.prompt_length  # slot's first column after a row's padding
-        self.prefix_length = self.slot_index + self.slot_count  # columns before a row's text
+        self._order_prefix(config.column_order)
         self.injector = SlotInjector(lm, layers, range(self.slot_count)) if layers else None
+
+    def _order_prefix(self, order: list[str]) -> None:
+        """Columns of the prefix in ``order`` (see config.PREFIX_PARTS): where BOS, the soft prompt and the slot
+        start, and how many columns come before a row's text."""
+        widths = {"bos": len(self.bos), "prompt": self.config.prompt_length, "slot": self.slot_count}
+        starts = dict(zip(order, itertools.accumulate((widths[part] for part in order), initial=0), strict=False))
+        self.bos_index, self.prompt_index, self.slot_index = starts["bos"], starts["prompt"], starts["slot"]
+        self.prefix_length = sum(widths.values())
+
+    def learned_columns(self) -> list[int]:
+        """The soft prompt's columns, then the slot's: ``learned_prefix``'s order, whatever the columns' order."""
+        return [*range(self.prompt_index, self.prompt_index + self.config.prompt_length),
+                *range(self.slot_index, self.slot_index + self.slot_count)]
 
     @property
     def batch_layout(self) -> tuple:
-        """What adapters sharing one generate() call must agree on: placement, injection layers, slot columns."""
-        return self.config.layout, self.layout.placement, self.layout.layers, self.slot_index, self.slot_count
+        """What adapters sharing one generate() call must agree on: placement, injection layers, prefix columns."""
+        return (self.config.layout, self.layout.placement, self.layout.layers, self.bos_index, self.slot_index,
+                self.slot_count)
 
     # ---- encode -> map ----------------------------------------------------------------------
     @torch.inference_mode()

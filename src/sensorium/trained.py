@@ -22,7 +22,7 @@ ADAPTER_FOLDER = "adapter"  # the run folder's trained adapter
 # caption adapter of one image domain interpolate).
 LAYOUT_SETTINGS = ("lm", "encoder", "image_size", "num_frames", "temporal", "connector", "connector_options",
                    "num_blocks", "encoder_blocks", "inject_layers", "shared_linear", "prompt_length", "token_norm",
-                   "encoder_norm", "prompt_mlp", "layout", "visual_row")
+                   "encoder_norm", "prompt_mlp", "layout", "visual_row", "column_order")
 # Layout settings naming a frozen model: equal when they name the same model, however spelled (see model_identity).
 MODEL_SETTINGS = ("lm", "encoder")
 # What an adapter was trained to read besides the media: a blind adapter never saw features, an oracle the
