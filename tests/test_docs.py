@@ -7,6 +7,7 @@ and a block after ``<!-- run by tests/FILE.py -->`` is run by that file.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import importlib
@@ -148,21 +149,24 @@ def program_arguments(tokens: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
-def subcommand(parser, argv: list[str]) -> tuple[object, list[str]]:
-    """The (sub-)parser that reads ``argv`` after its verbs, and the problems met finding it."""
-    problems = []
-    while True:
-        verbs = next((a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"), None)
-        positional = next((word for word in argv if not word.startswith("-")), None)
-        if verbs is None or positional is None or PLACEHOLDER.fullmatch(positional):
-            return parser, problems
-        if positional not in verbs.choices:
-            return parser, [f"no verb {positional!r} (verbs: {', '.join(verbs.choices)})"]
-        parser = verbs.choices[positional]
-        argv = argv[argv.index(positional) + 1:]
+def verbs_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's verbs (sub-parsers) by name; none for a verb's own parser."""
+    return next((action.choices for action in parser._actions if isinstance(action, argparse._SubParsersAction)), {})
 
 
-def flag_problems(parser, argv: list[str]) -> list[str]:
+def subcommand(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The (sub-)parser that reads ``argv`` after its verbs (``data make-scenes``), or an unknown verb's problem."""
+    while verbs := verbs_of(parser):
+        verb = next((word for word in argv if not word.startswith("-")), None)
+        if verb is None or PLACEHOLDER.fullmatch(verb):  # `sensorium.bench SUITE`: the reader picks one
+            break
+        if verb not in verbs:
+            return parser, [f"no verb {verb!r} (verbs: {', '.join(verbs)})"]
+        parser, argv = verbs[verb], argv[argv.index(verb) + 1:]
+    return parser, []
+
+
+def flag_problems(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """Every ``--flag`` of ``argv`` the (sub-)parser does not know."""
     target, problems = subcommand(parser, argv)
     for word in argv:
@@ -172,7 +176,7 @@ def flag_problems(parser, argv: list[str]) -> list[str]:
     return problems
 
 
-def parse_problems(parser, argv: list[str]) -> list[str]:
+def parse_problems(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """argparse's own complaint about a whole command line (choices, types, bounds, required options), if any."""
     errors = io.StringIO()
     try:
@@ -236,7 +240,11 @@ def python_problems(block: Block) -> list[str]:
     problems = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sensorium":
-            module = importlib.import_module(node.module)
+            try:
+                module = importlib.import_module(node.module)
+            except ModuleNotFoundError:
+                problems.append(f"no module {node.module}")
+                continue
             problems += [f"no {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
         elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sensorium"
               and not hasattr(importlib.import_module("sensorium"), node.attr)):
@@ -249,7 +257,7 @@ def page_problems(page: Path) -> list[str]:
                 for command in commands(block) for problem in command_problems(command)]
     problems += [f"{shown(page)}:{block.line}: {problem}" for block in blocks(page)
                  if block.language == "python" for problem in python_problems(block)]
-    problems += [f"{block.shown(page)}:{block.line}: no {block.run_by}" for block in blocks(page)
+    problems += [f"{shown(block.page)}:{block.line}: no {block.run_by}" for block in blocks(page)
                  if block.run_by and not (ROOT / block.run_by).exists()]
     return problems + [f"{shown(page)}: {problem}" for problem in prose_problems(page)]
 
@@ -285,13 +293,16 @@ def test_the_checks_catch_what_is_gone(tmp_path):
         "sensorium eval runs/a --data easy-vqa:test --limt 5  # long", "make demoo  # long",
         "python -m sensorium.bench generation --repeat 3  # long", "curl http://127.0.0.1:8000/v1/adapters",
         "sensorium train recipes/no-such.yaml --dry-run", "```", "",
-        "```python", "from sensorium.model import PerceptualLLM", "model = sensorium.lod('x')", "```", "",
+        "```python", "from sensorium.model import PerceptualLLM", "from sensorium.modell import load",
+        "model = sensorium.lod('x')", "```", "",
+        "<!-- run by tests/test_nothing_here.py -->", "```bash", "sensorium models", "```", "",
         "See `tests/test_nothing.py`, `make nothing` and [a page](nowhere.md).", ""]))
     problems = "\n".join(page_problems(page))
     for expected in ("no flag --dry-runn in `sensorium train`", "no verb 'trian'", "no flag --limt in `sensorium eval`",
                      "no make target 'demoo'", "no flag --repeat in `python -m sensorium.bench generation`",
                      "an unmarked command this suite cannot run", "no file recipes/no-such.yaml",
-                     "no sensorium.model.PerceptualLLM", "no sensorium.lod", "no file tests/test_nothing.py",
+                     "no sensorium.model.PerceptualLLM", "no module sensorium.modell", "no sensorium.lod",
+                     "no tests/test_nothing_here.py", "no file tests/test_nothing.py",
                      "no make target 'nothing'", "broken link nowhere.md"):
         assert expected in problems
 
@@ -300,8 +311,8 @@ def test_every_verb_is_in_the_synopsis():
     """docs/getting-started.md lists every verb of the command line, so a new one gets its line."""
     synopsis = [command.text for block in blocks(ROOT / "docs" / "getting-started.md") if block.language == "text"
                 for command in commands(block)]
-    verbs = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
-    data_verbs = next(a for a in verbs["data"]._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    verbs = verbs_of(build_parser())
+    data_verbs = verbs_of(verbs["data"])
     named = {" ".join(text.split()[1:3]) if text.startswith("sensorium data ") else text.split()[1] for text in synopsis
              if text.startswith("sensorium ")}
     assert {*(v for v in verbs if v != "data"), *(f"data {v}" for v in data_verbs)} <= named
