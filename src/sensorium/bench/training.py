@@ -62,7 +62,7 @@ def step(model: PerceptualLM, optimizer: torch.optim.Optimizer, features: torch.
 
 
 def lm_floor(model: PerceptualLM, batch: Batch) -> None:
-    """Forward + backward of the frozen LM on the step's [prompt][slot][text] layout, logits only where scored."""
+    """Forward + backward of the frozen LM on the step's `[prompt][slot][text]` layout, logits only where scored."""
     answers = model.target_ids(batch.answers)
     embeds, mask = model._embed([p + a for p, a in zip(model.prompt_ids(batch.questions), answers, strict=True)])
     span = max(len(a) for a in answers)

@@ -1,4 +1,5 @@
-"""The README's "Use it from your tools": its openai client snippet and its hf: commands, run as written."""
+"""The docs' code for other tools: the openai client snippet of docs/serving.md and the hf: commands of docs/data.md,
+run as written."""
 
 from __future__ import annotations
 
@@ -17,17 +18,17 @@ from sensorium.data import read_dataset
 from sensorium.serve.app import create_app, load_registry, running_server
 
 ROOT = Path(__file__).parents[1]
-MARK = "<!-- run by tests/test_readme_tools.py -->"
+MARK = "<!-- run by tests/test_docs_tools.py -->"
 
 
-def readme_blocks(language: str) -> list[str]:
-    """The README's code blocks in ``language`` that follow the mark."""
+def marked_blocks(page: str, language: str) -> list[str]:
+    """The code blocks in ``language`` of a docs page that follow the mark."""
     pattern = re.escape(MARK) + r"\n```" + language + r"\n(.*?)```"
-    return re.findall(pattern, (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    return re.findall(pattern, (ROOT / "docs" / page).read_text(), flags=re.DOTALL)
 
 
 def test_the_openai_snippet_answers_as_ask(tiny_adapter_folders, tmp_path, monkeypatch):
-    [snippet] = readme_blocks("python")
+    [snippet] = marked_blocks("serving.md", "python")
     registry = load_registry([("shapes", tiny_adapter_folders["shapes"])])
     image = encoded(picture(0))
     (tmp_path / "shape.png").write_bytes(image)
@@ -36,7 +37,7 @@ def test_the_openai_snippet_answers_as_ask(tiny_adapter_folders, tmp_path, monke
     with running_server(create_app(registry)) as url:
         assert "http://127.0.0.1:8000/v1" in snippet
         with contextlib.redirect_stdout(printed):
-            exec(compile(snippet.replace("http://127.0.0.1:8000/v1", f"{url}/v1"), "README.md", "exec"), {})
+            exec(compile(snippet.replace("http://127.0.0.1:8000/v1", f"{url}/v1"), "docs/serving.md", "exec"), {})
     model = registry.get("shapes").model
     answer = model.ask([picture(0)], ["what shape is this?"], max_new_tokens=10)[0]
     tokens = len(model.tokenizer(answer, add_special_tokens=False).input_ids)
@@ -44,7 +45,7 @@ def test_the_openai_snippet_answers_as_ask(tiny_adapter_folders, tmp_path, monke
 
 
 def test_the_hf_commands_run(tiny_lm_folder, tiny_vit_folder, tmp_path, monkeypatch, capsys):
-    [commands] = readme_blocks("bash")
+    [commands] = marked_blocks("data.md", "bash")
     rows = 208  # one picture each: 200 to train on, 8 to validate
     whole = datasets.Dataset.from_dict(
         {"image": [{"bytes": encoded(picture(seed, 16)), "path": f"{seed}.png"} for seed in range(rows)],
