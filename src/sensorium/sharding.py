@@ -1,20 +1,21 @@
 """The frozen LM sharded across processes: FSDP2 (``torch.distributed.fsdp.fully_shard``) under Accelerate's FSDP
-config, for an LM too large to hold whole on every GPU (a 70B LM in bf16 is 141 GB).
+config, for an LM too large to hold whole on every GPU (a 70B LM in bf16 is 141 GB, 131 GiB).
 
 Why FSDP2 rather than DeepSpeed ZeRO-3. Only the adapter trains, so sharding the frozen weights is the whole
 problem, and FSDP2 serves frozen weights best: it shards each parameter on its own (a DTensor), so frozen and
-trainable parameters may share a module, where FSDP1's flat parameters need one ``requires_grad`` per unit and ZeRO-3
-partitions whatever the engine is given. ZeRO-3 also takes over the optimizer and the training step (its engine, its
-checkpoints), which a few MB of adapter do not need, and builds its ops against a CUDA toolchain; FSDP2 is part of
-torch, runs on gloo over CPUs as on NCCL over GPUs (the 2-process test runs this very code), and leaves the
-training loop, the optimizer and the checkpoints as they are under DDP.
+trainable parameters may share a module and the frozen ones get no gradient or optimizer memory, where FSDP1 packs
+each unit into one flat parameter. ZeRO-3 would take over the model, the optimizer and the training step (its
+engine, its checkpoint format), which a few MB of adapter do not need; Accelerate runs it on GPUs only and
+DeepSpeed builds its ops against a CUDA toolchain. FSDP2 is part of torch, runs on gloo over CPUs as on NCCL over
+GPUs (the 2-process test runs this very code), and leaves the training loop, the optimizer and the checkpoints as
+they are under DDP.
 
-Layout. Each decoder layer is one unit: its weights are all-gathered just before its forward (the next layer's
-while it computes) and freed after it (``reshard_after_forward``), and again for its backward. The input embedding
-is one unit, with the output head when the two share their weight (a shared parameter belongs to one unit); the
-rest of the LM (final norm, untied head) is the root unit. The adapter (connector, soft prompt, slot embedding, a
-few MB) is not sharded: every process holds it whole, and ``average_gradients`` averages its gradients over the
-processes with one all-reduce, as DDP would.
+Layout. Each decoder layer is one unit: its weights are all-gathered just before its forward (on GPUs, while the
+layer before it computes) and freed after it (``reshard_after_forward``), and again for its backward. The input
+embedding is one unit, with the output head when the two share their weight (a shared parameter belongs to one
+unit); the rest of the LM (final norm, untied head) is the root unit. The adapter (connector, soft prompt, slot
+embedding, a few MB) is not sharded: every process holds it whole, and ``average_gradients`` averages its
+gradients over the processes with one all-reduce, as DDP would.
 
 Why injection stays exact. FSDP shards parameters, never activations: each decoder layer runs with its whole
 weight on the whole hidden state of this process's batch, and the injection pre-hooks on the layers see and write
@@ -49,8 +50,8 @@ def requested_sharding() -> FullyShardedDataParallelPlugin | None:
             plugin.fsdp_version != 2,
         "fsdp_offload_params: true is not supported yet (the adapter's inputs would be placed on the CPU)":
             isinstance(plugin.cpu_offload, CPUOffloadPolicy),
-        "fsdp_cpu_ram_efficient_loading: true is not supported yet (every process reads the LM, then keeps its "
-        "shard); set it to false": plugin.cpu_ram_efficient_loading,
+        "fsdp_cpu_ram_efficient_loading: true is not supported yet (every process maps the LM's weight files, then "
+        "keeps its shard); set it to false": plugin.cpu_ram_efficient_loading,
         "fsdp_activation_checkpointing: true is not supported (the frozen layers are not wrapped for it)":
             plugin.activation_checkpointing,
     }
