@@ -256,18 +256,27 @@ def losses(run: Path) -> list[float]:
     return [r["train/loss"] for r in read_metrics(run / METRICS_NAME) if "train/loss" in r]
 
 
-def test_a_sharded_lm_trains_like_one_process(tiny_lm_folder, tiny_vit_folder, shapes, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("arch", "layout"), [("llama", "sensorium"), ("opt", "paper")])
+def test_a_sharded_lm_trains_like_one_process(arch, layout, tiny_lm_folder, tiny_vit_folder, shapes, tmp_path,
+                                              monkeypatch):
     """2 gloo processes, each holding half of the frozen LM (FSDP2, recipes/accelerate/fsdp-frozen-lm.yaml), give
-    the losses, the adapter and the predictions of 1 process holding it whole, over 4 steps of a global batch of 4.
+    the losses, the adapter and the predictions of 1 process holding it whole, over 4 steps of a global batch of 4:
+    both injections (a slot overwritten in each layer; the paper's visual column and its attention masks), over an
+    LM with its own output head (Llama) and one tied to its embeddings (OPT).
 
     Tolerance 1e-6: the two runs compute the same function, but the sharded one sums the adapter's gradients over
     the processes (a gloo all-reduce) where one process sums over its whole batch: float32 additions in another
-    order, amplified a little by Adam's normalisation over 4 steps (observed: 3e-8 on the adapter, 1e-7 relative on
-    the losses). Without the gradients' average the losses differ from the third step on, and without injection
-    the adapter differs by 2e-3: were the hooks lost under sharding, this test would fail.
+    order, amplified a little by Adam's normalisation over 4 steps (observed: at most 3e-8 on the adapter, 1.2e-7
+    relative on the losses). Without the gradients' average the losses differ from the third step on, and without
+    injection the adapter differs by 2.5e-3: were the hooks lost under sharding, this test would fail.
     """
+    def values(out: Path, evaluate: bool = True) -> dict:
+        chosen = recipe_values(tiny_lm_folder, tiny_vit_folder, shapes, out, evaluate)
+        chosen["model"].update(lm=tiny_lm_folder(arch), layout=layout)
+        return chosen
+
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(recipe_values(tiny_lm_folder, tiny_vit_folder, shapes, tmp_path / "sharded")))
+    recipe.write_text(yaml.safe_dump(values(tmp_path / "sharded")))
     env = {**os.environ, **launcher_environment(FSDP_CONFIG), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(sensorium.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -279,14 +288,14 @@ def test_a_sharded_lm_trains_like_one_process(tiny_lm_folder, tiny_vit_folder, s
     assert held < 0.55 * total  # about half of the LM on each (the unit sizes do not all split evenly)
 
     whole = tmp_path / "whole"
-    training.train(Recipe.from_dict(recipe_values(tiny_lm_folder, tiny_vit_folder, shapes, whole)))
+    training.train(Recipe.from_dict(values(whole)))
     assert losses(tmp_path / "sharded") == pytest.approx(losses(whole), rel=1e-6)
     assert_same_adapter(whole / "adapter", tmp_path / "sharded" / "adapter", atol=1e-6)
     assert (tmp_path / "sharded" / "predictions.jsonl").read_text() == (whole / "predictions.jsonl").read_text()
 
     blind = tmp_path / "without-injection"
     monkeypatch.setattr(SlotInjector, "injecting", lambda self, tokens, slots: nullcontext())
-    training.train(Recipe.from_dict(recipe_values(tiny_lm_folder, tiny_vit_folder, shapes, blind, evaluate=False)))
+    training.train(Recipe.from_dict(values(blind, evaluate=False)))
     assert losses(blind) != pytest.approx(losses(whole), rel=1e-3)
     with pytest.raises(AssertionError):
         assert_same_adapter(blind / "adapter", tmp_path / "sharded" / "adapter", atol=1e-4)

@@ -77,6 +77,7 @@ def shard_frozen_lm(lm: nn.Module, plugin: FullyShardedDataParallelPlugin, devic
     fully_shard(lm, mesh=mesh)  # the root: kept gathered from its forward to its backward, as FSDP does by default
     with torch.no_grad():
         lm(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    lm.reshard()  # the root keeps its weights gathered after a forward, for the backward that would follow
 
 
 def is_sharded(lm: nn.Module) -> bool:
