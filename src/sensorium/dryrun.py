@@ -57,8 +57,9 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 ENCODER_WEIGHT_BYTES = 4
 # Process counts of the memory table: DDP against the frozen LM sharded (FSDP2, sensorium/sharding.py).
 TABLE_PROCESSES = (1, 2, 4, 8)
-# Decoder layers a sharded LM holds gathered at once: the one computing and the next, prefetched.
-GATHERED_LAYERS = 2
+# Units a sharded LM holds gathered at once, each counted at an average layer's size (LM / layers): the decoder layer
+# computing, the next one (prefetched) and the output head (the root unit, gathered from its forward to its backward).
+GATHERED_UNITS = 3
 # fp32 weight + fp32 gradient + AdamW's two fp32 moments, per trainable parameter.
 TRAINABLE_BYTES = 16
 # Rough activation memory of one transformer layer kept for backward, in bytes at 16-bit precision:
@@ -544,11 +545,11 @@ class MemoryParts:
     layers: int
 
     def per_gpu(self, micro_batch: int, processes: int, sharded: bool) -> int:
-        """Peak bytes on one GPU: frozen weights (the whole LM under DDP; 1/N of it and GATHERED_LAYERS gathered
-        layers when sharded over N > 1), then training or evaluation, whichever takes more."""
+        """Peak bytes on one GPU: frozen weights (the whole LM under DDP; 1/N of it and GATHERED_UNITS gathered
+        units when sharded over N > 1), then training or evaluation, whichever takes more."""
         lm = self.lm_weights
         if sharded and processes > 1:
-            lm = lm // processes + GATHERED_LAYERS * self.lm_weights // self.layers
+            lm = lm // processes + GATHERED_UNITS * self.lm_weights // self.layers
         work = max(self.optimizer + self.activations_per_example * micro_batch, self.kv_cache)
         return lm + self.encoder_weights + work
 
@@ -595,8 +596,8 @@ def _memory_table(recipe: Recipe, parts: MemoryParts, counts: list[int], report:
     """Peak per GPU at several process counts, the global batch kept: DDP holds the whole frozen LM on every GPU,
     sharding (accelerate launch --config_file recipes/accelerate/fsdp-frozen-lm.yaml) 1/N of it."""
     section = "memory per GPU (estimate)"
-    report.add(section, "info", f"{'GPUs':>6} {'micro-batch':>11} {'DDP':>11} {'sharded':>11}   (sharded: LM/N + "
-               f"{GATHERED_LAYERS} gathered layers)")
+    report.add(section, "info", f"{'GPUs':>6} {'micro-batch':>11} {'DDP':>11} {'sharded':>11}   "
+               "(sharded: LM/N + 2 layers and the head gathered)")
     for processes in counts:
         try:
             micro_batch = recipe.training.micro_batch_size(processes)
