@@ -256,13 +256,13 @@ def losses(run: Path) -> list[float]:
     return [r["train/loss"] for r in read_metrics(run / METRICS_NAME) if "train/loss" in r]
 
 
-@pytest.mark.parametrize(("arch", "layout"), [("llama", "sensorium"), ("opt", "paper")])
-def test_a_sharded_lm_trains_like_one_process(arch, layout, tiny_lm_folder, tiny_vit_folder, shapes, tmp_path,
-                                              monkeypatch):
+@pytest.mark.parametrize(("arch", "layout", "accumulation"), [("llama", "sensorium", 1), ("opt", "paper", 2)])
+def test_a_sharded_lm_trains_like_one_process(arch, layout, accumulation, tiny_lm_folder, tiny_vit_folder, shapes,
+                                              tmp_path, monkeypatch):
     """2 gloo processes, each holding half of the frozen LM (FSDP2, recipes/accelerate/fsdp-frozen-lm.yaml), give
     the losses, the adapter and the predictions of 1 process holding it whole, over 4 steps of a global batch of 4:
     both injections (a slot overwritten in each layer; the paper's visual column and its attention masks), over an
-    LM with its own output head (Llama) and one tied to its embeddings (OPT).
+    LM with its own output head (Llama) and one tied to its embeddings (OPT), in one micro-step or two.
 
     Tolerance 1e-6: the two runs compute the same function, but the sharded one sums the adapter's gradients over
     the processes (a gloo all-reduce) where one process sums over its whole batch: float32 additions in another
@@ -271,7 +271,8 @@ def test_a_sharded_lm_trains_like_one_process(arch, layout, tiny_lm_folder, tiny
     injection the adapter differs by 2.5e-3: were the hooks lost under sharding, this test would fail.
     """
     def values(out: Path, evaluate: bool = True) -> dict:
-        chosen = recipe_values(tiny_lm_folder, tiny_vit_folder, shapes, out, evaluate)
+        chosen = recipe_values(tiny_lm_folder, tiny_vit_folder, shapes, out, evaluate,
+                               gradient_accumulation=accumulation)
         chosen["model"].update(lm=tiny_lm_folder(arch), layout=layout)
         return chosen
 

@@ -575,10 +575,13 @@ def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, batch
     processes, accumulation = accelerator.num_processes, options.gradient_accumulation
     batch_units = _loss_units(core, batch)
     loss_sum = torch.zeros((), device=accelerator.device)
+    # DDP's gradient sync is held back between accumulation micro-steps; over a sharded LM the adapter's gradients
+    # are averaged by average_gradients at the last micro-step, and Accelerate has no model of its own to hold back.
+    synced = [] if is_sharded(core.lm) else [model]
     for micro_step in range(accumulation):
         share = process_share(batch, micro_step, accumulation, processes, accelerator.process_index)
         share_units = _loss_units(core, share)
-        with accelerator.accumulate(model):
+        with accelerator.accumulate(*synced):
             loss = model(features[[row_of[e.media] for e, _ in share]], [e.question for e, _ in share],
                          [answer for _, answer in share], contexts([e for e, _ in share]))
             # The model's loss is the mean over this share's loss units (target tokens, or samples). DDP
