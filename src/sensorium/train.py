@@ -514,7 +514,7 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
 def _built_model(recipe: Recipe, accelerator: Accelerator) -> PerceptualLM:
     """The recipe's model on this process's device, its frozen LM whole, or sharded when the launcher asked for FSDP."""
     dtype = lm_dtype(recipe.training.lm_dtype, accelerator.mixed_precision, accelerator.device)
-    sharding = requested_sharding() if accelerator.num_processes > 1 else None  # one process: nothing to share
+    sharding = requested_sharding() if accelerator.num_processes > 1 else None  # one process: nothing to shard
     if sharding is None:  # weights go straight to this process's device in their final dtype
         lm, tokenizer = load_lm(recipe.model.lm, dtype, device_map={"": accelerator.device})
         return build_model(recipe.model, lm=lm, tokenizer=tokenizer).to(accelerator.device)
