@@ -246,7 +246,7 @@ def test_fsdp_config_is_read_as_sharding_settings(monkeypatch):
         requested_sharding()
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
     monkeypatch.setenv("FSDP_VERSION", "1")
-    with pytest.raises(ValueError, match=r"FSDP config: fsdp_version: 1 \(FSDP1 flat parameters"):
+    with pytest.raises(ValueError, match=r"FSDP config: fsdp_version: 1 \(the LM is sharded with FSDP2"):
         requested_sharding()
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     assert requested_sharding() is None

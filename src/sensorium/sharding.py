@@ -46,9 +46,9 @@ def requested_sharding() -> FullyShardedDataParallelPlugin | None:
         return None
     plugin = FullyShardedDataParallelPlugin()
     refusals = {
-        "fsdp_version: 1 (FSDP1 flat parameters cannot mix frozen and trainable weights); set fsdp_version: 2":
+        "fsdp_version: 1 (the LM is sharded with FSDP2's fully_shard, one parameter at a time); set fsdp_version: 2":
             plugin.fsdp_version != 2,
-        "fsdp_offload_params: true is not supported yet (the adapter's inputs would be placed on the CPU)":
+        "fsdp_offload_params: true is not supported yet (the model builds its inputs where the LM's shards wait)":
             isinstance(plugin.cpu_offload, CPUOffloadPolicy),
         "fsdp_cpu_ram_efficient_loading: true is not supported yet (every process maps the LM's weight files, then "
         "keeps its shard); set it to false": plugin.cpu_ram_efficient_loading,
