@@ -3,8 +3,9 @@
 A real-scale run fails late and expensively: after hours of download, feature encoding or a GPU
 queue. The dry run reads only YAML, JSON annotations and model *configurations*, and reports:
 whether the recipe is valid, where each model would come from, whether the data is there, the
-batch arithmetic for N processes, and a per-GPU memory estimate. Missing models or data are
-warnings (they may exist on the machine that will train); an invalid recipe is an error (exit 2).
+batch arithmetic for N processes, and a per-GPU memory estimate, under DDP and with the frozen LM
+sharded (FSDP2) at 1, 2, 4 and 8 GPUs. Missing models or data are warnings (they may exist on the
+machine that will train); an invalid recipe is an error (exit 2).
 """
 
 from __future__ import annotations
