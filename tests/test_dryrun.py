@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ from sensorium.layout import LMFacts
 
 # Training recipes; recipes/accelerate/ holds launcher configs (accelerate config files), and recipes/compare/
 # comparison files (`sensorium compare`, whose methods' recipes tests/test_compare.py dry-runs), not recipes.
-RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml")
+REPO = Path(__file__).parents[1]
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml")
                  if p.parent.name not in ("accelerate", "compare"))
 
 
@@ -72,6 +74,30 @@ def test_every_recipe_passes_the_dry_run(recipe, no_weights, capsys):
     assert code == 0, out
     assert "recipe valid" in out and "no weights were loaded" in out
     assert "2 (--num-processes)" in out and "peak ≈" in out
+
+
+def memory_table(out: str) -> dict[int, tuple[float, float]]:
+    """The dry run's memory table: GiB per GPU under DDP and sharded, by process count."""
+    rows = re.findall(r"^ +(\d+) +\d+ +([\d.]+) GiB +([\d.]+) GiB$", out, re.MULTILINE)
+    return {int(processes): (float(ddp), float(sharded)) for processes, ddp, sharded in rows}
+
+
+def test_the_memory_table_compares_ddp_with_a_sharded_lm(no_weights, capsys):
+    """A 70B LM (sized from its published architecture) fits 80 GB GPUs only sharded: sharding divides the frozen
+    weights by the process count, where DDP's copy per GPU stays whole; with one process there is nothing to shard."""
+    code, out = dry([str(REPO / "recipes" / "scale" / "vqav2-llama3-70b-vitb16.yaml"), "--num-processes", "8"], capsys)
+    assert code == 0, out
+    assert "frozen LM weights (bfloat16, as training holds them on a GPU): 131.4 GiB" in out
+    table = memory_table(out)
+    assert sorted(table) == [1, 2, 4, 8]
+    assert table[1][0] == table[1][1] > 131.4
+    assert table[8][0] > 131.4 > 80 > table[8][1]
+    weights_dropped = [ddp - sharded for ddp, sharded in table.values()]
+    assert weights_dropped == sorted(weights_dropped)  # more processes, a smaller share of the LM each
+
+    code, out = dry([str(REPO / "recipes" / "paper" / "vqav2-opt2.7b-vitb16.yaml"), "--num-processes", "4"], capsys)
+    assert code == 0 and "frozen LM weights (float32, as training holds them on a GPU): 9.9 GiB" in out
+    assert sorted(memory_table(out)) == [1, 2, 4, 8]
 
 
 def write_recipe(folder: Path, values: dict) -> str:
@@ -189,6 +215,12 @@ PUBLISHED_ARCHITECTURES = {
     "facebook/opt-2.7b": (lambda: AutoModelForCausalLM.from_config(OPTConfig(
         hidden_size=2560, ffn_dim=10240, num_hidden_layers=32, num_attention_heads=32, vocab_size=50272,
         max_position_embeddings=2048, word_embed_proj_dim=2560)), 32, 2560),
+    "facebook/opt-6.7b": (lambda: AutoModelForCausalLM.from_config(OPTConfig(
+        hidden_size=4096, ffn_dim=16384, num_hidden_layers=32, num_attention_heads=32, vocab_size=50272,
+        max_position_embeddings=2048, word_embed_proj_dim=4096)), 32, 4096),
+    "meta-llama/Meta-Llama-3-70B": (lambda: AutoModelForCausalLM.from_config(LlamaConfig(
+        hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+        vocab_size=128256, max_position_embeddings=8192, tie_word_embeddings=False)), 80, 8192),
     "google/vit-base-patch16-224": (lambda: AutoModel.from_config(ViTConfig(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224,
         patch_size=16)), 12, 768),

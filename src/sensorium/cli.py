@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start over in an output folder holding an unfinished run, removing its checkpoints")
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable files instead of stopping")
     train.add_argument("--dry-run", action="store_true",
-                       help="check the recipe, models, data, batch arithmetic and memory without loading weights")
+                       help="check the recipe, models, data, batch arithmetic and memory per GPU (under DDP and with "
+                            "the frozen LM sharded, at 1 to 8 GPUs) without loading weights")
     train.add_argument("--num-processes", type=bounded_flag("requests"),
                        help="processes (GPUs) to size the dry run for; default: WORLD_SIZE of the environment, or 1")
     train.set_defaults(run=_train)

@@ -3,8 +3,9 @@
 A real-scale run fails late and expensively: after hours of download, feature encoding or a GPU
 queue. The dry run reads only YAML, JSON annotations and model *configurations*, and reports:
 whether the recipe is valid, where each model would come from, whether the data is there, the
-batch arithmetic for N processes, and a per-GPU memory estimate. Missing models or data are
-warnings (they may exist on the machine that will train); an invalid recipe is an error (exit 2).
+batch arithmetic for N processes, and a per-GPU memory estimate, under DDP and with the frozen LM
+sharded (FSDP2) at 1, 2, 4 and 8 GPUs. Missing models or data are warnings (they may exist on the
+machine that will train); an invalid recipe is an error (exit 2).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .lm import check_lm, check_lm_config, gguf_source, lm_facts
 from .media.video import DEFAULT_FRAMES
 from .recipe import Recipe, apply_override, read_recipe_file
 from .safe_load import from_pretrained
+from .train import lm_dtype
 
 # Spec arguments that name files or folders (every reader calls them so).
 PATH_ARGUMENTS = ("path", "questions", "annotations", "images", "videos", "csv", "audio")
@@ -52,8 +54,13 @@ SPEC_OPTIONS = ("format", "limit", "seed")  # understood by read_dataset for eve
 MEDIA_SAMPLE = 200  # media files checked for existence per data section
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-# Weights as the library loads them: load_lm and the encoders hold every frozen model in float32.
-FROZEN_WEIGHT_BYTES = 4
+# The encoders hold their weights in float32; the frozen LM's are in training.lm_dtype (see _lm_weight_dtype).
+ENCODER_WEIGHT_BYTES = 4
+# Process counts of the memory table: DDP against the frozen LM sharded (FSDP2, sensorium/sharding.py).
+TABLE_PROCESSES = (1, 2, 4, 8)
+# Units a sharded LM holds gathered at once, each counted at an average layer's size (LM / layers): the decoder layer
+# computing, the next one (prefetched) and the output head (the root unit, gathered from its forward to its backward).
+GATHERED_UNITS = 3
 # fp32 weight + fp32 gradient + AdamW's two fp32 moments, per trainable parameter.
 TRAINABLE_BYTES = 16
 # Rough activation memory of one transformer layer kept for backward, in bytes at 16-bit precision:
@@ -70,6 +77,12 @@ PUBLISHED: dict[str, LMFacts | EncoderArchitecture] = {
     # OPT paper (Zhang et al. 2022, Table 1) and facebook/opt-2.7b config.json: 32 layers, 32 heads,
     # d_model 2560, FFN 10240, vocabulary 50272, 2048 positions, LM head tied to the embeddings.
     "facebook/opt-2.7b": LMFacts(2_651_596_800, 32, 2560, 2560, 2560),
+    # The same sources for OPT-6.7B (the paper's eP-ALM-pt-L LM): 32 layers, 32 heads, d_model 4096, FFN 16384.
+    "facebook/opt-6.7b": LMFacts(6_658_473_984, 32, 4096, 4096, 4096),
+    # Llama 3 70B (Meta's model card, "The Llama 3 Herd of Models" Table 3, and meta-llama/Meta-Llama-3-70B's
+    # config.json): 80 layers, width 8192, FFN 28672, 64 query heads and 8 key/value heads of 128, vocabulary
+    # 128256, LM head not tied: 70.6B parameters. The 70B-class LM of recipes/scale/.
+    "meta-llama/Meta-Llama-3-70B": LMFacts(70_553_706_496, 80, 8192, 8192, 1024),
     # ViT paper (Dosovitskiy et al. 2021, Table 1) ViT-Base/16 at 224 px: 12 layers, hidden 768, MLP 3072,
     # 12 heads; as transformers' ViTModel (with its pooler) loads google/vit-base-patch16-224.
     "google/vit-base-patch16-224": EncoderArchitecture(86_389_248, 12, 768, patches=True, patch_size=16,
@@ -514,6 +527,34 @@ def _size(count: float) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
+def _lm_weight_dtype(recipe: Recipe) -> torch.dtype:
+    """The frozen LM's weights in training on a GPU: training.lm_dtype, where ``auto`` follows mixed precision
+    (``auto`` picks bf16 on GPUs)."""
+    precision = recipe.training.mixed_precision
+    return lm_dtype(recipe.training.lm_dtype, "bf16" if precision == "auto" else precision, torch.device("cuda"))
+
+
+@dataclass(frozen=True)
+class MemoryParts:
+    """Bytes per GPU of a run's parts that do not depend on the process count, and how activations scale."""
+
+    lm_weights: int
+    encoder_weights: int
+    optimizer: int
+    kv_cache: int
+    activations_per_example: int
+    layers: int
+
+    def per_gpu(self, micro_batch: int, processes: int, sharded: bool) -> int:
+        """Peak bytes on one GPU: frozen weights (the whole LM under DDP; 1/N of it and GATHERED_UNITS gathered
+        units when sharded over N > 1), then training or evaluation, whichever takes more."""
+        lm = self.lm_weights
+        if sharded and processes > 1:
+            lm = lm // processes + GATHERED_UNITS * self.lm_weights // self.layers
+        work = max(self.optimizer + self.activations_per_example * micro_batch, self.kv_cache)
+        return lm + self.encoder_weights + work
+
+
 def _memory(recipe: Recipe, lm: LMFacts | None, encoder: EncoderArchitecture | None, sizing: Sizing,
             micro_batch: int | None, train: list | None, report: DryRunReport) -> None:
     section = "memory per GPU (estimate)"
@@ -521,30 +562,51 @@ def _memory(recipe: Recipe, lm: LMFacts | None, encoder: EncoderArchitecture | N
     if not (lm and encoder and trainable and micro_batch):
         report.add(section, "warning", "not estimated: model sizes or batch arithmetic unknown")
         return
-    weights = (lm.parameters + encoder.parameters) * FROZEN_WEIGHT_BYTES
-    optimizer = trainable * TRAINABLE_BYTES
+    dtype = _lm_weight_dtype(recipe)
     bits16 = recipe.training.mixed_precision != "no"  # auto picks bf16 (or fp16) on GPUs
     prefix = 1 + recipe.model.prompt_length + sizing.columns  # BOS (when the LM uses one), soft prompt, slot
     sequence = prefix + ASSUMED_TEXT_TOKENS
-    activations = (lm.layers * ACTIVATION_BYTES_PER_ELEMENT_16BIT * sequence * micro_batch * lm.width
-                   * (1 if bits16 else 2))
     beams = recipe.generation.get("num_beams", 1)
     new_tokens = recipe.generation.get("max_new_tokens", 10)
-    kv_cache = kv_cache_bytes(lm, (sequence + new_tokens) * recipe.eval_batch_size * beams, FROZEN_WEIGHT_BYTES)
-    report.add(section, "info", f"frozen LM + encoder weights (float32): {_size(weights)}; "
-               "every process holds a full copy under DDP (FSDP would shard the LM)")
-    report.add(section, "info", f"trainable weights + gradients + AdamW states (float32): {_size(optimizer)}")
-    report.add(section, "info", f"activations, ROUGH: {_size(activations)} = {lm.layers} layers x "
-               f"{ACTIVATION_BYTES_PER_ELEMENT_16BIT}·s·b·h bytes at {'16' if bits16 else '32'}-bit, "
-               f"s={sequence} tokens (assumed), b={micro_batch}, h={lm.width}")
-    report.add(section, "info", f"evaluation KV cache: {_size(kv_cache)} (eval batch {recipe.eval_batch_size} x "
-               f"{beams} beam(s), {sequence + new_tokens} tokens, float32)")
-    peak = weights + max(optimizer + activations, kv_cache)
-    report.add(section, "ok", f"peak ≈ {_size(peak)} per GPU (training or evaluation, whichever is larger)")
+    parts = MemoryParts(
+        lm_weights=lm.parameters * dtype.itemsize, encoder_weights=encoder.parameters * ENCODER_WEIGHT_BYTES,
+        optimizer=trainable * TRAINABLE_BYTES,
+        kv_cache=kv_cache_bytes(lm, (sequence + new_tokens) * recipe.eval_batch_size * beams, dtype.itemsize),
+        activations_per_example=lm.layers * ACTIVATION_BYTES_PER_ELEMENT_16BIT * sequence * lm.width
+        * (1 if bits16 else 2), layers=lm.layers)
+    report.add(section, "info", f"frozen LM weights ({str(dtype).removeprefix('torch.')}, as training holds them on "
+               f"a GPU): {_size(parts.lm_weights)}; encoder (float32): {_size(parts.encoder_weights)}")
+    report.add(section, "info", f"trainable weights + gradients + AdamW states (float32): {_size(parts.optimizer)}")
+    report.add(section, "info", f"activations, ROUGH: {_size(parts.activations_per_example * micro_batch)} = "
+               f"{lm.layers} layers x {ACTIVATION_BYTES_PER_ELEMENT_16BIT}·s·b·h bytes at {'16' if bits16 else '32'}-"
+               f"bit, s={sequence} tokens (assumed), b={micro_batch}, h={lm.width}")
+    report.add(section, "info", f"evaluation KV cache: {_size(parts.kv_cache)} (eval batch {recipe.eval_batch_size} "
+               f"x {beams} beam(s), {sequence + new_tokens} tokens)")
+    processes = recipe.training.batch_size // (micro_batch * recipe.training.gradient_accumulation)
+    report.add(section, "ok", f"peak ≈ {_size(parts.per_gpu(micro_batch, processes, sharded=False))} per GPU under "
+               f"DDP at {processes} process(es); "
+               f"{_size(parts.per_gpu(micro_batch, processes, sharded=True))} with the LM sharded")
+    _memory_table(recipe, parts, sorted({*TABLE_PROCESSES, processes}), report)
     if train and sizing.feature_bytes:
         media = len({e.media for e in train})
         report.add(section, "info", f"feature cache of the training media: {media:,} files x {sizing.features} = "
                    f"{_size(media * sizing.feature_bytes)} on disk and in host memory")
+
+
+def _memory_table(recipe: Recipe, parts: MemoryParts, counts: list[int], report: DryRunReport) -> None:
+    """Peak per GPU at several process counts, the global batch kept: DDP holds the whole frozen LM on every GPU,
+    sharding (accelerate launch --config_file recipes/accelerate/fsdp-frozen-lm.yaml) 1/N of it."""
+    section = "memory per GPU (estimate)"
+    report.add(section, "info", f"{'GPUs':>6} {'micro-batch':>11} {'DDP':>11} {'sharded':>11}   "
+               "(sharded: LM/N + 2 layers and the head gathered)")
+    for processes in counts:
+        try:
+            micro_batch = recipe.training.micro_batch_size(processes)
+        except ValueError:  # the global batch does not split over this many processes
+            continue
+        report.add(section, "info", f"{processes:>6} {micro_batch:>11} "
+                   f"{_size(parts.per_gpu(micro_batch, processes, sharded=False)):>11} "
+                   f"{_size(parts.per_gpu(micro_batch, processes, sharded=True)):>11}")
 
 
 def _output(recipe: Recipe, report: DryRunReport) -> None:

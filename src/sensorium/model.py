@@ -24,9 +24,10 @@ from .lm import check_lm, hold_weights, lm_facts, load_lm, loading_dtype, weight
 from .schema import BOUNDS
 
 # generate() arguments that say how decoding runs or watch it, not what it decodes (a server's stop when nobody
-# waits any more, a benchmark's clock, its choice of KV cache): passed to generate() as they are.
+# waits any more, a benchmark's clock, its choice of KV cache, a sharded LM's processes stepping together until all
+# are done): passed to generate() as they are.
 RUNTIME_ARGUMENTS = ("stopping_criteria", "logits_processor", "cache_implementation", "compile_config",
-                     "disable_compile")
+                     "disable_compile", "synced_gpus")
 
 
 def encoder_facts(encoder: Encoder) -> EncoderFacts:

@@ -4,7 +4,8 @@ Only the connector, the soft prompt and the slot embedding train. The frozen enc
 image through the feature cache; every step after that is connector + frozen LM forward/backward.
 
 Under ``accelerate launch`` / ``torchrun`` every process runs this same function (DDP; gloo on
-CPUs). ``training.batch_size`` is the global batch of one optimizer step: every process draws the
+CPUs), or with Accelerate's FSDP config the frozen LM sharded across the processes (``sharding``: FSDP2, the adapter
+replicated). ``training.batch_size`` is the global batch of one optimizer step: every process draws the
 same step's examples from ``batch_indices`` and takes its own slice of each accumulation micro-step,
 so the data order does not depend on the process count, and the loss is weighted so that the update
 is the mean over all target tokens of the global batch. Only the main process writes files.
@@ -69,6 +70,7 @@ from .lm import cpu_has_native_bf16, load_lm
 from .model import PerceptualLM, PrefixedLM, build_model
 from .oracle import with_truth
 from .recipe import Recipe, TrainingOptions
+from .sharding import average_gradients, is_sharded, requested_sharding, shard_frozen_lm, sharded_parameter_count
 from .tracking import (
     CURVES_NAME,
     METRICS_NAME,
@@ -423,10 +425,7 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     set_seed(options.seed)
     recipe.model.training = {k: v for k, v in recipe.to_dict().items() if k != "model"}  # see recorded_recipe
     recipe.model.generation = dict(recipe.generation)
-    # Weights go straight to this process's device in their final dtype.
-    lm, tokenizer = load_lm(recipe.model.lm, lm_dtype(options.lm_dtype, accelerator.mixed_precision,
-                                                      accelerator.device), device_map={"": accelerator.device})
-    model = build_model(recipe.model, lm=lm, tokenizer=tokenizer).to(accelerator.device)
+    model = _built_model(recipe, accelerator)
     if options.init_from is not None:
         start_from(model, options.init_from)
     trainable, total = model.parameter_counts()
@@ -447,7 +446,13 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
 
     optimizer = build_optimizer(model, options)
     scheduler = get_cosine_schedule_with_warmup(optimizer, options.warmup_steps, options.max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if is_sharded(model.lm):
+        # Not DDP, not Accelerate's FSDP of the whole model: the adapter stays whole on every process and
+        # _optimizer_step averages its gradients. prepare_model in evaluation mode applies mixed precision only.
+        model = accelerator.prepare_model(model, device_placement=False, evaluation_mode=True)
+        optimizer, scheduler = accelerator.prepare_optimizer(optimizer), accelerator.prepare_scheduler(scheduler)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core: PerceptualLM = accelerator.unwrap_model(model)
 
     quick_eval = _quick_eval_set(recipe, examples if "eval" not in recipe.data else None, options, skip_bad, core)
@@ -506,6 +511,29 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     return summary
 
 
+def _built_model(recipe: Recipe, accelerator: Accelerator) -> PerceptualLM:
+    """The recipe's model on this process's device, its frozen LM whole, or sharded when the launcher asked for FSDP."""
+    dtype = lm_dtype(recipe.training.lm_dtype, accelerator.mixed_precision, accelerator.device)
+    sharding = requested_sharding() if accelerator.num_processes > 1 else None  # one process: nothing to shard
+    if sharding is None:  # weights go straight to this process's device in their final dtype
+        lm, tokenizer = load_lm(recipe.model.lm, dtype, device_map={"": accelerator.device})
+        return build_model(recipe.model, lm=lm, tokenizer=tokenizer).to(accelerator.device)
+    # Built whole on the CPU (the paper layout may add an embedding row), then each process keeps its shard of the
+    # LM on its device, and the rest of the model goes there too.
+    lm, tokenizer = load_lm(recipe.model.lm, dtype)
+    model = build_model(recipe.model, lm=lm, tokenizer=tokenizer)
+    shard_frozen_lm(model.lm, sharding, accelerator.device)
+    for child in model.children():
+        if child is not model.lm:
+            child.to(accelerator.device)
+    for parameter in model.parameters(recurse=False):
+        parameter.data = parameter.data.to(accelerator.device)
+    held, total = sharded_parameter_count(model.lm), sum(p.numel() for p in model.lm.parameters())
+    log(f"frozen LM sharded over {accelerator.num_processes} processes (FSDP2): {held:,} of its {total:,} "
+        "parameters on each")
+    return model
+
+
 def start_from(model: PerceptualLM, adapter: str) -> None:
     """``training.init_from``: the run starts from a trained adapter's tensors, not from the seed's draw. Runs
     fine-tuned from one adapter stay near it, where averaging them (a model soup) keeps what each learned;
@@ -534,10 +562,9 @@ def _accelerator(options: TrainingOptions, out: Path) -> Accelerator:
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")),
     )
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        # Saving the adapter and generating during evaluation would need the sharded weights gathered.
-        raise ValueError(f"{accelerator.distributed_type.value}: sharded training is not supported yet; "
-                         "use DDP (a bf16 frozen LM of 7B fits one 24 GB GPU), see README 'Scaling'")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("DeepSpeed is not supported: to shard the frozen LM, launch with Accelerate's FSDP config "
+                         "(recipes/accelerate/fsdp-frozen-lm.yaml), see README 'Scaling'")
     return accelerator
 
 
@@ -548,10 +575,13 @@ def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, batch
     processes, accumulation = accelerator.num_processes, options.gradient_accumulation
     batch_units = _loss_units(core, batch)
     loss_sum = torch.zeros((), device=accelerator.device)
+    # DDP's gradient sync is held back between accumulation micro-steps; over a sharded LM the adapter's gradients
+    # are averaged by average_gradients at the last micro-step, and Accelerate has no model of its own to hold back.
+    synced = [] if is_sharded(core.lm) else [model]
     for micro_step in range(accumulation):
         share = process_share(batch, micro_step, accumulation, processes, accelerator.process_index)
         share_units = _loss_units(core, share)
-        with accelerator.accumulate(model):
+        with accelerator.accumulate(*synced):
             loss = model(features[[row_of[e.media] for e, _ in share]], [e.question for e, _ in share],
                          [answer for _, answer in share], contexts([e for e, _ in share]))
             # The model's loss is the mean over this share's loss units (target tokens, or samples). DDP
@@ -560,6 +590,8 @@ def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, batch
             # of the batch (exactly 1 for one process without accumulation).
             accelerator.backward(loss * (share_units * processes * accumulation / batch_units))
             if accelerator.sync_gradients:
+                if is_sharded(core.lm):
+                    average_gradients(core.trainable_parameters())
                 accelerator.clip_grad_norm_(core.trainable_parameters(), options.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -654,7 +686,13 @@ def _answer_sharded(accelerator: Accelerator, core: PerceptualLM, examples: list
 
     predict_all orders records by question length, stably; re-sorting the shares, concatenated in
     process order, by the same key gives exactly the single-process order.
+
+    Over a sharded LM every forward is a collective of all processes, which shares of unequal batch counts or
+    generation lengths would leave waiting: every process then answers every example, stepping together.
     """
+    if is_sharded(core.lm):
+        return predict_all(core, examples, features, row_of, recipe.eval_batch_size, {"synced_gpus": True},
+                           progress)
     with accelerator.split_between_processes(examples) as share:
         records = predict_all(core, share, features, row_of, recipe.eval_batch_size, progress=progress)
     return sorted(gather_object(records), key=lambda record: len(record["question"]))
