@@ -564,7 +564,7 @@ def _accelerator(options: TrainingOptions, out: Path) -> Accelerator:
     )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("DeepSpeed is not supported: to shard the frozen LM, launch with Accelerate's FSDP config "
-                         "(recipes/accelerate/fsdp-frozen-lm.yaml), see README 'Scaling'")
+                         "(recipes/accelerate/fsdp-frozen-lm.yaml), see docs/training.md, 'Multi-GPU and scaling'")
     return accelerator
 
 
