@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 import sensorium
 from sensorium import train as training
 from sensorium.cli import main
+from sensorium.config import QUESTIONS_NAME
 from sensorium.injection import SlotInjector
 from sensorium.recipe import Recipe
 from sensorium.sharding import requested_sharding
@@ -38,6 +39,7 @@ DESCRIPTIONS = {"red": "red", "green": "green circle", "blue": "a blue triangle"
 RECORDER = textwrap.dedent("""
     import atexit, json, os, sys
     from sensorium.cli import main
+from sensorium.config import QUESTIONS_NAME
 
     writes = []
     def audit(event, args):
@@ -293,6 +295,8 @@ def test_a_sharded_lm_trains_like_one_process(arch, layout, accumulation, tiny_l
     assert losses(tmp_path / "sharded") == pytest.approx(losses(whole), rel=1e-6)
     assert_same_adapter(whole / "adapter", tmp_path / "sharded" / "adapter", atol=1e-6)
     assert (tmp_path / "sharded" / "predictions.jsonl").read_text() == (whole / "predictions.jsonl").read_text()
+    questions = [load_file(run / "adapter" / QUESTIONS_NAME) for run in (whole, tmp_path / "sharded")]
+    assert torch.allclose(questions[0]["centroid"], questions[1]["centroid"], atol=1e-5)  # every process embeds
 
     blind = tmp_path / "without-injection"
     monkeypatch.setattr(SlotInjector, "injecting", lambda self, tokens, slots: nullcontext())

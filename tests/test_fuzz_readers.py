@@ -28,16 +28,17 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save
 
-from sensorium.config import CONFIG_NAME, AdapterConfig
+from sensorium.config import CONFIG_NAME, QUESTIONS_NAME, AdapterConfig
 from sensorium.data import Example, read_dataset
 from sensorium.errors import BadInputError
 from sensorium.media import load_audio, load_image, load_video
 from sensorium.model import read_weights
 from sensorium.recipe import Recipe, load_recipe
+from sensorium.routing import read_question_stats
 
 EXAMPLES = {"image": 200, "audio": 120, "video": 60, "jsonl": 150, "vqav2": 150, "coco": 100, "karpathy": 100,
             "gqa": 100, "msrvtt-qa": 75, "msrvtt-caption": 75, "audiocaps": 75, "clotho": 75,
-            "adapter_config": 200, "adapter_weights": 100, "recipe": 150}
+            "adapter_config": 200, "adapter_weights": 100, "question_stats": 100, "recipe": 150}
 TRIED: Counter = Counter()
 REFUSED: Counter = Counter()
 
@@ -388,6 +389,20 @@ def test_damaged_adapter_weights(data, tmp_path):
     tensors = reads_or_refuses("adapter_weights", lambda: read_weights(path), [path])
     if tensors is not None:
         assert all(hasattr(tensor, "shape") for tensor in tensors.values())
+
+
+QUESTION_STATS = save({"centroid": torch.randn(4), "spread": torch.tensor(1.5), "count": torch.tensor(12)})
+
+
+@fuzz("question_stats")
+@given(data=damaged(QUESTION_STATS))
+def test_damaged_question_statistics(data, tmp_path):
+    path = tmp_path / QUESTIONS_NAME
+    path.write_bytes(data)
+    stats = reads_or_refuses("question_stats", lambda: read_question_stats(tmp_path, 4), [path])
+    if stats is not None:  # what loads is what routing reads: a finite centroid of the LM's width, a finite spread
+        assert stats.centroid.shape == (4,) and torch.isfinite(stats.centroid).all()
+        assert 0 <= stats.spread < float("inf") and stats.count >= 1
 
 
 RECIPE = {"model": {"task": "vqa", "num_blocks": 6, "prompt_length": 1, "token_norm": True},

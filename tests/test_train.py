@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from sensorium import train as training
 from sensorium.cache import FeatureCache
-from sensorium.config import CONFIG_NAME, WEIGHTS_NAME
+from sensorium.config import CONFIG_NAME, QUESTIONS_NAME, WEIGHTS_NAME
 from sensorium.errors import BadInputError
 from sensorium.recipe import Recipe, apply_override
 
@@ -68,9 +68,12 @@ def test_auto_mixed_precision_follows_the_cpu(monkeypatch):
 
 
 def test_training_writes_adapter_summary_and_predictions(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
+    """The adapter, with the statistics of the questions it trained on, the summary and the predictions."""
     summary = training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "run"))
     out = tmp_path / "run"
     assert (out / "adapter" / WEIGHTS_NAME).is_file()
+    recorded = load_file(out / "adapter" / QUESTIONS_NAME)
+    assert recorded["count"] == 6 and recorded["spread"] > 0
     assert json.loads((out / "adapter" / CONFIG_NAME).read_text())["metrics"]["accuracy"] == \
         summary["accuracy"]
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 6

@@ -19,6 +19,7 @@ from .schema import Count, bounded, build
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
+QUESTIONS_NAME = "questions.safetensors"  # what the adapter was trained to be asked (routing.py)
 # The adapter format this code writes, and the newest it reads. It goes up with any change that code
 # knowing only the formats before it would misread (a setting renamed, weights laid out anew).
 FORMAT_VERSION = 1

@@ -14,13 +14,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .cache import FeatureCache, stored_features
-from .config import PAPER_ADDED_TOKENS, WEIGHTS_NAME, AdapterConfig, Decoding
+from .config import PAPER_ADDED_TOKENS, QUESTIONS_NAME, WEIGHTS_NAME, AdapterConfig, Decoding
 from .connectors import build_connector
 from .encoders import Encoder, load_encoder
 from .errors import BadInputError
 from .injection import FrontInjector, SlotInjector
 from .layout import EncoderFacts, encoder_tokens, plan
 from .lm import check_lm, hold_weights, lm_facts, load_lm, loading_dtype, weight_format
+from .routing import QuestionStats, read_question_stats
 from .schema import BOUNDS
 
 # generate() arguments that say how decoding runs or watch it, not what it decodes (a server's stop when nobody
@@ -362,6 +363,7 @@ class PerceptualLM(PrefixedLM):
         self.bos = self._leading_bos(tokenizer)
         self._order_prefix(config.column_order)
         self.injector = SlotInjector(lm, layers, range(self.slot_count)) if layers else None
+        self.questions: QuestionStats | None = None  # what it was trained to be asked (routing.py), once recorded
 
     def _order_prefix(self, order: list[str]) -> None:
         """Columns of the prefix in ``order`` (see config.PREFIX_PARTS): where BOS, the soft prompt and the slot
@@ -463,13 +465,22 @@ class PerceptualLM(PrefixedLM):
             check_tensor(tensor, list(params[name].shape), name, source)
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """adapter_config.json + adapter.safetensors (a few MB); written atomically."""
+        """adapter_config.json + adapter.safetensors (a few MB), and questions.safetensors once the question
+        statistics are recorded (an earlier adapter's left in the folder is removed); each written atomically."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder)
         with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
             save_file(self.adapter_state(), handle.name)
         Path(handle.name).replace(folder / WEIGHTS_NAME)
+        if self.questions is None:
+            (folder / QUESTIONS_NAME).unlink(missing_ok=True)
+        else:
+            self.questions.save(folder)
+
+    def read_questions(self, folder: str | Path) -> None:
+        """The question statistics of the adapter folder, checked against this LM's width, where it has them."""
+        self.questions = read_question_stats(folder, self.lm.config.get_text_config().hidden_size)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, lm=None, tokenizer=None, encoder=None) -> PerceptualLM:
@@ -477,6 +488,7 @@ class PerceptualLM(PrefixedLM):
         model = build_model(AdapterConfig.load(folder), lm=lm, tokenizer=tokenizer, encoder=encoder)
         weights = folder / WEIGHTS_NAME
         model.load_adapter_state(read_weights(weights), weights)
+        model.read_questions(folder)
         return model
 
 

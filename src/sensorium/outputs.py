@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import CONFIG_NAME, WEIGHTS_NAME
+from .config import CONFIG_NAME, QUESTIONS_NAME, WEIGHTS_NAME
 from .errors import BadInputError
 
 
 def adapter_files(folder: str | Path) -> list[Path]:
     """The files of an adapter folder (what writing an adapter into that folder would replace)."""
-    return [Path(folder) / CONFIG_NAME, Path(folder) / WEIGHTS_NAME]
+    return [Path(folder) / CONFIG_NAME, Path(folder) / WEIGHTS_NAME, Path(folder) / QUESTIONS_NAME]
 
 
 def data_files(spec: dict[str, Any] | list[dict[str, Any]]) -> list[Path]:

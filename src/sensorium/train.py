@@ -17,7 +17,9 @@ over for the newest intact one.
 
 A failed run loses nothing: the earlier run's checkpoints and metrics are replaced only once this run has
 loaded its models and data and is about to take its first step, and the trained adapter is written as soon
-as the last step is taken, before the final evaluation, which may still fail.
+as the last step is taken, before the final evaluation, which may still fail. It is written with the statistics
+of its training questions (``routing``), by which a composition routes a question to the sense trained on its
+like.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from .lm import cpu_has_native_bf16, load_lm
 from .model import PerceptualLM, PrefixedLM, build_model
 from .oracle import with_truth
 from .recipe import Recipe, TrainingOptions
+from .routing import question_stats
 from .sharding import average_gradients, is_sharded, requested_sharding, shard_frozen_lm, sharded_parameter_count
 from .tracking import (
     CURVES_NAME,
@@ -491,6 +494,9 @@ def _train(recipe: Recipe, accelerator: Accelerator, out: Path, resume: bool, sk
     train_seconds = time.perf_counter() - started
     summary = {"trainable_parameters": trainable, "total_parameters": total,
                "feature_cache_seconds": round(cache_seconds, 1), "train_seconds": round(train_seconds, 1)}
+    model.eval()
+    # On every process, since a sharded LM's forward needs them all: what the adapter was asked, for routing.
+    core.questions = question_stats(core.lm, core.tokenizer, [e.question for e in examples], options.seed)
     if accelerator.is_main_process:  # the run's result, before an evaluation that may fail
         core.save_pretrained(out / ADAPTER_FOLDER)
     if final_eval is not None:
