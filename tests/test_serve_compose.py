@@ -4,6 +4,7 @@ uploaded video with its sound track; composed from hosted adapters (--compose) o
 from __future__ import annotations
 
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from test_audio import encode_pyav, tiny_audio_model, tone, wav_bytes
 from test_video import write_clip
 
 from sensorium import AdapterConfig, cli
-from sensorium.compose import ComposedLM, load_composed
+from sensorium.compose import COMPOSITION_NAME, ComposedLM, load_composed
 from sensorium.config import WEIGHTS_NAME
 from sensorium.model import generate_mixed
+from sensorium.routing import question_stats
 from sensorium.serve import app as app_module
 from sensorium.serve import batching
 from sensorium.serve.adapters import HostedComposition
@@ -173,6 +175,26 @@ def test_a_composed_folder_is_hosted_over_the_shared_models(registry, sense_fold
     assert response.status_code == 200, response.text
     in_process = load_composed(folder, weights="float32")
     assert response.json()["answer"] == in_process.ask([clip], [QUESTION], max_new_tokens=4)[0]
+
+
+def test_a_composed_folder_is_served_under_its_select_rule(registry, sense_folders, clip, tmp_path):
+    """A composition that routes each question to a sense is served routing, answering as it does in process."""
+    folder = tmp_path / "routed"
+    model = registry.get("av").model
+    model.save_pretrained(folder)
+    for name, questions in (("clips", ["what do you see ?"]), ("sounds", ["what do you hear ?", QUESTION])):
+        question_stats(model.lm, model.tokenizer, questions).save(folder / name)
+    composition = json.loads((folder / COMPOSITION_NAME).read_text())
+    (folder / COMPOSITION_NAME).write_text(json.dumps({**composition, "rule": "route"}))
+    hosted = load_registry([("clips", sense_folders["clips"]), ("sounds", sense_folders["sounds"]),
+                            ("routed", folder)], weights="float32")
+    assert hosted.get("routed").model.composition.rule == "route"
+    with TestClient(create_app(hosted)) as client:
+        response = client.post("/v1/ask", data={"adapter": "routed", "question": QUESTION, "max_new_tokens": "4"},
+                               files=upload(Path(clip).read_bytes()))
+    assert response.status_code == 200, response.text
+    assert response.json()["answer"] == load_composed(folder, weights="float32").ask([clip], [QUESTION],
+                                                                                     max_new_tokens=4)[0]
 
 
 # ---- the command line --------------------------------------------------------------------------------

@@ -67,13 +67,19 @@ def test_auto_mixed_precision_follows_the_cpu(monkeypatch):
         training.mixed_precision("auto")
 
 
-def test_training_writes_adapter_summary_and_predictions(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path):
-    """The adapter, with the statistics of the questions it trained on, the summary and the predictions."""
+def test_training_writes_adapter_summary_and_predictions(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path,
+                                                         capsys):
+    """The adapter, with the statistics of the questions it trained on (what ``sensorium questions`` records from
+    the training data its config names), the summary and the predictions."""
+    from sensorium.cli import main
+
     summary = training.train(tiny_recipe(tiny_lm_folder, tiny_vit_folder, manifest, tmp_path / "run"))
     out = tmp_path / "run"
     assert (out / "adapter" / WEIGHTS_NAME).is_file()
     recorded = load_file(out / "adapter" / QUESTIONS_NAME)
     assert recorded["count"] == 6 and recorded["spread"] > 0
+    assert main(["questions", str(out)]) == 0 and "recorded 6 of 6 questions" in capsys.readouterr().out
+    assert torch.allclose(load_file(out / "adapter" / QUESTIONS_NAME)["centroid"], recorded["centroid"], atol=1e-5)
     assert json.loads((out / "adapter" / CONFIG_NAME).read_text())["metrics"]["accuracy"] == \
         summary["accuracy"]
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 6

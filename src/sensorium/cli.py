@@ -9,13 +9,15 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .config import WEIGHT_FORMATS
+from .config import SELECT_RULES, WEIGHT_FORMATS
 from .data import data_spec_forms
 from .errors import BadInputError
 from .outputs import adapter_files, check_outputs, data_files
 from .schema import bounded_flag
 
 USER_ERRORS = (BadInputError, FileNotFoundError, ValueError)
+SELECT_WORDS = {"likelihood": "the surest kept", "route": "the sense its question resembles answers",
+                "route+likelihood": "the surest kept, weighed by how much its question resembles its sense's"}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -121,6 +123,8 @@ def _compose(args: argparse.Namespace) -> None:
     mode = args.mode or ("prefix" if args.tune else "select")
     if args.tune and mode != "prefix":
         raise BadInputError("--tune trains the senses as one sequence: it needs --mode prefix, not select")
+    if args.rule != "likelihood" and mode != "select":
+        raise BadInputError(f"--rule {args.rule} chooses among the senses' answers: it needs --mode select")
     tuning_data = parse_data_spec(args.tune) if args.tune else None
     out = Path(args.out)
     check_outputs([out / COMPOSITION_NAME, *(file for name in args.names or sense_names(args.adapters)
@@ -129,8 +133,9 @@ def _compose(args: argparse.Namespace) -> None:
                    *(data_files(tuning_data) if tuning_data else [])])
     torch.manual_seed(args.seed)  # fresh connectors start from the seed's draw
     model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh, mode=mode,
-                    positions=args.positions)
-    reads = "each answers alone, the surest kept" if model.selects else f"{model.prefix_length} prefix columns"
+                    positions=args.positions, rule=args.rule)
+    reads = f"each answers alone, {SELECT_WORDS[args.rule]}" if model.selects else \
+        f"{model.prefix_length} prefix columns"
     print(f"composed {', '.join(model.names)} over {model.config.lm} ({mode}): {reads}, "
           f"{model.parameter_counts()[0]:,} trainable parameters")
     if args.tune:
@@ -144,6 +149,31 @@ def _compose(args: argparse.Namespace) -> None:
               f"loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f} (mean of the last 10)")
     model.save_pretrained(args.out)
     print(f"composed model saved to {args.out}")
+
+
+def _questions(args: argparse.Namespace) -> None:
+    from .config import QUESTIONS_NAME, AdapterConfig
+    from .data import parse_data_spec
+    from .lm import load_lm
+    from .recipe import TrainingOptions
+    from .routing import question_stats
+    from .train import task_examples
+    from .trained import adapter_folder, recorded_recipe
+
+    folder = adapter_folder(args.adapter)
+    config = AdapterConfig.load(folder)
+    recipe = recorded_recipe(config, folder)  # checked; the defaults where train recorded none
+    trained_on = recipe.data.get("train") if "data" in config.training else None
+    if args.data is None and trained_on is None:
+        raise BadInputError(f"{folder}: records no training data (an adapter saved outside train): give --data")
+    spec = parse_data_spec(args.data) if args.data else trained_on
+    check_outputs([folder / QUESTIONS_NAME], data_files(spec))
+    questions = [e.question for e in task_examples(spec, TrainingOptions()) if e.answers]
+    lm, tokenizer = load_lm(config.lm)
+    stats = question_stats(lm, tokenizer, questions, recipe.training.seed)
+    stats.save(folder)
+    print(f"recorded {stats.count:,} of {len(questions):,} questions (spread {stats.spread:.3g}) in "
+          f"{folder / QUESTIONS_NAME}")
 
 
 def _caption(args: argparse.Namespace) -> None:
@@ -464,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="select: each sense answers alone and the answer its adapter is surest of is kept "
                                "(zero-shot; the default without --tune); prefix: one sequence reads every sense "
                                "(what --tune trains, its default)")
+    composer.add_argument("--rule", choices=SELECT_RULES, default="likelihood",
+                          help="of a select composition: likelihood: the answer its own sense is surest of; route: "
+                               "the sense whose training questions the question resembles answers (needs every "
+                               "adapter's questions.safetensors: see `sensorium questions`); route+likelihood: the "
+                               "answer's log-likelihood plus the log-probability that the question is its sense's")
     composer.add_argument("--positions", choices=("parallel", "serial"), default="parallel",
                           help="of a prefix composition: parallel: each sense's prompt and slot at the positions it "
                                "was trained at, side by side; serial: one after another")
@@ -481,6 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     composer.add_argument("--dtype", choices=("auto", *WEIGHT_FORMATS), default="float32",
                           help="how the frozen LM holds its weights while tuning")
     composer.set_defaults(run=_compose)
+
+    recorder = verbs.add_parser("questions", help="record what an adapter was trained to be asked "
+                                                  "(questions.safetensors, for compose --rule route); training "
+                                                  "records it, this does for adapters trained before")
+    recorder.add_argument("adapter", help="adapter folder (or a training run's)")
+    recorder.add_argument("--data", help="the questions it was trained on (default: the training data its config "
+                                         "records): " + " | ".join(data_spec_forms()))
+    recorder.set_defaults(run=_questions)
 
     merge = verbs.add_parser("merge", help="average adapters of one layout into one adapter (a model soup)")
     merge.add_argument("adapters", nargs="+", help="adapter folders (or training runs' output folders)")

@@ -3,11 +3,14 @@
 Each adapter (a sense: video frames, a sound track, an image) keeps its encoder, connector, soft prompt and slot.
 A composition answers in one of two modes.
 
-``select`` (the default, and the zero-shot one): every sense answers alone, exactly as its adapter does, and the
-answer kept is the one that its own adapter gives the highest log-likelihood. The surest sense answers, so a
-question about the sound goes to the sound's adapter without anyone saying which sense a question needs; an
-adapter answering about what it cannot perceive falls back on its wording prior and is rarely as sure. No
-question that needs two senses together can be answered this way.
+``select`` (the default, and the zero-shot one): every sense answers alone, exactly as its adapter does, and a
+rule (``rule``, ``SELECT_RULES``) keeps one answer per question; no question that needs two senses together can
+be answered this way. ``likelihood`` keeps the answer that its own adapter gives the highest log-likelihood: an
+adapter answering about what it cannot perceive falls back on its wording prior and is often less sure, but a
+confident answer of the wrong kind (a sound adapter's one-token digit to a colour question) wins all the same.
+``route`` reads the question instead: the sense whose training questions it resembles answers, the nearest by
+the question statistics each adapter records (``routing``), and only that sense generates. ``route+likelihood``
+weighs both: the answer's log-likelihood plus the log-probability that the question is its sense's.
 
 ``prefix``: one sequence reads every sense at once, ``[bos][prompt 1][slot 1][prompt 2][slot 2]...``, and the
 injection layers overwrite all the senses' slot columns in one pass, so the sequence and its KV cache stay those
@@ -20,7 +23,7 @@ prompt and slot at the distance from the question it learned (as parallel contex
 settings are the composed model's.
 
 A composed model is saved as a folder of adapter folders, one per sense, and ``composition.json`` naming them in
-order, with the mode.
+order, with the mode and the select rule.
 """
 
 from __future__ import annotations
@@ -36,23 +39,36 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic.dataclasses import dataclass
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import CONFIG_NAME, PREFIX_PARTS, WEIGHTS_NAME, AdapterConfig, model_identity, readable_format
+from .config import (
+    CONFIG_NAME,
+    PREFIX_PARTS,
+    QUESTIONS_NAME,
+    WEIGHTS_NAME,
+    AdapterConfig,
+    SelectRule,
+    model_identity,
+    readable_format,
+)
 from .data.examples import Example
 from .errors import BadInputError
 from .injection import SlotInjector
 from .lm import hold_weights, load_lm, loading_dtype, weight_format
-from .model import PerceptualLM, PrefixedLM, read_weights
+from .model import PerceptualLM, PrefixedLM, read_weights, tokenizable
+from .routing import embed_questions
 from .schema import Count, build
 
+# A sense's answers to some rows: (sense, its features of those rows, their questions, their contexts) -> answers.
+Answering = Callable[[PerceptualLM, torch.Tensor, list[str], list[str] | None], list[str]]
 COMPOSITION_NAME = "composition.json"
 COMPOSITION_VERSION = 1
 MAX_COMPOSITION_BYTES = 64 * 1024  # a list of a few names; anything larger is not a composition file
 SENSE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # names a sense's sub-folder: no path in it
+ROUTING_RULES = ("route", "route+likelihood")  # the rules that read the senses' question statistics
 
 
 @dataclass(config={"extra": "forbid"})
@@ -62,6 +78,7 @@ class Composition:
     senses: list[str]
     mode: Literal["prefix", "select"] = "prefix"  # files written before select existed are prefix compositions
     positions: Literal["parallel", "serial"] = "parallel"  # of a prefix composition
+    rule: SelectRule = "likelihood"  # of a select composition; files written before the rules existed chose so
     format_version: Count = COMPOSITION_VERSION
 
     @field_validator("senses")
@@ -81,6 +98,12 @@ class Composition:
     def _readable(cls, format_version: int) -> int:
         return readable_format("composition", format_version, COMPOSITION_VERSION)
 
+    @model_validator(mode="after")
+    def _rule_selects(self) -> Composition:
+        if self.mode != "select" and self.rule != "likelihood":
+            raise ValueError(f"rule {self.rule!r} chooses among answers: it needs mode select, not {self.mode}")
+        return self
+
 
 def is_composition(folder: str | Path) -> bool:
     return (Path(folder) / COMPOSITION_NAME).is_file()
@@ -94,10 +117,10 @@ class ComposedLM(PrefixedLM):
     """
 
     def __init__(self, senses: Sequence[PerceptualLM], names: Sequence[str], mode: str = "select",
-                 positions: str = "parallel"):
+                 positions: str = "parallel", rule: str = "likelihood"):
         super().__init__()
-        self.composition = build(Composition, {"senses": list(names), "mode": mode, "positions": positions},
-                                 "composition field")
+        self.composition = build(Composition, {"senses": list(names), "mode": mode, "positions": positions,
+                                               "rule": rule}, "composition field")
         names = self.composition.senses
         if len(senses) != len(names):
             raise ValueError(f"{len(senses)} senses but {len(names)} names")
@@ -112,6 +135,11 @@ class ComposedLM(PrefixedLM):
         self.lm, self.tokenizer = lead.lm, lead.tokenizer
         self.bos = lead.bos
         self.feature_sizes = [math.prod(sense.layout.feature_shape) for sense in senses]
+        unrecorded = [name for name, sense in zip(names, senses, strict=True) if sense.questions is None]
+        if self.composition.rule in ROUTING_RULES and unrecorded:
+            raise BadInputError(f"rule {self.composition.rule!r} reads what each sense was trained to be asked: "
+                                f"sense(s) {unrecorded} have no {QUESTIONS_NAME} (record it with `sensorium "
+                                "questions ADAPTER`)")
         if not self.selects:
             self._lay_out(senses, names, positions)
 
@@ -219,30 +247,53 @@ class ComposedLM(PrefixedLM):
                  **options) -> list[str]:
         if not self.selects:
             return super().generate(features, questions, contexts, **options)
-        return self._surest(features, questions, contexts,
-                            lambda sense, part: sense.generate(part, questions, contexts, **options))
+        return self._select(features, questions, contexts,
+                            lambda sense, part, asked, said: sense.generate(part, asked, said, **options))
 
     def generate_uncached(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
         if not self.selects:
             return super().generate_uncached(features, questions, **options)
-        return self._surest(features, questions, None,
-                            lambda sense, part: sense.generate_uncached(part, questions, **options))
+        return self._select(features, questions, None,
+                            lambda sense, part, asked, _: sense.generate_uncached(part, asked, **options))
 
-    def _surest(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None,
-                answer: Callable[[PerceptualLM, torch.Tensor], list[str]]) -> list[str]:
-        """Each row's answer from the sense whose adapter gives its own answer the highest log-likelihood (the
-        earlier sense on a tie)."""
-        kept, best = None, None
-        for sense, part in zip(self.senses, self.unpack(features), strict=True):
-            answers = answer(sense, part)
-            sureness = sense.log_likelihood(part, questions, answers, contexts)
-            if kept is None:
-                kept, best = answers, sureness
+    def _select(self, features: torch.Tensor, questions: list[str], contexts: list[str] | None,
+                answer: Answering) -> list[str]:
+        """Each row's answer from the sense that the composition's rule picks (the earlier sense on a tie)."""
+        parts = self.unpack(features)
+        if self.composition.rule == "route":
+            return self._routed(parts, questions, contexts, answer)
+        answers = [answer(sense, part, questions, contexts) for sense, part in zip(self.senses, parts, strict=True)]
+        scores = torch.stack([sense.log_likelihood(part, questions, said, contexts).cpu()
+                              for sense, part, said in zip(self.senses, parts, answers, strict=True)])
+        if self.composition.rule == "route+likelihood":
+            scores = scores + self.question_log_priors(questions)
+        return [answers[sense][row] for row, sense in enumerate(scores.argmax(0).tolist())]
+
+    def _routed(self, parts: list[torch.Tensor], questions: list[str], contexts: list[str] | None,
+                answer: Answering) -> list[str]:
+        """Each row answered by the sense nearest its question alone: one generation per row, not one per sense."""
+        nearest = self.question_distances(questions).argmin(0)
+        kept: list[str] = [""] * len(questions)
+        for index, (sense, part) in enumerate(zip(self.senses, parts, strict=True)):
+            rows = (nearest == index).nonzero().flatten().tolist()
+            if not rows:
                 continue
-            surer = (sureness > best).tolist()
-            kept = [new if better else old for old, new, better in zip(kept, answers, surer, strict=True)]
-            best = torch.maximum(best, sureness)
+            said = answer(sense, part[rows], [questions[row] for row in rows],
+                          None if contexts is None else [contexts[row] for row in rows])
+            for row, text in zip(rows, said, strict=True):
+                kept[row] = text
         return kept
+
+    def question_distances(self, questions: list[str]) -> torch.Tensor:
+        """[senses, batch]: how far each question lies from each sense's training questions, in that sense's
+        spreads (``routing.QuestionStats``)."""
+        embeddings = embed_questions(self.lm, self.tokenizer, tokenizable(questions, "question"))
+        return torch.stack([sense.questions.distances(embeddings) for sense in self.senses])
+
+    def question_log_priors(self, questions: list[str]) -> torch.Tensor:
+        """[senses, batch] log-probability that each question is each sense's: a Gaussian of one spread around each
+        sense's centroid, normalised over the senses."""
+        return torch.log_softmax(-0.5 * self.question_distances(questions).pow(2), dim=0)
 
     def forward(self, features: torch.Tensor, questions: list[str], targets: list[str],
                 contexts: list[str] | None = None) -> torch.Tensor:
@@ -295,8 +346,10 @@ def sense_names(folders: Sequence[str | Path]) -> list[str]:
 
 
 def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, weights: str = "float32",
-            fresh: bool = False, mode: str = "select", positions: str = "parallel") -> ComposedLM:
-    """Adapters loaded over one frozen LM (loaded once) and composed in the order given.
+            fresh: bool = False, mode: str = "select", positions: str = "parallel",
+            rule: str = "likelihood") -> ComposedLM:
+    """Adapters loaded over one frozen LM (loaded once) and composed in the order given, each with the question
+    statistics its folder holds.
 
     ``fresh``: the adapters' settings with newly initialised weights, the start of a jointly trained model.
     """
@@ -317,17 +370,18 @@ def compose(folders: Sequence[str | Path], names: Sequence[str] | None = None, w
         if not fresh:
             path = Path(folder) / WEIGHTS_NAME
             sense.load_adapter_state(read_weights(path), path)
+            sense.read_questions(folder)
         senses.append(sense)
     if weights == "int8":
         hold_weights(lm, weights)
-    return ComposedLM(senses, names or sense_names(folders), mode, positions)
+    return ComposedLM(senses, names or sense_names(folders), mode, positions, rule)
 
 
 def load_composed(folder: str | Path, weights: str = "float32") -> ComposedLM:
     """A composed model saved by ``ComposedLM.save_pretrained``."""
     composition = read_composition(folder)
     return compose([Path(folder) / name for name in composition.senses], composition.senses, weights,
-                   mode=composition.mode, positions=composition.positions)
+                   mode=composition.mode, positions=composition.positions, rule=composition.rule)
 
 
 # ---- tune ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import string
 from dataclasses import field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import ConfigDict, StrictBool, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
@@ -41,6 +41,10 @@ MULTITASK = "multitask"
 
 # How the frozen LM can hold its weights at inference; the adapter stays float32 whatever is chosen.
 WEIGHT_FORMATS = ("float32", "bfloat16", "float16", "int8")
+# How a selecting composition keeps one sense's answer (compose.py): the surest, the one its question is routed to,
+# or both weighed.
+SelectRule = Literal["likelihood", "route", "route+likelihood"]
+SELECT_RULES: tuple[str, ...] = get_args(SelectRule)
 # How a video encoder's per-frame tokens reach the LM: averaged into one token per block, exactly like an
 # image's; one token per frame in time order (the slot then spans one column per frame); or two tokens,
 # the mean and the change from the first frame to the last (what moved, grew or turned, as one vector the

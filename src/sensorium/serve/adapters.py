@@ -167,7 +167,7 @@ class AdapterRegistry:
             composition = read_composition(folder)
             senses = [HostedAdapter(sense, folder / sense, self._load(folder / sense)) for sense in composition.senses]
             model = ComposedLM([sense.model for sense in senses], composition.senses, composition.mode,
-                               composition.positions)
+                               composition.positions, composition.rule)
             self.adapters[name] = HostedComposition(name, senses, model.eval(), folder)
         else:
             self.adapters[name] = HostedAdapter(name, folder, self._load(folder))
