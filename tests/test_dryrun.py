@@ -33,11 +33,12 @@ from sensorium.encoders.dinov2_onnx import dinov2_small_config
 from sensorium.encoders.yamnet import YamNet
 from sensorium.layout import LMFacts
 
-# Training recipes; recipes/accelerate/ holds launcher configs (accelerate config files), and recipes/compare/
-# comparison files (`sensorium compare`, whose methods' recipes tests/test_compare.py dry-runs), not recipes.
+# Training recipes; recipes/accelerate/ holds launcher configs (accelerate config files), recipes/compare/
+# comparison files (`sensorium compare`, whose methods' recipes tests/test_compare.py dry-runs) and recipes/lmms-eval/
+# an lmms-eval task (tests/test_lmms_eval.py runs it), not recipes.
 REPO = Path(__file__).parents[1]
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml")
-                 if p.parent.name not in ("accelerate", "compare"))
+                 if p.parent.name not in ("accelerate", "compare", "lmms-eval"))
 
 
 def _refuse(*args, **kwargs):
