@@ -109,3 +109,14 @@ def test_floor(common, tmp_path, capsys):
     for row in line["rows"]:  # the floor: the step's weight bytes at the rate its format's matvec reads them
         assert row["read_bytes_per_second"] > 0 and row["decode_over_floor"] > 0
         assert row["floor_ms"] == pytest.approx(1000 * row["weight_bytes_per_token"] / row["read_bytes_per_second"])
+
+
+def test_compile(common, tmp_path, capsys):
+    """Traced with the eager backend (no codegen): batches 1 and 3 in buckets 1 and 4, each compiled once, and a
+    second request of the same bucket compiles nothing."""
+    line = main(["compile", *common, "--batches", "1", "3", "--new-tokens", "4", "--backend", "eager"])
+    appended(tmp_path, line, capsys, "decode steps (4 new tokens")
+    assert [(row["batch"], row["batch_bucket"]) for row in line["rows"]] == [(1, 1), (3, 4)]
+    for row in line["rows"]:
+        assert row["compiles"] >= 1 and row["compiles_in_same_bucket"] == 0
+        assert_ratios(row)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import schemathesis
 import torch
+import torch._dynamo
 from conftest import save_steered_adapter
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -162,7 +163,7 @@ def test_adapters_endpoint_describes_each(client, tiny_adapter_folders, tiny_lm_
 
 def test_health_and_openapi(client):
     assert client.get("/health").json() == {"status": "ok", "adapters": 2, "frozen_models": 2,
-                                            "max_batch_size": 8, "generate_calls": 0}
+                                            "max_batch_size": 8, "generate_calls": 0, "compile_backend": None}
     schema = client.get("/openapi.json").json()
     assert {"/v1/ask", "/v1/caption", "/v1/adapters", "/health"} <= set(schema["paths"])
     assert {"404", "413", "415", "504"} <= set(schema["paths"]["/v1/ask"]["post"]["responses"])
@@ -216,6 +217,28 @@ def test_concurrent_requests_of_two_adapters_share_one_generate_call(serve_app, 
     alone = [shapes.ask([images[i]], [questions[i // 2]], **options)[0] if i % 2 == 0
              else captions.caption([images[i]], **options)[0] for i in range(6)]
     assert [r.json()["answer"] for r in responses] == alone
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method. is deprecated:DeprecationWarning")  # torch's own
+def test_a_compiling_server_answers_as_an_eager_one(serve_app, registry, generate_calls):
+    """Decode steps compiled in shape buckets (traced by the eager backend): a batch of 3 runs padded to 4 rows and
+    answers each request as the uncompiled model does alone."""
+    options = {"max_new_tokens": 5, "min_new_tokens": 5, "num_beams": 1}
+    images = [picture(seed) for seed in range(3)]
+    questions = ["what is the shape ?", "color ?", "is there a red circle in the image ?"]
+    requests = [("/v1/ask", {"adapter": "shapes", "question": question, **options}, encoded(image))
+                for question, image in zip(questions, images, strict=True)]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with serve_app(max_batch_size=3, max_wait_ms=5000, compile_backend="eager") as client:
+        responses = post_together(client, requests)
+        assert client.get("/health").json()["compile_backend"] == "eager"
+    assert generate_calls == [3]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
+    torch._dynamo.reset()
+    shapes = registry.get("shapes").model
+    assert [r.json()["answer"] for r in responses] == [shapes.ask([image], [question], **options)[0]
+                                                       for question, image in zip(questions, images, strict=True)]
 
 
 def test_requests_with_different_options_are_generated_apart(serve_app, generate_calls):

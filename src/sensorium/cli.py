@@ -306,7 +306,8 @@ def _serve(args: argparse.Namespace) -> None:
     settings = ServeSettings(
         max_batch_size=1 if args.no_batching else args.max_batch_size, max_wait_ms=args.max_wait_ms,
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_question_chars=args.max_question_chars,
-        max_new_tokens=args.max_new_tokens, max_beams=args.max_beams, request_timeout_s=args.request_timeout)
+        max_new_tokens=args.max_new_tokens, max_beams=args.max_beams, request_timeout_s=args.request_timeout,
+        compile_backend="inductor" if args.compile else None)
     names = [name for name, _ in args.adapter] + [name for name, _ in args.compose or []]
     twice = next((name for name in names if names.count(name) > 1), None)
     if twice is not None:  # before any model is loaded
@@ -639,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the most beams a request may ask for")
     serve.add_argument("--request-timeout", type=bounded_flag("seconds"), default=defaults.request_timeout_s,
                        help="seconds a request may take, queueing included")
+    serve.add_argument("--compile", action="store_true",
+                       help="compile the greedy and sampled decode steps (inductor; CUDA graphs on a GPU), once per "
+                            "shape bucket: for a GPU; the first request of each bucket waits for its compile")
     serve.set_defaults(run=_serve)
     return parser
 

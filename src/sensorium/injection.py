@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from transformers import Cache
 
 
 def decoder_layers(lm: nn.Module) -> nn.ModuleList:
@@ -106,13 +107,8 @@ class _SlotWrite:
         self.handles: list[RemovableHandle] = []
 
     def track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        self.chunk_start = int(cache.get_seq_length()) if cache is not None else 0
-        inputs = kwargs.get("inputs_embeds")
-        if inputs is None:
-            inputs = kwargs.get("input_ids", args[0] if args else None)
-        cached = cache is not None and kwargs.get("use_cache") is not False and inputs is not None
-        self.chunk_end = self.chunk_start + inputs.shape[1] if cached else None
+        self.chunk_start = chunk_start(kwargs)
+        self.chunk_end = cached_chunk_end(args, kwargs, self.chunk_start)
 
     def after_chunk(self, module: nn.Module, args: tuple, output: object) -> None:
         if self.chunk_end is not None and self.chunk_end >= self.span[1]:
@@ -155,10 +151,25 @@ class _SlotWrite:
         return hidden.index_put((rows, columns), tokens)
 
 
+def cache_of(kwargs: dict) -> Cache | None:
+    """The KV cache a top-level forward reads and fills, if any."""
+    return kwargs.get("cache", kwargs.get("past_key_values"))
+
+
 def chunk_start(kwargs: dict) -> int:
     """Column of the first position a top-level forward computes: what its KV cache already holds."""
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    cache = cache_of(kwargs)
     return int(cache.get_seq_length()) if cache is not None else 0
+
+
+def cached_chunk_end(args: tuple, kwargs: dict, start: int) -> int | None:
+    """Past the last column a top-level forward computes, when it fills a KV cache (None otherwise)."""
+    cache = cache_of(kwargs)
+    inputs = kwargs.get("inputs_embeds")
+    if inputs is None:
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+    cached = cache is not None and kwargs.get("use_cache") is not False and inputs is not None
+    return start + inputs.shape[1] if cached else None
 
 
 @functools.cache
@@ -190,6 +201,11 @@ class FrontInjector:
     exact while no layer follows the last injection layer, and an approximation otherwise (``use_cache: false``
     recomputes the official function exactly). With ``open_row=False`` the row stays causal (it reads itself only),
     and cached decoding is exact.
+
+    Once a forward that fills a KV cache has computed the whole prefix, every later query comes after column 0 and
+    has a position: the hooks then give way to one per layer before the first injection layer that hides column 0
+    from every query, reading neither the cache's length nor the chunk's start, so that each decode step traces
+    as the same graph and ``torch.compile`` compiles it once.
     """
 
     def __init__(self, lm: nn.Module, layers: list[int], unpositioned: int, open_row: bool = True) -> None:
@@ -202,31 +218,51 @@ class FrontInjector:
         # Where a decoder layer takes its mask (GPT-2 passes it positionally): looked up once, not in the hooks,
         # so that a compiled decode step traces none of the lookup.
         self._mask_position = _parameter_position(type(blocks[0]), "attention_mask")
-        self._hidden_in = list(blocks[:layers[0]])
-        self._open_in = list(blocks[layers[0]:]) if open_row else []  # a causal row needs no change
+        self._hidden_in = list(enumerate(blocks[:layers[0]]))  # (layer index, block)
+        self._open_in = list(enumerate(blocks))[layers[0]:] if open_row else []  # a causal row needs no change
         self._slot = SlotInjector(lm, layers, (0,))
         self._positions = next((module for name, module in lm.named_modules()
                                 if name.rsplit(".", 1)[-1] in _ABSOLUTE_POSITIONS), None)
         self.unpositioned = unpositioned
         self.layers = layers
         self._chunk = 0
+        self._chunk_end: int | None = None  # past the chunk's last column, when it fills a KV cache
+        self._cache: Cache | None = None
+        self._handles: list[RemovableHandle] = []
 
     @contextmanager
     def injecting(self, tokens: torch.Tensor, slots: torch.Tensor) -> Iterator[None]:
         """Inject ``tokens`` [batch, len(layers), dim] at column 0 of every row (``slots``, all zero)."""
         with self._slot.injecting(tokens, slots), ExitStack() as hooks:
-            handles = [self._lm.register_forward_pre_hook(self._track_chunk, with_kwargs=True)]
-            handles += [block.register_forward_pre_hook(self._mask_hook(open_row=False), with_kwargs=True)
-                        for block in self._hidden_in]
-            handles += [block.register_forward_pre_hook(self._mask_hook(open_row=True), with_kwargs=True)
-                        for block in self._open_in]
+            hooks.callback(self._remove_hooks)
+            self._handles = [self._lm.register_forward_pre_hook(self._track_chunk, with_kwargs=True),
+                             self._lm.register_forward_hook(self._after_chunk)]
+            self._handles += [block.register_forward_pre_hook(self._mask_hook(layer, open_row=False),
+                                                              with_kwargs=True)
+                              for layer, block in self._hidden_in]
+            self._handles += [block.register_forward_pre_hook(self._mask_hook(layer, open_row=True), with_kwargs=True)
+                              for layer, block in self._open_in]
             if self._positions is not None:
-                handles.append(self._positions.register_forward_hook(self._drop_positions))
-            hooks.callback(lambda: [handle.remove() for handle in handles])
+                self._handles.append(self._positions.register_forward_hook(self._drop_positions))
             yield
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._chunk = chunk_start(kwargs)
+        self._chunk_end = cached_chunk_end(args, kwargs, self._chunk)
+        self._cache = cache_of(kwargs)
+
+    def _after_chunk(self, module: nn.Module, args: tuple, output: object) -> None:
+        """Past the cached prefix: the decode steps' hooks from now on."""
+        if self._chunk_end is not None and self._chunk_end >= self.unpositioned:
+            self._remove_hooks()
+            self._handles = [block.register_forward_pre_hook(self._mask_hook(layer, open_row=False, decoding=True),
+                                                             with_kwargs=True)
+                             for layer, block in self._hidden_in]
 
     def _drop_positions(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         """The position embeddings with those of the unpositioned columns in this chunk zeroed."""
@@ -237,20 +273,23 @@ class FrontInjector:
         keep[:inside] = 0
         return output * keep
 
-    def _mask_hook(self, open_row: bool) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict] | None]:
+    def _mask_hook(self, layer: int, open_row: bool,
+                   decoding: bool = False) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict] | None]:
+        """The pre-hook of decoder layer ``layer`` that opens column 0's row (``open_row``) or hides column 0 from
+        the later rows; ``decoding``: in a step after the cached prefix, where every query is a later row."""
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             hidden = args[0] if args else kwargs["hidden_states"]
-            start, length = self._chunk, hidden.shape[1]
+            start, length = None if decoding else self._chunk, hidden.shape[1]
             if open_row and start > 0:  # the visual row was computed at prefill
                 return None
             position = self._mask_position
             passed = position is not None and position < len(args)
             mask = args[position] if passed else kwargs.get("attention_mask")
-            allowed = self._allowed(mask, start, length, hidden.device).clone()
+            allowed = self._allowed(mask, start, length, layer, hidden.device)
             if open_row:
                 allowed[:, :, 0, :] = True
             else:
-                allowed[:, :, max(0, 1 - start):, 0] = False
+                allowed[:, :, 0 if start is None else max(0, 1 - start):, 0] = False
             if mask is not None and mask.is_floating_point():  # eager attention adds the mask to its scores
                 lowest = torch.finfo(mask.dtype).min
                 allowed = torch.zeros(allowed.shape, dtype=mask.dtype, device=mask.device).masked_fill(~allowed, lowest)
@@ -260,12 +299,18 @@ class FrontInjector:
 
         return hook
 
-    @staticmethod
-    def _allowed(mask: torch.Tensor | None, start: int, length: int, device: torch.device) -> torch.Tensor:
-        """Which keys each query of the chunk may read, [batch or 1, 1, length, keys], from the layer's mask."""
+    def _allowed(self, mask: torch.Tensor | None, start: int | None, length: int, layer: int,
+                 device: torch.device) -> torch.Tensor:
+        """Which keys each query of the chunk may read, [batch or 1, 1, length, keys], from layer ``layer``'s mask
+        (a copy to rewrite). ``start``: the chunk's first column, or None in a decode step."""
         if mask is None:  # transformers leaves a purely causal mask to the kernel
-            keys = torch.arange(start + length, device=device)
-            return (keys[None, :] <= torch.arange(start, start + length, device=device)[:, None])[None, None]
+            # As many keys as the layer's attention reads: a static cache's every position, the unwritten ones
+            # after the chunk's last masked as the causal rule masks them. In a decode step the kernel leaves the
+            # mask out only when the queries are the last keys.
+            keys = start + length if self._cache is None else self._cache.get_mask_sizes(length, layer)[0]
+            first = keys - length if start is None else start
+            queries = torch.arange(first, first + length, device=device)
+            return (torch.arange(keys, device=device)[None, :] <= queries[:, None])[None, None]
         if mask.dtype == torch.bool:
-            return mask
+            return mask.clone()
         return mask > torch.finfo(mask.dtype).min / 2

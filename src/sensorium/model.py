@@ -16,6 +16,7 @@ from torch import nn
 from .cache import FeatureCache, stored_features
 from .config import PAPER_ADDED_TOKENS, QUESTIONS_NAME, WEIGHTS_NAME, AdapterConfig, Decoding
 from .connectors import build_connector
+from .decoding import CompiledDecoding, batch_bucket, padded_rows
 from .encoders import Encoder, load_encoder
 from .errors import BadInputError
 from .injection import FrontInjector, SlotInjector
@@ -26,9 +27,10 @@ from .schema import BOUNDS
 
 # generate() arguments that say how decoding runs or watch it, not what it decodes (a server's stop when nobody
 # waits any more, a benchmark's clock, its choice of KV cache, a sharded LM's processes stepping together until all
-# are done): passed to generate() as they are.
+# are done): passed to generate() as they are, but ``compiled`` (a ``decoding.CompiledDecoding``), which the model
+# turns into generate()'s own options.
 RUNTIME_ARGUMENTS = ("stopping_criteria", "logits_processor", "cache_implementation", "compile_config",
-                     "disable_compile", "synced_gpus")
+                     "disable_compile", "synced_gpus", "compiled")
 
 
 def encoder_facts(encoder: Encoder) -> EncoderFacts:
@@ -291,9 +293,29 @@ class PrefixedLM(nn.Module):
             return self.generate_uncached(features, questions, **options)
         learned, layer_tokens = self.perceive(features)
         embeds, mask = self._embed(ids, learned)
-        with self._injecting(layer_tokens, mask):
-            return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                                 position_ids=self.positions(mask), **options))
+        return self._generate_embedded(embeds, mask, layer_tokens, options)
+
+    def _generate_embedded(self, embeds: torch.Tensor, mask: torch.Tensor, layer_tokens: torch.Tensor | None,
+                           options: dict[str, Any]) -> list[str]:
+        """Answers to a batch embedded by ``_embed``, decoded by generate() with ``options``; with ``compiled``
+        among them (a ``CompiledDecoding``), by a compiled decode step in the batch's and cache's shape buckets
+        (decoding.py), the batch padded with copies of its last row whose answers are dropped. transformers compiles
+        the steps of greedy and sampled decoding only: beam search runs as without ``compiled``."""
+        compiled: CompiledDecoding | None = options.get("compiled")
+        options = {key: value for key, value in options.items() if key != "compiled"}
+        if compiled is None or options.get("num_beams", 1) > 1:
+            with self._injecting(layer_tokens, mask):
+                return self._decode(self.lm.generate(inputs_embeds=embeds, attention_mask=mask,
+                                                     position_ids=self.positions(mask), **options))
+        rows, bucket = len(embeds), batch_bucket(len(embeds))
+        embeds, mask = padded_rows(embeds, bucket), padded_rows(mask, bucket)
+        layer_tokens = None if layer_tokens is None else padded_rows(layer_tokens, bucket)
+        context = getattr(self.lm.config, "max_position_embeddings", None)
+        options = {**options, **compiled.generate_options(embeds.shape[1] + options["max_new_tokens"], context)}
+        with self._injecting(layer_tokens, mask), compiled.compiling():
+            tokens = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, position_ids=self.positions(mask),
+                                      **options)
+        return self._decode(tokens[:rows])
 
     @torch.inference_mode()
     def generate_uncached(self, features: torch.Tensor, questions: list[str], **options) -> list[str]:
@@ -306,6 +328,7 @@ class PrefixedLM(nn.Module):
         """
         prompts = self.prompt_ids(questions)
         options = {**self.generation_options(questions, **options), "use_cache": False}
+        options.pop("compiled", None)  # recomputing every step leaves no cached decode step to compile
         self.check_context(prompts, options["max_new_tokens"])
         ids, mask = self._token_ids(prompts)
         learned, layer_tokens = self.perceive(features)
@@ -665,9 +688,7 @@ def generate_mixed(samples: list[tuple[PerceptualLM, torch.Tensor, str]], **opti
     learned, tokens = zip(*(model.perceive(features[None]) for model, features, _ in samples), strict=True)
     embeds = lead._with_learned_prefix(lead.lm.get_input_embeddings()(ids), lead._leading_pads(mask),
                                        torch.cat(learned))
-    with lead._injecting(None if lead.injector is None else torch.cat(tokens), mask):
-        return lead._decode(lead.lm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                             position_ids=lead.positions(mask), **options))
+    return lead._generate_embedded(embeds, mask, None if lead.injector is None else torch.cat(tokens), options)
 
 
 def load(folder: str | Path, weights: str = "float32", device_map: str | dict | None = None) -> PerceptualLM:

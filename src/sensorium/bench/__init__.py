@@ -1,4 +1,5 @@
 """Benchmarks of eP-ALM's efficiency: every figure a ratio against its baseline, measured in the same process.
 
-``python -m sensorium.bench SUITE`` with SUITE one of generation, training, encode, gpu, serve.
+``python -m sensorium.bench SUITE`` with SUITE one of generation, training, encode, gpu, serve, adapters, floor,
+compile.
 """

@@ -45,12 +45,12 @@ def prepare(model: PerceptualLM, batch_size: int, limit: int | None) -> Inputs:
     batch = examples("test", batch_size, limit)
     pictures = images(batch)
     questions = [example.question for example in batch]
-    ids, mask = _text_prompt(model, questions)
+    ids, mask = text_prompt(model, questions)
     patch_embeds, patch_mask = _patch_prefix(model, pictures, questions)
     return Inputs(model.encode(pictures), questions, ids, mask, patch_embeds, patch_mask)
 
 
-def _text_prompt(model: PerceptualLM, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def text_prompt(model: PerceptualLM, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The template-formatted questions, left padded, with the BOS the LM expects: the LM-alone input."""
     texts = [model.bos + ids for ids in model.prompt_ids(questions)]
     width = max(len(ids) for ids in texts)

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from tqdm import tqdm
 
 from .. import __version__
+from ..decoding import CompiledDecoding
 from ..errors import BadInputError
 from .adapters import AdapterRegistry, UnknownAdapterError, writes_captions
 from .batching import Batcher, ClientGone
@@ -92,7 +93,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
-    batcher = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000)
+    decoding = None if settings.compile_backend is None else CompiledDecoding(backend=settings.compile_backend)
+    batcher = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000, decoding)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -175,7 +177,8 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "adapters": len(registry.adapters), "frozen_models": registry.frozen_models,
-                "max_batch_size": batcher.max_batch_size, "generate_calls": batcher.generate_calls}
+                "max_batch_size": batcher.max_batch_size, "generate_calls": batcher.generate_calls,
+                "compile_backend": settings.compile_backend}
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

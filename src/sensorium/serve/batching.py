@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..decoding import CompiledDecoding
 from ..model import generate_mixed
 from .adapters import HostedAdapter, HostedComposition
 
@@ -101,12 +102,15 @@ def seeded(seed: int | None) -> Iterator[None]:
 
 
 class Batcher:
-    """A queue of requests served by one model thread; ``max_batch_size=1`` turns batching off."""
+    """A queue of requests served by one model thread; ``max_batch_size=1`` turns batching off, and ``decoding``
+    compiles the decode steps (see decoding.py)."""
 
-    def __init__(self, max_batch_size: int = 8, max_wait_s: float = 0.01) -> None:
+    def __init__(self, max_batch_size: int = 8, max_wait_s: float = 0.01,
+                 decoding: CompiledDecoding | None = None) -> None:
         if max_batch_size < 1 or max_wait_s < 0:
             raise ValueError(f"max_batch_size must be >= 1 and max_wait_s >= 0, got {max_batch_size}, {max_wait_s}")
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
+        self.decoding = decoding
         self.generate_calls = 0
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -178,7 +182,7 @@ class Batcher:
             options = dict(group[0].options)
             abandoned = StoppingCriteriaList([_Abandoned(group, self._stopping)])
             with seeded(options.pop("seed", None)):
-                texts = generate_mixed(samples, stopping_criteria=abandoned, **options)
+                texts = generate_mixed(samples, stopping_criteria=abandoned, compiled=self.decoding, **options)
             self.generate_calls += 1
         except Exception as error:  # a failure belongs to these requests; the thread serves the next batch
             for job in group:

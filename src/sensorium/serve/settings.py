@@ -29,6 +29,10 @@ class ServeSettings:
     max_new_tokens: bounded("max_new_tokens") = 64  # the most any answer gets, whoever asks for more
     max_beams: bounded("num_beams") = 8
     request_timeout_s: bounded("seconds") = 60.0  # queueing included
+    # torch.compile backend of the decode step, compiled once per shape bucket (decoding.py); None: not compiled.
+    # Off by default: it pays on a GPU, not on a CPU, and the first request of each bucket waits for its compile
+    # (docs/performance.md).
+    compile_backend: str | None = None
 
     @property
     def max_request_bytes(self) -> int:
