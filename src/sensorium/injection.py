@@ -251,10 +251,20 @@ class FrontInjector:
             handle.remove()
         self._handles = []
 
-    def _track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _track_chunk(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """The chunk a top-level forward computes; and the attention mask that generate() drops when it holds no
+        padding: without a cache and without a mask, transformers reads positions that restart (the text's, from 0
+        after the unpositioned columns) as packed sequences, and masks each from the others."""
         self._chunk = chunk_start(kwargs)
         self._chunk_end = cached_chunk_end(args, kwargs, self._chunk)
         self._cache = cache_of(kwargs)
+        if self._cache is not None or kwargs.get("attention_mask") is not None:
+            return None
+        inputs = kwargs.get("inputs_embeds")
+        if inputs is None:
+            inputs = kwargs.get("input_ids", args[0] if args else None)
+        mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+        return args, {**kwargs, "attention_mask": mask}
 
     def _after_chunk(self, module: nn.Module, args: tuple, output: object) -> None:
         """Past the cached prefix: the decode steps' hooks from now on."""
