@@ -39,7 +39,6 @@ DESCRIPTIONS = {"red": "red", "green": "green circle", "blue": "a blue triangle"
 RECORDER = textwrap.dedent("""
     import atexit, json, os, sys
     from sensorium.cli import main
-from sensorium.config import QUESTIONS_NAME
 
     writes = []
     def audit(event, args):
