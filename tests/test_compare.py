@@ -164,6 +164,11 @@ def test_method_recipes_keep_the_data_and_scale_the_prompt_rate():
             "data": {"train": {"format": "easy-vqa", "split": "train"}}}
     merged = compare.merge_recipe(base, {"data": {"train": {"format": "jsonl", "path": "x.jsonl"}}})
     assert merged["data"]["train"] == {"format": "jsonl", "path": "x.jsonl"}  # a data spec is replaced whole
+    per_block = {"model": {"shared_linear": False, "connector_options": {"per_block": True}}}
+    swapped = compare.merge_recipe(per_block, {"model": {"connector": "mapl", "connector_options": {}}})
+    assert swapped["model"] == {"shared_linear": False, "connector": "mapl", "connector_options": {}}
+    kept = compare.merge_recipe(per_block, {"model": {"prompt_length": 4}})
+    assert kept["model"]["connector_options"] == {"per_block": True}  # options not named stay the base's
     comparison = compare.Comparison(base, [compare.Method("mapl", {"model": {"connector": "mapl"}}, [3e-4])], "mapl")
     recipe = compare.method_recipe(comparison, comparison.methods[0], 3e-4, 5, {"train": {"format": "x"}}, Path("o"))
     assert (recipe.model.connector, recipe.training.lr, recipe.training.prompt_lr) == ("mapl", 3e-4, 6e-4)

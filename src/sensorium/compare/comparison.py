@@ -60,10 +60,14 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
 
 
 def merge_recipe(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Recipe overrides: sections merged key by key, except data specs, which replace the base's whole
-    (a spec of another format shares no argument with the one it replaces)."""
+    """Recipe overrides: sections merged key by key, except data specs and connector options, which replace
+    the base's whole (a spec of another format shares no argument with the one it replaces; options belong to one
+    connector, and a method that swaps the connector must be able to drop the base's)."""
     data = {**base.get("data", {}), **overrides.get("data", {})}
     merged = deep_merge(base, {k: v for k, v in overrides.items() if k != "data"})
+    options = (overrides.get("model") or {}).get("connector_options")
+    if options is not None:
+        merged["model"]["connector_options"] = copy.deepcopy(options)
     return {**merged, "data": data} if data else merged
 
 
