@@ -184,8 +184,10 @@ def test_route_and_likelihood_adds_the_question_prior_to_each_answers_likelihood
 
 
 def test_routing_rules_need_every_senses_statistics(senses, tmp_path):
+    assert compose(senses).composition.rule == "route"  # the default where every sense records its questions
+    assert compose(senses, mode="prefix").composition.rule == "likelihood"  # a prefix composition selects nothing
     (senses[1] / QUESTIONS_NAME).unlink()
-    assert compose(senses, mode="select").composition.rule == "likelihood"  # the default reads none
+    assert compose(senses, mode="select").composition.rule == "likelihood"  # ... and where one does not
     for rule in ("route", "route+likelihood"):
         with pytest.raises(BadInputError, match=r"sense\(s\) \['sound'\] have no questions.safetensors") as error:
             compose(senses, mode="select", rule=rule)
@@ -212,8 +214,9 @@ def test_composition_files_name_a_known_rule(senses, tmp_path):
 
 # ---- the command line ---------------------------------------------------------------------------
 def test_questions_then_compose_by_route_from_the_command_line(tiny_lm_folder, tiny_vit_folder, tmp_path, capsys):
-    """``questions`` records an adapter's statistics from data; ``compose --rule route`` needs them for every sense,
-    and a select rule needs select mode; the routed model is evaluated like any other."""
+    """``questions`` records an adapter's statistics from data; ``compose --rule route`` needs them for every sense
+    (the default rule, route, falls back to likelihood without them, saying so), and a select rule needs select mode;
+    the routed model is evaluated like any other."""
     from sensorium.cli import main
     from sensorium.testing import colour_squares
 
@@ -233,7 +236,11 @@ def test_questions_then_compose_by_route_from_the_command_line(tiny_lm_folder, t
     assert "records no training data (an adapter saved outside train): give --data" in capsys.readouterr().err
     assert main(["compose", *folders, "--rule", "route", "--out", str(tmp_path / "routed")]) == 2
     assert "sense(s) ['sound'] have no questions.safetensors" in capsys.readouterr().err
+    assert main(["compose", *folders, "--out", str(tmp_path / "by-default")]) == 0  # the default falls back, saying so
+    assert "rule likelihood, not route: sense(s) ['sound'] record no training questions" in capsys.readouterr().out
     assert main(["questions", folders[1], "--data", str(manifest)]) == 0
+    assert main(["compose", *folders, "--out", str(tmp_path / "by-default-now")]) == 0
+    assert "the sense its question resembles answers" in capsys.readouterr().out
     assert main(["compose", *folders, "--rule", "route", "--mode", "prefix", "--out", str(tmp_path / "x")]) == 2
     assert "--rule route chooses among the senses' answers: it needs --mode select" in capsys.readouterr().err
     assert main(["compose", *folders, "--rule", "route", "--out", str(tmp_path / "routed")]) == 0

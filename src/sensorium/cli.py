@@ -113,7 +113,7 @@ def _ask(args: argparse.Namespace) -> None:
 def _compose(args: argparse.Namespace) -> None:
     import torch
 
-    from .compose import COMPOSITION_NAME, Tuning, compose, sense_names, tune
+    from .compose import COMPOSITION_NAME, DEFAULT_RULE, Tuning, compose, sense_names, tune
     from .data import parse_data_spec, read_dataset
     from .recipe import TrainingOptions
     from .train import cached_features
@@ -123,7 +123,7 @@ def _compose(args: argparse.Namespace) -> None:
     mode = args.mode or ("prefix" if args.tune else "select")
     if args.tune and mode != "prefix":
         raise BadInputError("--tune trains the senses as one sequence: it needs --mode prefix, not select")
-    if args.rule != "likelihood" and mode != "select":
+    if args.rule is not None and mode != "select":
         raise BadInputError(f"--rule {args.rule} chooses among the senses' answers: it needs --mode select")
     tuning_data = parse_data_spec(args.tune) if args.tune else None
     out = Path(args.out)
@@ -134,10 +134,14 @@ def _compose(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)  # fresh connectors start from the seed's draw
     model = compose(args.adapters, args.names, weights=args.dtype, fresh=args.fresh, mode=mode,
                     positions=args.positions, rule=args.rule)
-    reads = f"each answers alone, {SELECT_WORDS[args.rule]}" if model.selects else \
+    reads = f"each answers alone, {SELECT_WORDS[model.composition.rule]}" if model.selects else \
         f"{model.prefix_length} prefix columns"
     print(f"composed {', '.join(model.names)} over {model.config.lm} ({mode}): {reads}, "
           f"{model.parameter_counts()[0]:,} trainable parameters")
+    if model.selects and args.rule is None and model.composition.rule != DEFAULT_RULE:
+        unrecorded = [name for name, sense in zip(model.names, model.senses, strict=True) if sense.questions is None]
+        print(f"rule likelihood, not {DEFAULT_RULE}: sense(s) {unrecorded} record no training questions "
+              "(`sensorium questions ADAPTER --data DATA` records them)")
     if args.tune:
         examples, features, row_of, _ = cached_features(model, read_dataset(tuning_data),
                                                         TrainingOptions(), args.skip_bad)
@@ -470,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "question; a composed model reads one file with every sense (a video and its sound "
                           "track) or one file per sense, in order")
     ask.add_argument("--adapter", action="append", help="compose adapters into one model, one sense each, in order "
-                                                        "(then no ADAPTER among the inputs); the answer of the "
-                                                        "sense surest of its own is kept")
+                                                        "(then no ADAPTER among the inputs); one sense answers, "
+                                                        "chosen by compose's default rule")
     _model_arguments(ask)
     _generation_arguments(ask)
     ask.set_defaults(run=_ask)
@@ -492,13 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
     composer.add_argument("--names", type=lambda text: text.split(","), help="comma-separated sense names "
                                                                              "(default: the folders' names)")
     composer.add_argument("--mode", choices=("select", "prefix"),
-                          help="select: each sense answers alone and the answer its adapter is surest of is kept "
+                          help="select: each sense answers alone and --rule keeps one answer "
                                "(zero-shot; the default without --tune); prefix: one sequence reads every sense "
                                "(what --tune trains, its default)")
-    composer.add_argument("--rule", choices=SELECT_RULES, default="likelihood",
-                          help="of a select composition: likelihood: the answer its own sense is surest of; route: "
-                               "the sense whose training questions the question resembles answers (needs every "
-                               "adapter's questions.safetensors: see `sensorium questions`); route+likelihood: the "
+    composer.add_argument("--rule", choices=SELECT_RULES,
+                          help="of a select composition: route (the default): the sense whose training questions "
+                               "the question resembles answers (needs every adapter's questions.safetensors, which "
+                               "training writes: see `sensorium questions`); likelihood: the answer its own sense is "
+                               "surest of; route+likelihood: the "
                                "answer's log-likelihood plus the log-probability that the question is its sense's")
     composer.add_argument("--positions", choices=("parallel", "serial"), default="parallel",
                           help="of a prefix composition: parallel: each sense's prompt and slot at the positions it "
@@ -618,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an adapter (or a composed model's folder) to host under NAME; repeat for more")
     serve.add_argument("--compose", action="append", type=compose_spec, metavar="NAME=A,B",
                        help="host the adapters named A, B, ... (by --adapter) composed, one sense each in that "
-                            "order, as one model under NAME, over the same loaded LM and encoders (the answer of "
-                            "the sense surest of its own is kept); repeat for more")
+                            "order, as one model under NAME, over the same loaded LM and encoders (selecting, by "
+                            "compose's default rule); repeat for more")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=bounded_flag("port"), default=8000, help="port to listen on")
     serve.add_argument("--device", default="cpu", help="torch device of the models")

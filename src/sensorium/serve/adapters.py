@@ -175,8 +175,8 @@ class AdapterRegistry:
 
     def compose(self, name: str, senses: list[str]) -> HostedComposition:
         """Hosted adapters composed, in the order given, into one model under ``name``: their very models (and
-        so their LM and encoders) are shared, nothing is loaded. Untuned, they answer by selection (the surest
-        sense's answer, see ``compose``)."""
+        so their LM and encoders) are shared, nothing is loaded. Untuned, they answer by selection, with the default
+        rule (``compose.default_rule``)."""
         if name in self.adapters:
             raise ValueError(f"adapter name '{name}' given twice")
         if len(senses) < 2:
