@@ -9,7 +9,8 @@ be answered this way. ``likelihood`` keeps the answer that its own adapter gives
 adapter answering about what it cannot perceive falls back on its wording prior and is often less sure, but a
 confident answer of the wrong kind (a sound adapter's one-token digit to a colour question) wins all the same.
 ``route`` reads the question instead: the sense whose training questions it resembles answers, the nearest by
-the question statistics each adapter records (``routing``), and only that sense generates. ``route+likelihood``
+the question statistics each adapter records (``routing``), and only that sense generates; it is the default
+wherever every sense records them (``default_rule``). ``route+likelihood``
 weighs both: the answer's log-likelihood plus the log-probability that the question is its sense's.
 
 ``prefix``: one sequence reads every sense at once, ``[bos][prompt 1][slot 1][prompt 2][slot 2]...``, and the
