@@ -139,8 +139,7 @@ def _compose(args: argparse.Namespace) -> None:
     print(f"composed {', '.join(model.names)} over {model.config.lm} ({mode}): {reads}, "
           f"{model.parameter_counts()[0]:,} trainable parameters")
     if model.selects and args.rule is None and model.composition.rule != DEFAULT_RULE:
-        unrecorded = [name for name, sense in zip(model.names, model.senses, strict=True) if sense.questions is None]
-        print(f"rule likelihood, not {DEFAULT_RULE}: sense(s) {unrecorded} record no training questions "
+        print(f"rule likelihood, not {DEFAULT_RULE}: sense(s) {model.unrecorded} record no training questions "
               "(`sensorium questions ADAPTER --data DATA` records them)")
     if args.tune:
         examples, features, row_of, _ = cached_features(model, read_dataset(tuning_data),

@@ -148,13 +148,17 @@ class ComposedLM(PrefixedLM):
         self.lm, self.tokenizer = lead.lm, lead.tokenizer
         self.bos = lead.bos
         self.feature_sizes = [math.prod(sense.layout.feature_shape) for sense in senses]
-        unrecorded = [name for name, sense in zip(names, senses, strict=True) if sense.questions is None]
-        if self.composition.rule in ROUTING_RULES and unrecorded:
+        if self.composition.rule in ROUTING_RULES and self.unrecorded:
             raise BadInputError(f"rule {self.composition.rule!r} reads what each sense was trained to be asked: "
-                                f"sense(s) {unrecorded} have no {QUESTIONS_NAME} (record it with `sensorium "
+                                f"sense(s) {self.unrecorded} have no {QUESTIONS_NAME} (record it with `sensorium "
                                 "questions ADAPTER`, or choose rule likelihood)")
         if not self.selects:
             self._lay_out(senses, names, positions)
+
+    @property
+    def unrecorded(self) -> list[str]:
+        """The senses that record no training questions, which the routing rules need."""
+        return [name for name, sense in zip(self.names, self.senses, strict=True) if sense.questions is None]
 
     def _lay_out(self, senses: Sequence[PerceptualLM], names: Sequence[str], positions: str) -> None:
         """The one sequence of a prefix composition: every sense's columns, their positions and injected slots."""
