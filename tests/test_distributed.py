@@ -261,7 +261,8 @@ def losses(run: Path) -> list[float]:
 def test_a_sharded_lm_trains_like_one_process(arch, layout, accumulation, tiny_lm_folder, tiny_vit_folder, shapes,
                                               tmp_path, monkeypatch):
     """2 gloo processes, each holding half of the frozen LM (FSDP2, recipes/accelerate/fsdp-frozen-lm.yaml), give
-    the losses, the adapter and the predictions of 1 process holding it whole, over 4 steps of a global batch of 4:
+    the losses, the adapter and the predictions of 1 process holding it whole, over 4 steps of a global batch of 4
+    (the evaluations split between the processes, which answer unequal numbers of batches in step):
     both injections (a slot overwritten in each layer; the paper's visual column and its attention masks), over an
     LM with its own output head (Llama) and one tied to its embeddings (OPT), in one micro-step or two.
 
@@ -271,10 +272,17 @@ def test_a_sharded_lm_trains_like_one_process(arch, layout, accumulation, tiny_l
     relative on the losses). Without the gradients' average the losses differ from the third step on, and without
     injection the adapter differs by 2.5e-3: were the hooks lost under sharding, this test would fail.
     """
+    # Seven questions in batches of 3: one process answers two batches, the other one, and steps with it once more.
+    evaluated = tmp_path / "eval.jsonl"
+    evaluated.write_text("".join(shapes.read_text().splitlines(keepends=True)[:7]))
+
     def values(out: Path, evaluate: bool = True) -> dict:
         chosen = recipe_values(tiny_lm_folder, tiny_vit_folder, shapes, out, evaluate,
                                gradient_accumulation=accumulation)
         chosen["model"].update(lm=tiny_lm_folder(arch), layout=layout)
+        if evaluate:
+            chosen["data"]["eval"]["path"] = str(evaluated)
+            chosen["eval_batch_size"] = 3
         return chosen
 
     recipe = tmp_path / "recipe.yaml"

@@ -28,11 +28,7 @@ def predict_all(model: PerceptualLM, examples: list[Example], features: torch.Te
     Each task's examples are decoded apart (a multitask adapter's questions and captions decode differently).
     """
     records = []
-    # Similar lengths batched together waste less padding.
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].question))
-    batches = [batch for group in by_task([examples[i] for i in order]).values()
-               for batch in (group[start:start + batch_size] for start in range(0, len(group), batch_size))]
-    for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
+    for batch in tqdm(eval_batches(examples, batch_size), desc="evaluating", unit="batch", disable=not progress):
         batch_features = features[[row_of[e.media] for e in batch]]
         predictions = model.generate(batch_features, [e.question for e in batch], contexts(batch),
                                      **(generation or {}))
@@ -43,6 +39,14 @@ def predict_all(model: PerceptualLM, examples: list[Example], features: torch.Te
                 record["accuracy"] = vqa_accuracy(prediction, example.answers) if example.answers else None
             records.append(record)
     return records
+
+
+def eval_batches(examples: list[Example], batch_size: int) -> list[list[Example]]:
+    """The batches ``predict_all`` decodes: each task's examples apart, ordered by question length (similar
+    lengths batched together waste less padding), stably."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].question))
+    return [batch for group in by_task([examples[i] for i in order]).values()
+            for batch in (group[start:start + batch_size] for start in range(0, len(group), batch_size))]
 
 
 def posed_task(item: Example | dict[str, Any]) -> str:

@@ -61,6 +61,7 @@ from .errors import BadInputError
 from .evaluate import (
     by_task,
     contexts,
+    eval_batches,
     has_references,
     headline,
     predict_all,
@@ -693,14 +694,18 @@ def _answer_sharded(accelerator: Accelerator, core: PerceptualLM, examples: list
     predict_all orders records by question length, stably; re-sorting the shares, concatenated in
     process order, by the same key gives exactly the single-process order.
 
-    Over a sharded LM every forward is a collective of all processes, which shares of unequal batch counts or
-    generation lengths would leave waiting: every process then answers every example, stepping together.
+    Over a sharded LM every forward is a collective of all processes, so they step together: each decodes with
+    ``synced_gpus`` (one whose answers are complete keeps stepping until every process's are), and one with fewer
+    batches than another then answers the set's first example again, its answer dropped, once per missing batch.
     """
-    if is_sharded(core.lm):
-        return predict_all(core, examples, features, row_of, recipe.eval_batch_size, {"synced_gpus": True},
-                           progress)
+    lockstep = is_sharded(core.lm)
+    generation = {"synced_gpus": True} if lockstep else None
     with accelerator.split_between_processes(examples) as share:
-        records = predict_all(core, share, features, row_of, recipe.eval_batch_size, progress=progress)
+        own = len(eval_batches(share, recipe.eval_batch_size))
+        missing = max(gather_object([own])) - own if lockstep else 0  # before any forward: collectives in order
+        records = predict_all(core, share, features, row_of, recipe.eval_batch_size, generation, progress)
+        for _ in range(missing):
+            predict_all(core, examples[:1], features, row_of, 1, generation, progress=False)
     return sorted(gather_object(records), key=lambda record: len(record["question"]))
 
 
