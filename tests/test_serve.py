@@ -162,11 +162,18 @@ def test_adapters_endpoint_describes_each(client, tiny_adapter_folders, tiny_lm_
 
 
 def test_health_and_openapi(client):
-    assert client.get("/health").json() == {"status": "ok", "adapters": 2, "frozen_models": 2,
-                                            "max_batch_size": 8, "generate_calls": 0, "compile_backend": None}
+    assert client.get("/health").json() == {"status": "ok", "adapters": 2, "frozen_models": 2, "max_batch_size": 8,
+                                            "waiting": 0, "generate_calls": 0, "compile_backend": None}
     schema = client.get("/openapi.json").json()
     assert {"/v1/ask", "/v1/caption", "/v1/adapters", "/health"} <= set(schema["paths"])
     assert {"404", "413", "415", "504"} <= set(schema["paths"]["/v1/ask"]["post"]["responses"])
+
+
+def test_health_fails_once_the_model_thread_is_gone(serve_app):
+    with serve_app() as client:
+        client.app.state.batcher.stop()
+        response = client.get("/health")
+        assert response.status_code == 503 and response.json()["status"] == "stopped"
 
 
 # ---- answers ----------------------------------------------------------------------------------------

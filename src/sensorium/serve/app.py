@@ -174,11 +174,15 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
 
     add_chat_routes(app, answer, settings)
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "adapters": len(registry.adapters), "frozen_models": registry.frozen_models,
-                "max_batch_size": batcher.max_batch_size, "generate_calls": batcher.generate_calls,
-                "compile_backend": settings.compile_backend}
+    @app.get("/health", responses={503: {"description": "the model thread is not running"}})
+    def health() -> JSONResponse:
+        """503 when the model thread is gone, so that a load balancer or orchestrator stops sending requests."""
+        running = batcher.running
+        return JSONResponse(status_code=200 if running else 503, content={
+            "status": "ok" if running else "stopped", "adapters": len(registry.adapters),
+            "frozen_models": registry.frozen_models, "max_batch_size": batcher.max_batch_size,
+            "waiting": batcher.waiting, "generate_calls": batcher.generate_calls,
+            "compile_backend": settings.compile_backend})
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

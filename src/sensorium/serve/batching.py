@@ -116,6 +116,16 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
+    @property
+    def running(self) -> bool:
+        """Whether the model thread is there to answer: a server whose thread has ended would only time out."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the model thread, not yet in a batch."""
+        return self._queue.qsize()
+
     def start(self) -> None:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="sensorium-model", daemon=True)
