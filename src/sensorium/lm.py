@@ -30,6 +30,14 @@ from .safe_load import from_pretrained
 REQUIRED_FORWARD_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "logits_to_keep")
 
 
+def last_positions(count: int, device: torch.device) -> torch.Tensor:
+    """``logits_to_keep`` for the last ``count`` positions, as indices rather than the int transformers would slice
+    with: the LM head over a strided slice of the hidden states makes PyTorch's CPU matmul copy the head's weight
+    once per row (at batch 64, 0.5 s in float32 and 10 s in bfloat16 against 13-45 ms), where indexing gathers
+    the kept rows into a contiguous tensor first. The same logits either way."""
+    return torch.arange(-count, 0, device=device)
+
+
 def convert_gguf(source: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> None:
     """De-quantise a GGUF checkpoint once into an ordinary transformers folder (fp32 unless ``dtype``).
 

@@ -21,7 +21,7 @@ from .encoders import Encoder, load_encoder
 from .errors import BadInputError
 from .injection import FrontInjector, SlotInjector
 from .layout import EncoderFacts, encoder_tokens, plan
-from .lm import check_lm, hold_weights, lm_facts, load_lm, loading_dtype, weight_format
+from .lm import check_lm, hold_weights, last_positions, lm_facts, load_lm, loading_dtype, weight_format
 from .routing import QuestionStats, read_question_stats
 from .schema import BOUNDS
 
@@ -236,9 +236,13 @@ class PrefixedLM(nn.Module):
             # cost more than the rest of the step for a short answer.
             logits = self.lm(
                 inputs_embeds=embeds, attention_mask=mask, position_ids=self.positions(mask),
-                logits_to_keep=span + 1, use_cache=False,
+                logits_to_keep=self.last_positions(span + 1), use_cache=False,
             ).logits[:, :-1]
         return logits.float(), labels
+
+    def last_positions(self, count: int) -> torch.Tensor:
+        """``logits_to_keep`` for the last ``count`` positions, where the LM head reads them (see lm.py)."""
+        return last_positions(count, self.lm.get_output_embeddings().weight.device)
 
     def loss_units(self, questions: list[str], targets: list[str], contexts: list[str] | None = None) -> int:
         """What the training loss averages over (``config.loss``): the answers' tokens, or the samples."""
@@ -272,7 +276,8 @@ class PrefixedLM(nn.Module):
         adapter for the task the questions ask (see ``AdapterConfig.task_of``), then the call's. A call may pass
         back options this method gave it: the model's own are its own whatever they say. ``RUNTIME_ARGUMENTS`` pass
         through."""
-        own = {"pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id}
+        own = {"pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
+               "logits_to_keep": self.last_positions(1)}
         runtime = {key: overrides.pop(key) for key in RUNTIME_ARGUMENTS if key in overrides}
         defaults = self.config.generation_defaults(self.config.task_of(questions))
         decoding = {key: value for key, value in {**defaults, **overrides}.items() if key not in own}

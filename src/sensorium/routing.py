@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from .config import QUESTIONS_NAME
 from .errors import BadInputError
 from .files import regular_file
+from .lm import last_positions
 
 QUESTION_SAMPLE = 4096  # questions embedded at most, a seeded sample: more would move the centroid little
 EMBED_BATCH = 64
@@ -68,7 +69,7 @@ def embed_questions(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, questions
     frozen LM as its tokenizer gives it (after BOS, for the LMs trained to see one first) with nothing around it;
     the same for every sense of the LM. An empty question (a caption's) is read as the end-of-text token. Not
     inference mode: a sharded LM keeps what its all-gathers make."""
-    device = lm.get_input_embeddings().weight.device
+    device, head = lm.get_input_embeddings().weight.device, lm.get_output_embeddings().weight.device
     rows = []
     for start in range(0, len(questions), EMBED_BATCH):
         texts = tokenizer(list(questions[start:start + EMBED_BATCH])).input_ids
@@ -79,7 +80,8 @@ def embed_questions(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, questions
         ids = torch.tensor([text + [tokenizer.pad_token_id] * (width - len(text)) for text in texts], device=device)
         mask = torch.tensor([[1] * len(text) + [0] * (width - len(text)) for text in texts], device=device)
         hidden = lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    output_hidden_states=True, logits_to_keep=1, use_cache=False).hidden_states[-1].float()
+                    output_hidden_states=True, logits_to_keep=last_positions(1, head),
+                    use_cache=False).hidden_states[-1].float()
         # BOS's state is the same whatever follows it: it says nothing of the question.
         pooled = torch.tensor([[0] * skip + [1] * (len(text) - skip) + [0] * (width - len(text))
                                for text, skip in zip(texts, starts, strict=True)], device=device)

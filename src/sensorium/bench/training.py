@@ -68,7 +68,8 @@ def lm_floor(model: PerceptualLM, batch: Batch) -> None:
     span = max(len(a) for a in answers)
     labels = torch.tensor([[-100] * (span - len(a)) + a for a in answers], device=embeds.device)
     logits = model.lm(inputs_embeds=embeds.detach().requires_grad_(), attention_mask=mask,
-                      position_ids=model.positions(mask), logits_to_keep=span + 1, use_cache=False).logits[:, :-1]
+                      position_ids=model.positions(mask), logits_to_keep=model.last_positions(span + 1),
+                      use_cache=False).logits[:, :-1]
     nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()).backward()
 
 
