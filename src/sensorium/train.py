@@ -701,8 +701,10 @@ def _answer_sharded(accelerator: Accelerator, core: PerceptualLM, examples: list
     lockstep = is_sharded(core.lm)
     generation = {"synced_gpus": True} if lockstep else None
     with accelerator.split_between_processes(examples) as share:
-        own = len(eval_batches(share, recipe.eval_batch_size))
-        missing = max(gather_object([own])) - own if lockstep else 0  # before any forward: collectives in order
+        missing = 0
+        if lockstep:  # counted before any forward, so that the collectives stay in order
+            own = len(eval_batches(share, recipe.eval_batch_size))
+            missing = max(gather_object([own])) - own
         records = predict_all(core, share, features, row_of, recipe.eval_batch_size, generation, progress)
         for _ in range(missing):
             predict_all(core, examples[:1], features, row_of, 1, generation, progress=False)
